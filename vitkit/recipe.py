@@ -1,0 +1,201 @@
+"""Recipes: YAML validated into typed objects, then run into an artifact + report.
+
+```yaml
+model: vitkit_mnist_tiny            # timm name | preset | .safetensors/.pth file | artifact dir
+arch: null                          # for bare checkpoint files: timm name or {name, kwargs}
+steps:                              # transforms in order (see `vitkit list`)
+  - tome: {r: 8}
+eval: {data: mnist5k, split: test}
+bench: {batch_sizes: [1, 16], threads: 2}
+calib: {data: mnist5k, split: train, n: 32, seed: 0}
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .configs import TransformConfig
+from .errors import ConfigError
+from .registry import get_transform, list_transforms
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    data: str | None = "mnist5k"
+    split: str = "test"
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class BenchSpec:
+    batch_sizes: tuple[int, ...] = (1, 16)
+    threads: int = 2
+    repeats: int = 7
+    latency_runs: int = 30
+
+
+@dataclass(frozen=True)
+class CalibSpec:
+    data: str = "mnist5k"
+    split: str = "train"
+    n: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    steps: tuple[TransformConfig, ...] = ()
+    arch: Any = None
+    model_kwargs: dict = field(default_factory=dict)
+    name: str = ""
+    eval: EvalSpec = EvalSpec()
+    bench: BenchSpec = BenchSpec()
+    calib: CalibSpec = CalibSpec()
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return "+".join(get_step_name(c) for c in self.steps) or "baseline"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "arch": self.arch,
+            "model_kwargs": dict(self.model_kwargs),
+            "name": self.name,
+            "steps": [{get_step_name(c): c.to_dict()} for c in self.steps],
+            "eval": _dc_dict(self.eval),
+            "bench": _dc_dict(self.bench),
+            "calib": _dc_dict(self.calib),
+        }
+
+
+def _dc_dict(obj) -> dict[str, Any]:
+    return {f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v for f in fields(obj)}
+
+
+def get_step_name(cfg: TransformConfig) -> str:
+    from .registry import spec_for_config
+
+    return spec_for_config(cfg).name
+
+
+def _section(cls, data: Any, where: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe '{where}' must be a mapping, got {type(data).__name__}")
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in recipe '{where}'; valid keys: {valid}")
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**data)
+
+
+TOP_LEVEL = ("model", "arch", "model_kwargs", "name", "steps", "eval", "bench", "calib")
+
+
+def parse_steps(steps: Any) -> tuple[TransformConfig, ...]:
+    list_transforms()
+    if steps is None:
+        return ()
+    if not isinstance(steps, list):
+        raise ConfigError("recipe 'steps' must be a list like [{tome: {r: 8}}, ...]")
+    out = []
+    for i, step in enumerate(steps):
+        if isinstance(step, str):
+            step = {step: {}}
+        if not isinstance(step, dict) or len(step) != 1:
+            raise ConfigError(f"recipe step {i} must be one mapping {{<transform>: {{<config>}}}}, got {step!r}")
+        ((name, params),) = step.items()
+        spec = get_transform(str(name))
+        if params is not None and not isinstance(params, dict):
+            raise ConfigError(f"recipe step {i} ({name}): config must be a mapping, got {params!r}")
+        out.append(spec.config_cls.from_dict(params or {}))
+    return tuple(out)
+
+
+def parse_recipe(data: Any) -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"a recipe must be a mapping with keys {list(TOP_LEVEL)}")
+    unknown = sorted(set(data) - set(TOP_LEVEL))
+    if unknown:
+        raise ConfigError(f"unknown recipe key(s) {unknown}; valid keys: {list(TOP_LEVEL)}")
+    if not data.get("model"):
+        raise ConfigError("recipe needs 'model': a timm name, preset, checkpoint file or artifact dir")
+    return Recipe(
+        model=str(data["model"]),
+        steps=parse_steps(data.get("steps")),
+        arch=data.get("arch"),
+        model_kwargs=dict(data.get("model_kwargs") or {}),
+        name=str(data.get("name") or ""),
+        eval=_section(EvalSpec, data.get("eval"), "eval"),
+        bench=_section(BenchSpec, data.get("bench"), "bench"),
+        calib=_section(CalibSpec, data.get("calib"), "calib"),
+    )
+
+
+def read_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return parse_recipe(data)
+
+
+def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False, progress=None):
+    """Load the model, apply the steps to a copy, benchmark it against the untouched original and
+    (unless ``dry_run``) write the artifact to ``out``. Returns ``(model, report_dict_or_Report)``."""
+    from .api import apply_
+    from .artifact import save_artifact
+    from .bench import benchmark
+    from .data import calibration_set, load_dataset
+    from .models import load
+
+    say = progress or (lambda msg: _log.info(msg))
+    say(f"loading {recipe.model}")
+    baseline = load(recipe.model, arch=recipe.arch, **recipe.model_kwargs)
+    candidate = copy.deepcopy(baseline)
+    calib = None
+    if recipe.steps and not dry_run:
+        calib = calibration_set(
+            load_dataset(recipe.calib.data, recipe.calib.split, model=baseline), recipe.calib.n, seed=recipe.calib.seed
+        )
+    say(f"applying {len(recipe.steps)} step(s)" if not dry_run else "planning steps (dry run)")
+    applied = apply_(candidate, list(recipe.steps), calib=calib, dry_run=dry_run)
+    if dry_run:
+        return candidate, applied
+    data = load_dataset(recipe.eval.data, recipe.eval.split, model=baseline) if recipe.eval.data else None
+    say("benchmarking (baseline and candidate interleaved)")
+    b = recipe.bench
+    common = dict(
+        batch_sizes=tuple(b.batch_sizes),
+        threads=b.threads,
+        repeats=b.repeats,
+        latency_runs=b.latency_runs,
+        eval_limit=recipe.eval.limit,
+    )
+    if recipe.steps:
+        result = benchmark(candidate, data, baseline, name=recipe.label, **common)
+    else:
+        result = benchmark(baseline, data, name="baseline", **common)
+    report = result.to_dict()
+    report["steps"] = applied.to_dict()["steps"]
+    if out is not None:
+        save_artifact(candidate, recipe.to_dict(), report, out, title=f"vitkit: {recipe.label} on {recipe.model}")
+    return candidate, report
