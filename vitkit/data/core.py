@@ -44,6 +44,9 @@ def input_spec(model: torch.nn.Module | None = None, **overrides) -> InputSpec:
 
         cfg = resolve_data_config({}, model=model)
         c, h, w = cfg["input_size"]
+        pe = getattr(model, "patch_embed", None)
+        if pe is not None and getattr(pe, "img_size", None) is not None:  # the real geometry wins
+            c, (h, w) = int(pe.proj.in_channels), (int(pe.img_size[0]), int(pe.img_size[1]))
         mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
         spec = dict(chans=c, height=h, width=w, mean=mean, std=std)
         spec.update(interpolation=cfg.get("interpolation", "bilinear"), crop_pct=float(cfg.get("crop_pct", 1.0)))
