@@ -17,9 +17,12 @@ EXIT_BAD_INPUT = 2
 
 
 def _console():
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    wide = None if sys.stdout.isatty() else 160  # pipes and CI logs get the whole table
+    return Console(stderr=False, highlight=False, soft_wrap=True, width=wide)
 
 
 def _progress():
