@@ -1,0 +1,1 @@
+"""Pure tensor math of the papers (no nn.Module, no timm): unit-tested on their own."""

@@ -1,0 +1,259 @@
+"""Token reduction math on plain tensors: matching, merging, pruning selections (no nn.Module, no timm).
+
+Every selection returns a :class:`TokenReduction` — index tensors saying which input tokens survive (in
+output order) and which are merged into which output position. ``merge`` then computes the
+(size-)weighted average; ``unmerge`` scatters back to full length. Only ``gather`` and ``scatter_add``
+are used, so graphs export to ONNX (opset ≥ 16) and run in ONNX Runtime (``scatter_reduce`` does not).
+
+Conventions: ``x`` is ``[B, N, C]``; the first ``num_protected`` tokens (cls, dist, registers) are never
+merged or dropped and stay first, in order; ``size`` is ``[B, N, 1]`` (patches a token stands for).
+
+Papers:
+* ToMe — Bolya et al., "Token Merging: Your ViT But Faster", ICLR 2023 (§3, bipartite soft matching).
+* EViT — Liang et al., "Not All Patches are What You Need", ICLR 2022 (§3.2, Eq. 4–5).
+* PiToMe — Tran et al., "Accelerating Transformers with Spectrum-Preserving Token Merging", NeurIPS 2024
+  (§3.2, Eq. 4–6).
+* HiPrune — Liu et al., "HiPrune: Training-Free Visual Token Pruning via Hierarchical Attention", 2025 (§3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "TokenReduction",
+    "bipartite_soft_matching",
+    "evit_select",
+    "gather_tokens",
+    "hiprune_select",
+    "pitome_energy",
+    "pitome_matching",
+    "proportional_attention_bias",
+    "random_drop",
+]
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[b, idx[b, k]]`` for ``x`` ``[B, N, C]`` and ``idx`` ``[B, K]`` → ``[B, K, C]``."""
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+@dataclass
+class TokenReduction:
+    """Which tokens survive and which merge where.
+
+    keep: ``[B, N']`` input indices of the output tokens, in output order (a merge destination keeps its
+    own slot). src/dst: ``[B, R]`` input indices merged away and the *output* positions they join;
+    ``None`` for a pure pruning (dropped tokens vanish). ``num_input`` is N.
+    """
+
+    keep: torch.Tensor
+    src: torch.Tensor | None
+    dst: torch.Tensor | None
+    num_input: int
+
+    @property
+    def num_output(self) -> int:
+        return self.keep.shape[1]
+
+    def merge(
+        self, x: torch.Tensor, size: torch.Tensor | None = None, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reduce ``x`` ``[B, N, C]`` → ``[B, N', C]``; returns ``(x', size')``.
+
+        Merged tokens are averaged with weights ``weight`` ``[B, N, 1]`` (default: ``size``, ToMe's
+        size-weighted average); sizes add up. Kept-alone tokens come out unchanged (up to rounding).
+        """
+        if size is None:
+            size = x.new_ones(x.shape[0], x.shape[1], 1)
+        size_out = gather_tokens(size, self.keep)  # [B, N', 1]
+        if self.src is None:  # pruning: a plain gather, bit-exact
+            return gather_tokens(x, self.keep), size_out
+        w = size if weight is None else weight  # [B, N, 1]
+        xw = x * w
+        dst_c = self.dst.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # [B, R, C]
+        num = gather_tokens(xw, self.keep).scatter_add(1, dst_c, gather_tokens(xw, self.src))  # [B, N', C]
+        dst_1 = self.dst.unsqueeze(-1)  # [B, R, 1]
+        size_out = size_out.scatter_add(1, dst_1, gather_tokens(size, self.src))
+        if weight is None:
+            den = size_out
+        else:
+            den = gather_tokens(w, self.keep).scatter_add(1, dst_1, gather_tokens(w, self.src))
+        return num / den, size_out
+
+    def unmerge(self, y: torch.Tensor) -> torch.Tensor:
+        """Back to ``[B, N, C]``: every merged token gets a copy of its destination; dropped tokens are 0."""
+        B, _, C = y.shape
+        full = y.new_zeros(B, self.num_input, C)
+        full = full.scatter(1, self.keep.unsqueeze(-1).expand(-1, -1, C), y)
+        if self.src is not None:
+            full = full.scatter(1, self.src.unsqueeze(-1).expand(-1, -1, C), gather_tokens(y, self.dst))
+        return full
+
+    def gather_index(self, index: torch.Tensor) -> torch.Tensor:
+        """Follow a per-token ``[B, N]`` tensor (e.g. original positions) to the output tokens."""
+        return index.gather(1, self.keep)
+
+
+def _prefix(batch: int, num_protected: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(num_protected, device=device).unsqueeze(0).expand(batch, -1)  # [B, P]
+
+
+def proportional_attention_bias(size: torch.Tensor) -> torch.Tensor:
+    """ToMe proportional attention (§3, "softmax(QKᵀ/√d + log s)"): ``[B, N, 1]`` sizes → ``[B, 1, 1, N]``."""
+    return size.log().transpose(1, 2).unsqueeze(1)
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int, num_protected: int = 1) -> TokenReduction:
+    """ToMe bipartite soft matching (Bolya et al. 2023, §3 "Bipartite Soft Matching").
+
+    ``metric`` ``[B, N, C]`` (attention keys averaged over heads). Unprotected tokens alternate into
+    sets A (even) and B (odd); each A token draws an edge to its most cosine-similar B token; the ``r``
+    strongest edges are merged. Output order: ``[protected, unmerged A, B]``. ``r`` is capped at
+    ``min(|A|, |B|)`` (at most a 50 % reduction per layer, as in the paper).
+    """
+    B, N, _ = metric.shape
+    P = num_protected
+    T = N - P
+    r = min(int(r), T // 2)
+    dev = metric.device
+    if r <= 0:
+        return TokenReduction(torch.arange(N, device=dev).unsqueeze(0).expand(B, -1), None, None, N)
+    m = F.normalize(metric[:, P:], dim=-1)  # [B, T, C]
+    a, b = m[:, 0::2], m[:, 1::2]  # [B, Ta, C], [B, Tb, C]
+    scores = a @ b.transpose(-1, -2)  # [B, Ta, Tb]
+    best, best_b = scores.max(dim=-1)  # [B, Ta]
+    order = best.argsort(dim=-1, descending=True)  # [B, Ta]
+    src_a, unm_a = order[:, :r], order[:, r:]  # [B, r], [B, Ta - r]
+    dst_b = best_b.gather(1, src_a)  # [B, r]
+    Ta, Tb = a.shape[1], b.shape[1]
+    b_idx = P + 1 + 2 * torch.arange(Tb, device=dev).unsqueeze(0).expand(B, -1)  # [B, Tb]
+    keep = torch.cat([_prefix(B, P, dev), P + 2 * unm_a, b_idx], dim=1)  # [B, N - r]
+    dst = P + (Ta - r) + dst_b
+    return TokenReduction(keep, P + 2 * src_a, dst, N)
+
+
+def evit_select(cls_attn: torch.Tensor, keep: int, num_protected: int = 1, fuse: bool = True) -> TokenReduction:
+    """EViT token reorganisation (Liang et al. 2022, §3.2): keep the ``keep`` most attentive patch tokens.
+
+    ``cls_attn`` ``[B, N]`` is the [CLS] attention row averaged over heads (Eq. 4). With ``fuse`` the
+    inattentive tokens are fused into one extra token placed last (Eq. 5; pass ``cls_attn`` as the merge
+    ``weight``); otherwise they are dropped.
+    """
+    B, N = cls_attn.shape
+    P = num_protected
+    T = N - P
+    keep = max(1, min(int(keep), T))
+    dev = cls_attn.device
+    order = cls_attn[:, P:].argsort(dim=-1, descending=True)  # [B, T]
+    top, rest = order[:, :keep], order[:, keep:]  # [B, keep], [B, T - keep]
+    if not fuse or rest.shape[1] == 0:
+        return TokenReduction(torch.cat([_prefix(B, P, dev), P + top], dim=1), None, None, N)
+    keep_idx = torch.cat([_prefix(B, P, dev), P + top, P + rest[:, :1]], dim=1)  # [B, P + keep + 1]
+    src = P + rest[:, 1:]  # [B, T - keep - 1]
+    dst = torch.full_like(src, P + keep)
+    return TokenReduction(keep_idx, src, dst, N)
+
+
+def pitome_energy(metric: torch.Tensor, margin: float, alpha: float = 1.0) -> torch.Tensor:
+    """PiToMe energy score (Tran et al. 2024, Eq. 4): ``E_i = 1/N Σ_j f_m(cos(v_i, v_j))``.
+
+    ``f_m(x) = x`` if ``x ≥ m`` else ``α(exp(x − m) − 1)``: similar neighbours count fully, dissimilar
+    ones contribute a small negative amount. ``metric`` ``[B, T, C]`` → ``[B, T]``; returns ``(energy,
+    cosine similarity [B, T, T])``.
+    """
+    m = F.normalize(metric, dim=-1)
+    sim = m @ m.transpose(-1, -2)  # [B, T, T]
+    f = torch.where(sim >= margin, sim, alpha * (torch.exp(sim - margin) - 1))
+    return f.mean(dim=-1), sim
+
+
+def pitome_matching(
+    metric: torch.Tensor, r: int, num_protected: int = 1, *, margin: float = 0.5, alpha: float = 1.0
+) -> TokenReduction:
+    """PiToMe ordered bipartite matching (Tran et al. 2024, §3.2 and Alg. 1).
+
+    Tokens are sorted by energy (Eq. 4). The ``2r`` highest-energy tokens (large clusters) are mergeable;
+    the rest — isolated, informative — are protected. Along the energy order, mergeable tokens alternate
+    into A (ranks 0, 2, 4, …) and B (1, 3, 5, …) and *every* A token merges into its most similar B token,
+    so exactly ``r`` tokens go. Output order: ``[protected prefix, protected by energy, B]``.
+    """
+    B, N, _ = metric.shape
+    P = num_protected
+    T = N - P
+    r = min(int(r), T // 2)
+    dev = metric.device
+    if r <= 0:
+        return TokenReduction(torch.arange(N, device=dev).unsqueeze(0).expand(B, -1), None, None, N)
+    energy, sim = pitome_energy(metric[:, P:], margin, alpha)  # [B, T], [B, T, T]
+    order = energy.argsort(dim=-1, descending=True)  # [B, T]
+    mergeable, protected = order[:, : 2 * r], order[:, 2 * r :]  # [B, 2r], [B, T - 2r]
+    a, b = mergeable[:, 0::2], mergeable[:, 1::2]  # [B, r] each
+    sim_a = sim.gather(1, a.unsqueeze(-1).expand(-1, -1, T))  # [B, r, T]
+    sim_ab = sim_a.gather(2, b.unsqueeze(1).expand(-1, r, -1))  # [B, r, r]
+    dst_b = sim_ab.argmax(dim=-1)  # [B, r]
+    keep = torch.cat([_prefix(B, P, dev), P + protected, P + b], dim=1)  # [B, N - r]
+    dst = P + (T - 2 * r) + dst_b
+    return TokenReduction(keep, P + a, dst, N)
+
+
+def random_drop(
+    batch: int, num_tokens: int, r: int, num_protected: int = 1, *, device=None, generator=None
+) -> TokenReduction:
+    """Control: drop ``r`` unprotected tokens uniformly at random (per image)."""
+    P = num_protected
+    T = num_tokens - P
+    r = max(0, min(int(r), T - 1))
+    noise = torch.rand(batch, T, device=device, generator=generator)  # [B, T]
+    kept = noise.argsort(dim=-1)[:, : T - r].sort(dim=-1).values  # [B, T - r], spatial order
+    return TokenReduction(torch.cat([_prefix(batch, P, device), P + kept], dim=1), None, None, num_tokens)
+
+
+def _dilate_cross(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """4-neighbourhood dilation of a ``[B, T]`` 0/1 mask laid out on a ``grid`` (no wrap-around)."""
+    B = mask.shape[0]
+    h, w = grid
+    m = mask.reshape(B, 1, h, w)  # [B, 1, h, w]
+    p = F.pad(m, (1, 1, 1, 1))  # [B, 1, h + 2, w + 2]
+    out = m + p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+    return (out > 0).to(mask.dtype).reshape(B, h * w)  # [B, T]
+
+
+def hiprune_select(
+    object_score: torch.Tensor,
+    deep_score: torch.Tensor,
+    budget: int,
+    grid: tuple[int, int],
+    *,
+    alpha: float = 0.1,
+    num_protected: int = 1,
+) -> TokenReduction:
+    """HiPrune selection (Liu et al. 2025, §3): anchors, buffers, registers within a token ``budget``.
+
+    ``object_score`` / ``deep_score`` ``[B, T]`` are per-patch attention scores from the object (middle)
+    layer and the deep layer. Anchors: the ``round(α·budget/5)`` top object-layer tokens; buffers: their
+    4 spatial neighbours on ``grid`` (so anchors + buffers ≈ α·budget); registers: the highest deep-layer
+    tokens among the rest, filling the budget. The budget is fixed per image (batched shapes), so when
+    buffers overlap more registers are taken. Kept patches stay in spatial order after the protected ones.
+    """
+    B, T = object_score.shape
+    if grid[0] * grid[1] != T:
+        raise ValueError(f"hiprune_select: grid {grid} does not hold {T} patch tokens")
+    budget = max(1, min(int(budget), T))
+    dev = object_score.device
+    n_anchor = min(int(math.floor(budget * alpha / 5 + 0.5)), budget)
+    chosen = object_score.new_zeros(B, T)
+    if n_anchor > 0:
+        anchors = object_score.topk(n_anchor, dim=-1).indices  # [B, n_anchor]
+        chosen = chosen.scatter(1, anchors, torch.ones_like(anchors, dtype=chosen.dtype))
+        chosen = _dilate_cross(chosen, grid)
+    # chosen tokens first (ranked by object score), then the deep layer's best (registers)
+    rank = chosen * (2.0 + object_score) + (1 - chosen) * deep_score.clamp(0, 1)  # [B, T]
+    kept = rank.topk(budget, dim=-1).indices.sort(dim=-1).values  # [B, budget]
+    return TokenReduction(
+        torch.cat([_prefix(B, num_protected, dev), num_protected + kept], dim=1), None, None, T + num_protected
+    )
