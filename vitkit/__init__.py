@@ -30,6 +30,10 @@ from .report import Report  # noqa: E402
 
 __all__ = [
     "BenchResult",
+    "EViTConfig",
+    "HiPruneConfig",
+    "PiToMeConfig",
+    "ToMeConfig",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -51,3 +55,4 @@ __all__ = [
     "save_artifact",
     "select_names",
 ]
+from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig  # noqa: E402
