@@ -269,7 +269,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="vitkit-demo")
     s.add_argument("--retrain", action="store_true", help="ignore the cached reference model")
     s.set_defaults(func=cmd_demo)
+    for module in COMMAND_PLUGINS:  # method families add their own sub-commands (`vitkit merge`)
+        _add_plugin_commands(sub, module)
     return p
+
+
+#: Modules with ``add_commands(subparsers)`` that contribute sub-commands; a missing one is skipped.
+COMMAND_PLUGINS = ("vitkit.merging.cli",)
+
+
+def _add_plugin_commands(sub, module: str) -> None:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and module.startswith(exc.name):
+            return
+        raise
+    mod.add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import logging
 
 _log = logging.getLogger(__name__)
 
-BUILTIN_PACKAGES = ("vitkit.tokens",)
+BUILTIN_PACKAGES = ("vitkit.tokens", "vitkit.quant", "vitkit.merging")
 
 for _name in BUILTIN_PACKAGES:
     try:

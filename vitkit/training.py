@@ -31,6 +31,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     shift: float = 2.0
+    rotate: float = 0.0
+    scale: float = 0.0
     seed: int = 0
     threads: int | None = None
 
@@ -93,7 +95,13 @@ def train_classifier(
     for epoch in range(cfg.epochs):
         correct = seen = 0
         for x, y in iterate_batches(
-            train_set, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, augment_shift=cfg.shift
+            train_set,
+            cfg.batch_size,
+            shuffle=True,
+            seed=cfg.seed * 1000 + epoch,
+            augment_shift=cfg.shift,
+            augment_rotate=cfg.rotate,
+            augment_scale=cfg.scale,
         ):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)

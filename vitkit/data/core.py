@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,17 +86,31 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, int]:
         return self.transform(self.images[idx : idx + 1])[0], int(self.labels[idx])
 
-    def transform(self, base: torch.Tensor, *, shift: float = 0.0, generator: torch.Generator | None = None):
-        """[B, c, h, w] in [0, 1] → [B, C, H, W] normalised for the model (optionally randomly shifted)."""
+    def transform(
+        self,
+        base: torch.Tensor,
+        *,
+        shift: float = 0.0,
+        rotate: float = 0.0,
+        scale: float = 0.0,
+        generator: torch.Generator | None = None,
+    ):
+        """[B, c, h, w] in [0, 1] → [B, C, H, W] normalised for the model.
+
+        With ``shift``/``rotate``/``scale`` > 0 each image gets a random affine map (±shift base pixels,
+        ±rotate degrees, zoom 1±scale), resampled straight to the target size in one ``grid_sample``.
+        """
         spec = self.spec
         b, c, h, w = base.shape
-        if shift > 0:
-            # Random translation by up to ±shift base pixels, resampled straight to the target size.
-            t = (torch.rand(b, 2, generator=generator) * 2 - 1) * shift
-            theta = torch.zeros(b, 2, 3)
-            theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-            theta[:, 0, 2] = t[:, 0] * 2 / w
-            theta[:, 1, 2] = t[:, 1] * 2 / h
+        if shift > 0 or rotate > 0 or scale > 0:
+            u = torch.rand(b, 4, generator=generator) * 2 - 1  # [B, 4] uniform in [-1, 1]
+            angle = u[:, 2] * rotate * math.pi / 180
+            zoom = 1 + u[:, 3] * scale
+            cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+            theta = torch.zeros(b, 2, 3)  # [B, 2, 3] output→input sampling map in normalised coords
+            theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+            theta[:, 0, 2] = u[:, 0] * shift * 2 / w
+            theta[:, 1, 2] = u[:, 1] * shift * 2 / h
             grid = F.affine_grid(theta, [b, c, spec.height, spec.width], align_corners=False)
             x = F.grid_sample(base, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         elif (h, w) != (spec.height, spec.width):
@@ -120,6 +135,8 @@ def iterate_batches(
     shuffle: bool = False,
     seed: int = 0,
     augment_shift: float = 0.0,
+    augment_rotate: float = 0.0,
+    augment_scale: float = 0.0,
     limit: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches ``(images, labels)``; fast vectorised path for in-memory sets, a DataLoader otherwise."""
@@ -129,7 +146,10 @@ def iterate_batches(
     if isinstance(dataset, TensorImageDataset):
         for i in range(0, n, batch_size):
             idx = order[i : i + batch_size]
-            yield dataset.transform(dataset.images[idx], shift=augment_shift, generator=gen), dataset.labels[idx]
+            x = dataset.transform(
+                dataset.images[idx], shift=augment_shift, rotate=augment_rotate, scale=augment_scale, generator=gen
+            )
+            yield x, dataset.labels[idx]
         return
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, order.tolist()), batch_size=batch_size, shuffle=False, num_workers=0
