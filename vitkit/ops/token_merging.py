@@ -103,6 +103,12 @@ def _prefix(batch: int, num_protected: int, device: torch.device) -> torch.Tenso
     return torch.arange(num_protected, device=device).unsqueeze(0).expand(batch, -1)  # [B, P]
 
 
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate index blocks along tokens, skipping empty ones (ONNX shape inference trips on them)."""
+    parts = [p for p in parts if p.shape[1] > 0]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 def proportional_attention_bias(size: torch.Tensor) -> torch.Tensor:
     """ToMe proportional attention (§3, "softmax(QKᵀ/√d + log s)"): ``[B, N, 1]`` sizes → ``[B, 1, 1, N]``."""
     return size.log().transpose(1, 2).unsqueeze(1)
@@ -132,7 +138,7 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, num_protected: int = 1
     dst_b = best_b.gather(1, src_a)  # [B, r]
     Ta, Tb = a.shape[1], b.shape[1]
     b_idx = P + 1 + 2 * torch.arange(Tb, device=dev).unsqueeze(0).expand(B, -1)  # [B, Tb]
-    keep = torch.cat([_prefix(B, P, dev), P + 2 * unm_a, b_idx], dim=1)  # [B, N - r]
+    keep = _cat([_prefix(B, P, dev), P + 2 * unm_a, b_idx])  # [B, N - r]
     dst = P + (Ta - r) + dst_b
     return TokenReduction(keep, P + 2 * src_a, dst, N)
 
@@ -152,8 +158,8 @@ def evit_select(cls_attn: torch.Tensor, keep: int, num_protected: int = 1, fuse:
     order = cls_attn[:, P:].argsort(dim=-1, descending=True)  # [B, T]
     top, rest = order[:, :keep], order[:, keep:]  # [B, keep], [B, T - keep]
     if not fuse or rest.shape[1] == 0:
-        return TokenReduction(torch.cat([_prefix(B, P, dev), P + top], dim=1), None, None, N)
-    keep_idx = torch.cat([_prefix(B, P, dev), P + top, P + rest[:, :1]], dim=1)  # [B, P + keep + 1]
+        return TokenReduction(_cat([_prefix(B, P, dev), P + top]), None, None, N)
+    keep_idx = _cat([_prefix(B, P, dev), P + top, P + rest[:, :1]])  # [B, P + keep + 1]
     src = P + rest[:, 1:]  # [B, T - keep - 1]
     dst = torch.full_like(src, P + keep)
     return TokenReduction(keep_idx, src, dst, N)
@@ -196,7 +202,7 @@ def pitome_matching(
     sim_a = sim.gather(1, a.unsqueeze(-1).expand(-1, -1, T))  # [B, r, T]
     sim_ab = sim_a.gather(2, b.unsqueeze(1).expand(-1, r, -1))  # [B, r, r]
     dst_b = sim_ab.argmax(dim=-1)  # [B, r]
-    keep = torch.cat([_prefix(B, P, dev), P + protected, P + b], dim=1)  # [B, N - r]
+    keep = _cat([_prefix(B, P, dev), P + protected, P + b])  # [B, N - r]
     dst = P + (T - 2 * r) + dst_b
     return TokenReduction(keep, P + a, dst, N)
 
@@ -210,7 +216,7 @@ def random_drop(
     r = max(0, min(int(r), T - 1))
     noise = torch.rand(batch, T, device=device, generator=generator)  # [B, T]
     kept = noise.argsort(dim=-1)[:, : T - r].sort(dim=-1).values  # [B, T - r], spatial order
-    return TokenReduction(torch.cat([_prefix(batch, P, device), P + kept], dim=1), None, None, num_tokens)
+    return TokenReduction(_cat([_prefix(batch, P, device), P + kept]), None, None, num_tokens)
 
 
 def _dilate_cross(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -254,6 +260,4 @@ def hiprune_select(
     # chosen tokens first (ranked by object score), then the deep layer's best (registers)
     rank = chosen * (2.0 + object_score) + (1 - chosen) * deep_score.clamp(0, 1)  # [B, T]
     kept = rank.topk(budget, dim=-1).indices.sort(dim=-1).values  # [B, budget]
-    return TokenReduction(
-        torch.cat([_prefix(B, num_protected, dev), num_protected + kept], dim=1), None, None, T + num_protected
-    )
+    return TokenReduction(_cat([_prefix(B, num_protected, dev), num_protected + kept]), None, None, T + num_protected)

@@ -172,7 +172,7 @@ class TokenReductionBlock(Block):
         if not ctx.reduced:
             if not needs:  # untouched tokens, nothing to do: timm's own forward, bit-exact
                 return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-            bias, causal = attn_mask, is_causal
+            bias, causal = attn_mask, bool(is_causal)
         else:
             bias, causal = ctx.bias(x), False
         if not needs:
@@ -208,8 +208,9 @@ class TokenReductionVisionTransformer(nn.Module):
         x = self.patch_drop(x)
         x = self.norm_pre(x)
         ctx = TokenContext(int(self.num_prefix_tokens), tuple(grid), bool(getattr(self, PROP_ATTN, False)))
-        for blk in self.blocks:
-            x = blk(x, attn_mask=attn_mask, is_causal=is_causal, ctx=ctx)
+        masked = attn_mask is not None or bool(is_causal)
+        for blk in self.blocks:  # defaults not passed: tracers (ONNX) would turn a bool kwarg into a tensor
+            x = blk(x, attn_mask=attn_mask, is_causal=is_causal, ctx=ctx) if masked else blk(x, ctx=ctx)
         return self.norm(x), ctx.size
 
     def forward_features(
