@@ -10,7 +10,7 @@ averaged over heads and queries (the reference code's "global attention"), so no
 
 Adaptation to a classifier (deliberate): the reduction must happen inside the forward to save compute,
 so the deep layer cannot be the last one. vitkit records the object-layer score at ``object_layer``
-(default ``round(0.25·depth)``, block 3 of 12) and, at ``register_layer`` (default
+(default ``int(0.25·depth)``, block 3 of 12) and, at ``register_layer`` (default
 ``round(0.4·depth)``, block 5 of 12), takes the register score from that block's attention and prunes
 right after it (before its MLP); the remaining blocks run on ``N'`` patch tokens plus all prefix tokens
 (cls/dist/registers, always kept). Buffers respect the grid borders (the reference code's ±1 / ±W index
@@ -60,7 +60,7 @@ class HiPruneConfig(TransformConfig):
 
 
 def hiprune_layers(cfg: HiPruneConfig, depth: int) -> tuple[int, int]:
-    obj = int(round(0.25 * depth)) if cfg.object_layer is None else cfg.object_layer
+    obj = int(0.25 * depth) if cfg.object_layer is None else cfg.object_layer
     reg = int(round(0.4 * depth)) if cfg.register_layer is None else cfg.register_layer
     reg = max(reg, obj)
     if reg >= depth:
