@@ -1,0 +1,13 @@
+"""Post-training quantization of ViTs (RepQ-ViT, PTQ4ViT-style, min-max, percentile) and int8 deployment.
+
+```python
+import vitkit
+vitkit.apply_(model, vitkit.PTQConfig(w_bits=8, a_bits=8, method="repq"), calib=images)  # fake-quant, in place
+```
+Quantizer math lives in :mod:`vitkit.ops.quant`; modules in :mod:`vitkit.quant.modules`.
+"""
+
+from .modules import quantized_size_bytes, quantizers, set_quant_enabled
+from .ptq import PTQConfig, apply_ptq
+
+__all__ = ["PTQConfig", "apply_ptq", "quantized_size_bytes", "quantizers", "set_quant_enabled"]

@@ -1,0 +1,270 @@
+"""Fake-quant modules: quantizers with their parameters as buffers, and the patched timm layers.
+
+Layers are patched by swapping ``__class__`` (``nn.Linear`` → :class:`QuantLinear`, ``nn.Conv2d`` →
+:class:`QuantConv2d`, timm ``Attention`` → :class:`QuantAttention`) and adding quantizer sub-modules, so
+the original weights keep their state-dict names (``blocks.0.attn.qkv.weight``) and the quantizer
+parameters appear beside them (``blocks.0.attn.qkv.a_quant.scale``).
+
+A quantizer is *calibrating* until it has seen one batch: on that forward it fits its parameters to its
+input (with every upstream quantizer already active — RepQ-ViT's sequential calibration) and from then on
+quantizes. :func:`quantizers` and :func:`set_quant_enabled` act on all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Attention
+
+from ..errors import DataError
+from ..ops import quant as Q
+
+
+class Quantizer(nn.Module):
+    """Base: ``where`` names the module for error messages; ``enabled=False`` passes values through."""
+
+    kind = "base"
+
+    def __init__(self, bits: int, where: str = "") -> None:
+        super().__init__()
+        self.bits = Q.check_bits(bits)
+        self.where = where
+        self.enabled = True
+        self.calibrated = False
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "bits": self.bits}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if not self.calibrated:
+            if not torch.isfinite(x).all():
+                raise DataError(
+                    f"non-finite (NaN/Inf) activations reach {self.where or 'a quantizer'} during calibration: "
+                    "check the calibration images and the model weights"
+                )
+            with torch.no_grad():
+                self.fit(x)
+            self.calibrated = True
+        return self.quant(x)
+
+    def fit(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def quant(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class UniformQuantizer(Quantizer):
+    """Uniform quantizer; per-tensor (``channels=None``) or per-channel along ``axis`` (``scale``: ``[C]``)."""
+
+    kind = "uniform"
+
+    def __init__(
+        self,
+        bits: int,
+        *,
+        symmetric: bool = False,
+        channels: int | None = None,
+        axis: int = -1,
+        search: str = "minmax",
+        percentile: float = 99.99,
+        where: str = "",
+    ) -> None:
+        super().__init__(bits, where)
+        self.symmetric = bool(symmetric)
+        self.channels = channels
+        self.axis = axis
+        self.search = search
+        self.percentile = float(percentile)
+        n = channels or 1
+        self.register_buffer("scale", torch.ones(n))
+        self.register_buffer("zero_point", torch.zeros(n))
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "bits": self.bits,
+            "symmetric": self.symmetric,
+            "channels": self.channels,
+            "axis": self.axis,
+            "search": self.search,
+            "percentile": self.percentile,
+        }
+
+    def _axis(self) -> int | None:
+        return self.axis if self.channels else None
+
+    def fit(self, x: torch.Tensor) -> None:
+        s, z = Q.search_uniform(
+            x, self.bits, symmetric=self.symmetric, axis=self._axis(), method=self.search, percentile=self.percentile
+        )
+        self.scale.copy_(s.reshape(self.scale.shape))
+        self.zero_point.copy_(z.reshape(self.zero_point.shape))
+
+    def quant(self, x: torch.Tensor) -> torch.Tensor:
+        return Q.fake_quant(x, self.scale, self.zero_point, self.bits, symmetric=self.symmetric, axis=self._axis())
+
+
+class LogQuantizer(Quantizer):
+    """log2 / log√2 quantizer for post-softmax attention (RepQ-ViT eq. 11–12); ``delta``: ``[1]``."""
+
+    kind = "log"
+
+    def __init__(self, bits: int, *, sqrt2: bool = True, where: str = "") -> None:
+        super().__init__(bits, where)
+        self.sqrt2 = bool(sqrt2)
+        self.register_buffer("delta", torch.ones(1))
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "bits": self.bits, "sqrt2": self.sqrt2}
+
+    def fit(self, x: torch.Tensor) -> None:
+        self.delta.copy_(Q.search_log2(x, self.bits, sqrt2=self.sqrt2))
+
+    def quant(self, x: torch.Tensor) -> torch.Tensor:
+        return Q.log2_fake_quant(x, self.delta, self.bits, sqrt2=self.sqrt2)
+
+
+class TwinUniformQuantizer(Quantizer):
+    """PTQ4ViT twin-uniform quantizer for post-softmax (``mode="softmax"``) or post-GELU values."""
+
+    kind = "twin"
+
+    def __init__(self, bits: int, *, mode: str = "softmax", where: str = "") -> None:
+        super().__init__(bits, where)
+        if mode not in ("softmax", "gelu"):
+            raise ValueError(f"twin-uniform mode must be softmax or gelu, got {mode!r}")
+        self.mode = mode
+        self.register_buffer("delta", torch.ones(1))
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": self.kind, "bits": self.bits, "mode": self.mode}
+
+    def fit(self, x: torch.Tensor) -> None:
+        fit = Q.search_twin_softmax if self.mode == "softmax" else Q.search_twin_gelu
+        self.delta.copy_(fit(x, self.bits))
+
+    def quant(self, x: torch.Tensor) -> torch.Tensor:
+        fn = Q.twin_uniform_softmax if self.mode == "softmax" else Q.twin_uniform_gelu
+        return fn(x, self.delta, self.bits)
+
+
+def make_quantizer(spec: dict[str, Any], where: str = "") -> Quantizer:
+    """Build a quantizer from its :meth:`Quantizer.spec` (used by surgery and by the artifact restore hook)."""
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    cls = {"uniform": UniformQuantizer, "log": LogQuantizer, "twin": TwinUniformQuantizer}[kind]
+    return cls(where=where, **spec)
+
+
+class QuantLinear(nn.Linear):
+    """``nn.Linear`` whose input passes ``a_quant`` and whose weight passes ``w_quant`` (either may be absent)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a_q, w_q = getattr(self, "a_quant", None), getattr(self, "w_quant", None)
+        if a_q is not None:
+            x = a_q(x)
+        w = w_q(self.weight) if w_q is not None else self.weight
+        return F.linear(x, w, self.bias)
+
+
+class QuantConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (patch embedding) with input and per-output-channel weight quantizers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a_q, w_q = getattr(self, "a_quant", None), getattr(self, "w_quant", None)
+        if a_q is not None:
+            x = a_q(x)
+        w = w_q(self.weight) if w_q is not None else self.weight
+        return self._conv_forward(x, w, self.bias)
+
+
+class QuantAttention(Attention):
+    """timm ``Attention`` with explicit ``q·kᵀ`` and ``attn·v`` matmuls whose inputs pass quantizers
+    (``q_quant``, ``k_quant``, ``attn_quant`` on the softmax output, ``v_quant``). What changed: the fused
+    SDPA kernel is replaced by the manual path, since the attention map itself is quantized."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        if attn_mask is not None or is_causal:
+            raise NotImplementedError("QuantAttention does not support attention masks")
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,H,N,d]
+        q, k, v = qkv.unbind(0)  # each [B,H,N,d]
+        q, k = self.q_norm(q), self.k_norm(k)
+        q = _maybe(self, "q_quant", q * self.scale)
+        k = _maybe(self, "k_quant", k)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # [B,H,N,N]
+        attn = _maybe(self, "attn_quant", self.attn_drop(attn))
+        v = _maybe(self, "v_quant", v)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim)  # [B,N,H*d]
+        x = self.norm(x)
+        x = self.proj(x)
+        return self.proj_drop(x)
+
+
+def _maybe(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    q = getattr(module, name, None)
+    return q(x) if q is not None else x
+
+
+PATCHED = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d, Attention: QuantAttention}
+UNPATCHED = {v: k for k, v in PATCHED.items()}
+
+
+def patch_module(module: nn.Module, quantizers: dict[str, Quantizer]) -> None:
+    """Swap ``module`` to its quantized class and attach ``quantizers`` (``{"a_quant": ..., "w_quant": ...}``)."""
+    base = UNPATCHED.get(type(module), type(module))
+    if base not in PATCHED:
+        raise TypeError(f"cannot quantize a {type(module).__name__}")
+    module.__class__ = PATCHED[base]
+    for name, q in quantizers.items():
+        setattr(module, name, q)
+
+
+def unpatch_module(module: nn.Module) -> None:
+    """Back to the float class; quantizer sub-modules removed (weights, possibly reparameterized, stay)."""
+    for name in [n for n, c in module.named_children() if isinstance(c, Quantizer)]:
+        delattr(module, name)
+    if type(module) in UNPATCHED:
+        module.__class__ = UNPATCHED[type(module)]
+
+
+def quantizers(model: nn.Module) -> dict[str, Quantizer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, Quantizer)}
+
+
+def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
+    """Switch every quantizer on or off (off = the float model, with any reparameterized weights)."""
+    for q in quantizers(model).values():
+        q.enabled = enabled
+
+
+def weight_bits(model: nn.Module) -> dict[str, int]:
+    """Bits of each quantized weight, by module name."""
+    return {
+        n: m.w_quant.bits
+        for n, m in model.named_modules()
+        if isinstance(m, QuantLinear | QuantConv2d) and isinstance(getattr(m, "w_quant", None), Quantizer)
+    }
+
+
+def quantized_size_bytes(model: nn.Module) -> int:
+    """Bytes of the model with each quantized weight packed at its bit width (+ fp32 per-channel scale and
+    zero point), every other parameter in fp32."""
+    total = 0
+    packed: set[int] = set()
+    for m in model.modules():
+        w_q = getattr(m, "w_quant", None)
+        if isinstance(m, QuantLinear | QuantConv2d) and isinstance(w_q, Quantizer):
+            total += math.ceil(m.weight.numel() * w_q.bits / 8) + 8 * m.weight.shape[0]
+            packed.add(id(m.weight))
+    for p in model.parameters():
+        if id(p) not in packed:
+            total += p.numel() * p.element_size()
+    return total

@@ -1,0 +1,313 @@
+"""Post-training quantization of timm ViTs: RepQ-ViT (default), PTQ4ViT-style twin uniform, min-max, percentile.
+
+RepQ-ViT (Li et al., ICCV 2023), as published (§4, Algorithm 1 and public code):
+
+1. every Linear/Conv2d (patch embedding and head included) gets a per-output-channel weight quantizer and an
+   input quantizer; both inputs of ``q·kᵀ`` and ``attn·v`` are quantized, the post-softmax map with the log√2
+   quantizer (eq. 11–12); the patch-embedding input stays 8 bit;
+2. the post-LayerNorm inputs of ``qkv`` and ``fc1`` are calibrated **per channel**; scales come from RepQ's
+   quantile search (clip quantiles {0.999, 0.9999, 0.99999}, lowest L2 error); one forward over the
+   calibration images with quantization on calibrates every quantizer in order;
+3. scale reparameterization (eq. 6–9, :mod:`vitkit.quant.reparam`) folds the per-channel scales into the
+   LayerNorm affine and the next linear — the input quantizer becomes per-tensor — and marks those weight
+   quantizers uncalibrated;
+4. a second calibration pass over the same images re-fits them.
+
+``method="dopq"``: RepQ-ViT with DopQ-ViT's median post-LN scale (MOSF, v1). DopQ-ViT's TanQ softmax
+quantizer is *not* implemented (its formula is not in the sources available here). ``method="ptq4vit"``:
+twin-uniform quantizers for post-softmax and post-GELU values with an MSE search over clipping candidates
+(PTQ4ViT, Yuan et al., ECCV 2022); deliberately without its Hessian-guided metric, whose gradient is
+numerically zero in parallel calibration (hahnyuan/PTQ4ViT#23), and calibrated sequentially.
+``method="minmax"`` / ``"percentile"``: the naive per-tensor baselines (uniform attention map).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from ..adapters.timm_vit import block_parts, describe, input_size
+from ..configs import TransformConfig, select_names
+from ..errors import ConfigError, DataError, UnsupportedModelError
+from ..registry import register_transform
+from .modules import QuantAttention, make_quantizer, patch_module, quantized_size_bytes, quantizers
+from .reparam import fold_into_norm_linear, reparam_factors
+
+_log = logging.getLogger(__name__)
+
+METHODS = ("repq", "dopq", "ptq4vit", "minmax", "percentile")
+#: Activation / weight scale search per method (see :func:`vitkit.ops.quant.search_uniform`).
+_ACT_SEARCH = {"repq": "quantile", "dopq": "quantile", "ptq4vit": "mse", "minmax": "minmax", "percentile": "percentile"}
+_W_SEARCH = {"repq": "quantile", "dopq": "quantile", "ptq4vit": "mse", "minmax": "minmax", "percentile": "minmax"}
+
+
+def _check_bits(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
+        raise ConfigError(f"PTQConfig.{name} must be an int from 2 to 8, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PTQConfig(TransformConfig):
+    """Post-training quantization (fake-quant simulation of integer inference).
+
+    ``w_bits`` / ``a_bits``: weight / activation bits (2–8; attention inputs use ``a_bits``);
+    ``method``: ``repq`` (RepQ-ViT), ``dopq`` (RepQ-ViT + DopQ-ViT median scale), ``ptq4vit``, ``minmax``,
+    ``percentile``; ``calib_images``: images used for calibration (RepQ-ViT/PTQ4ViT: 32); ``percentile``:
+    clip percentile for ``method="percentile"``; ``first_input_bits``: patch-embedding input bits (8 in the
+    papers); ``quantize_head``: quantize the classifier; ``layer_bits``: per-module ``{name: w_bits}``
+    overrides (what :class:`MixedPrecisionConfig` produces); ``seed``: calibration draw from a dataset.
+    ``targets``/``skip`` globs match the quantizable module names (``blocks.0.attn.qkv``, ``head`` ...).
+    """
+
+    w_bits: int = 8
+    a_bits: int = 8
+    method: str = "repq"
+    calib_images: int = 32
+    percentile: float = 99.99
+    first_input_bits: int = 8
+    quantize_head: bool = True
+    layer_bits: dict | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check_bits(self.w_bits, "w_bits")
+        _check_bits(self.a_bits, "a_bits")
+        _check_bits(self.first_input_bits, "first_input_bits")
+        if self.method not in METHODS:
+            raise ConfigError(f"PTQConfig.method must be one of {list(METHODS)}, got {self.method!r}")
+        if isinstance(self.calib_images, bool) or not isinstance(self.calib_images, int) or self.calib_images < 1:
+            raise ConfigError(f"PTQConfig.calib_images must be a positive int, got {self.calib_images!r}")
+        if not 50.0 < float(self.percentile) <= 100.0:
+            raise ConfigError(f"PTQConfig.percentile must be in (50, 100], got {self.percentile}")
+        for name, bits in dict(self.layer_bits or {}).items():
+            _check_bits(bits, f"layer_bits[{name!r}]")
+
+
+# -- planning -----------------------------------------------------------------------------------------------
+def quantizable_names(model: nn.Module) -> list[str]:
+    """Names of the modules PTQ patches, in forward order."""
+    info = describe(model)
+    unsupported = sorted(info.features & {"gated_attn", "glu_mlp"})
+    if unsupported:
+        raise UnsupportedModelError(
+            f"ptq does not handle the model feature(s) {unsupported}: use a ViT with plain Attention and Mlp"
+        )
+    names = ["patch_embed.proj"]
+    for i in range(info.depth):
+        names += [f"blocks.{i}.attn.qkv", f"blocks.{i}.attn", f"blocks.{i}.attn.proj"]
+        names += [f"blocks.{i}.mlp.fc1", f"blocks.{i}.mlp.fc2"]
+    modules = dict(model.named_modules())
+    for head_name in ("head", "head_dist"):
+        if isinstance(modules.get(head_name), nn.Linear):
+            names.append(head_name)
+    return names
+
+
+def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
+    """``{module name: {quantizer slot: quantizer spec}}`` before calibration."""
+    names = select_names(quantizable_names(model), cfg.targets, cfg.skip, what="quantizable modules")
+    if not cfg.quantize_head:
+        names = [n for n in names if n not in ("head", "head_dist")]
+    overrides = dict(cfg.layer_bits or {})
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ConfigError(f"PTQConfig.layer_bits names unknown module(s) {unknown}; quantizable: {names[:4]}, ...")
+    modules = dict(model.named_modules())
+    a_search, w_search = _ACT_SEARCH[cfg.method], _W_SEARCH[cfg.method]
+    repq = cfg.method in ("repq", "dopq")
+
+    def uni(bits: int, search: str, channels: int | None = None, axis: int = -1) -> dict:
+        return {
+            "kind": "uniform",
+            "bits": bits,
+            "symmetric": False,
+            "channels": channels,
+            "axis": axis,
+            "search": search,
+            "percentile": float(cfg.percentile),
+        }
+
+    plan: dict[str, dict[str, dict]] = {}
+    for name in names:
+        mod = modules[name]
+        if name.endswith(".attn"):
+            if repq:
+                attn_q = {"kind": "log", "bits": cfg.a_bits, "sqrt2": True}
+            elif cfg.method == "ptq4vit":
+                attn_q = {"kind": "twin", "bits": cfg.a_bits, "mode": "softmax"}
+            else:
+                attn_q = uni(cfg.a_bits, a_search)
+            plan[name] = {
+                "q_quant": uni(cfg.a_bits, a_search),
+                "k_quant": uni(cfg.a_bits, a_search),
+                "attn_quant": attn_q,
+                "v_quant": uni(cfg.a_bits, a_search),
+            }
+            continue
+        wb = int(overrides.get(name, cfg.w_bits))
+        w_spec = uni(wb, w_search, channels=mod.weight.shape[0], axis=0)
+        if name == "patch_embed.proj":
+            a_spec = uni(cfg.first_input_bits, a_search)
+        elif repq and (name.endswith(".attn.qkv") or name.endswith(".mlp.fc1")):
+            a_spec = uni(cfg.a_bits, a_search, channels=mod.in_features, axis=-1)  # post-LN: per channel first
+        elif cfg.method == "ptq4vit" and name.endswith(".mlp.fc2"):
+            a_spec = {"kind": "twin", "bits": cfg.a_bits, "mode": "gelu"}
+        else:
+            a_spec = uni(cfg.a_bits, a_search)
+        plan[name] = {"a_quant": a_spec, "w_quant": w_spec}
+    return plan
+
+
+def install(model: nn.Module, plan: dict[str, dict[str, dict]], *, calibrated: bool) -> None:
+    """Patch every planned module with fresh quantizers (``calibrated=True`` when values come from a state dict)."""
+    modules = dict(model.named_modules())
+    for name, slots in plan.items():
+        qs = {slot: make_quantizer(spec, where=f"{name}.{slot}") for slot, spec in slots.items()}
+        for q in qs.values():
+            q.calibrated = calibrated
+        patch_module(modules[name], qs)
+
+
+# -- calibration data ------------------------------------------------------------------------------------------
+def calibration_tensor(calib: Any, model: nn.Module, n: int, seed: int = 0) -> torch.Tensor:
+    """``[n, C, H, W]`` calibration images from a tensor, a dataset or an iterable of batches, checked."""
+    if calib is None:
+        raise DataError(
+            "ptq needs calibration images: pass calib=vitkit.data.calibration_set(dataset, 32) (recipes do this)"
+        )
+    if isinstance(calib, Dataset) and not isinstance(calib, torch.Tensor):
+        from ..data import calibration_set
+
+        if len(calib) < n:
+            raise DataError(f"calibration dataset has {len(calib)} images but calib_images={n}: lower calib_images")
+        x = calibration_set(calib, n, seed=seed)
+    elif isinstance(calib, torch.Tensor):
+        x = calib
+    elif isinstance(calib, list | tuple) or hasattr(calib, "__iter__"):
+        parts, have = [], 0
+        for batch in calib:
+            t = batch[0] if isinstance(batch, list | tuple) else batch
+            parts.append(torch.as_tensor(t))
+            have += parts[-1].shape[0] if parts[-1].dim() == 4 else 1
+            if have >= n:
+                break
+        if not parts:
+            raise DataError("calibration set is empty: pass at least calib_images images")
+        x = torch.cat([p if p.dim() == 4 else p.unsqueeze(0) for p in parts])
+    else:
+        raise DataError(f"calib must be an image tensor [n,C,H,W] or a dataset, got {type(calib).__name__}")
+    want = input_size(model)
+    if x.dim() != 4 or tuple(x.shape[1:]) != want:
+        raise DataError(
+            f"calibration images have shape {tuple(x.shape[1:]) if x.dim() == 4 else tuple(x.shape)} but the model "
+            f"expects [n, {want[0]}, {want[1]}, {want[2]}]: load the data with model=..."
+        )
+    if x.shape[0] == 0:
+        raise DataError("calibration set is empty: pass at least calib_images images")
+    if x.shape[0] < n:
+        raise DataError(
+            f"calibration set has {x.shape[0]} images but calib_images={n}: pass more images or lower calib_images"
+        )
+    x = x[:n].float()
+    if not torch.isfinite(x).all():
+        raise DataError("calibration images contain NaN/Inf values: clean the calibration set")
+    return x
+
+
+# -- RepQ-ViT -----------------------------------------------------------------------------------------------------
+def post_ln_pairs(model: nn.Module, plan: dict) -> list[tuple[str, str]]:
+    """``(norm name, linear name)`` for the per-channel post-LN quantizers in ``plan`` (qkv ← norm1, fc1 ← norm2)."""
+    pairs = []
+    for i, _ in enumerate(model.blocks):
+        for norm, lin in ((f"blocks.{i}.norm1", f"blocks.{i}.attn.qkv"), (f"blocks.{i}.norm2", f"blocks.{i}.mlp.fc1")):
+            spec = plan.get(lin, {}).get("a_quant")
+            if spec and spec.get("kind") == "uniform" and spec.get("channels"):
+                pairs.append((norm, lin))
+    return pairs
+
+
+@torch.no_grad()
+def repq_reparameterize(model: nn.Module, plan: dict, *, reduce: str = "mean") -> tuple[list[str], list[str]]:
+    """Step 3 of RepQ-ViT on a calibrated model: fold each per-channel post-LN quantizer into LN + linear,
+    replace it by the per-tensor quantizer ``(s̃, z̃)`` and un-calibrate that linear's weight quantizer.
+    Updates ``plan`` in place; returns (reparameterized linears, linears that gained a bias)."""
+    modules = dict(model.named_modules())
+    done, added = [], []
+    for norm_name, lin_name in post_ln_pairs(model, plan):
+        lin = modules[lin_name]
+        aq = lin.a_quant
+        r, b, s_t, z_t = reparam_factors(aq.scale, aq.zero_point, reduce=reduce)
+        if fold_into_norm_linear(modules[norm_name], lin, r, b):
+            added.append(lin_name)
+        spec = dict(plan[lin_name]["a_quant"], channels=None)
+        new = make_quantizer(spec, where=f"{lin_name}.a_quant")
+        new.scale.copy_(s_t)
+        new.zero_point.copy_(z_t)
+        new.calibrated = True
+        lin.a_quant = new
+        plan[lin_name]["a_quant"] = spec
+        lin.w_quant.calibrated = False  # re-fitted by the second calibration pass (RepQ-ViT step 4)
+        done.append(lin_name)
+    return done, added
+
+
+# -- the transform ----------------------------------------------------------------------------------------------------
+def check_not_quantized(model: nn.Module) -> None:
+    if quantizers(model) or any(isinstance(m, QuantAttention) for m in model.modules()):
+        raise ConfigError("model is already quantized: apply ptq to a float model (load the original again)")
+
+
+def _restore(model: nn.Module, cfg: PTQConfig, decisions: dict) -> None:
+    """Rebuild the quantized module structure on a fresh float model, before the strict state-dict load."""
+    modules = dict(model.named_modules())
+    for name in decisions.get("added_bias", []):
+        lin = modules[name]
+        lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype))
+    install(model, decisions["plan"], calibrated=True)
+
+
+@register_transform(PTQConfig, name="ptq", kind="numerics", paper="RepQ-ViT (Li et al., ICCV 2023)", restore=_restore)
+def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
+    """Quantize ``model`` in place (fake-quant) with ``cfg``; ``calib``: ``[n,C,H,W]`` images or a dataset."""
+    check_not_quantized(model)
+    for i, blk in enumerate(model.blocks):
+        block_parts(blk, index=i)
+    plan = build_plan(model, cfg)
+    n_bits = {n: s["w_quant"]["bits"] for n, s in plan.items() if "w_quant" in s}
+    head = f"W{cfg.w_bits}A{cfg.a_bits} {cfg.method}"
+    if dry_run:
+        return {"summary": f"{head}: would quantize {len(plan)} modules", "plan": plan, "weight_bits": n_bits}
+    x = calibration_tensor(calib, model, cfg.calib_images, cfg.seed)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    install(model, plan, calibrated=False)
+    with torch.no_grad():
+        model(x)  # calibration pass 1 (sequential: upstream quantizers already active)
+        reparam, added = [], []
+        if cfg.method in ("repq", "dopq"):
+            reparam, added = repq_reparameterize(model, plan, reduce="median" if cfg.method == "dopq" else "mean")
+            model(x)  # calibration pass 2: re-fit the reparameterized linears' weight quantizers
+    seconds = time.perf_counter() - t0
+    model.train(was_training)
+    for name, q in quantizers(model).items():
+        if not q.calibrated:  # e.g. a module the calibration forward never reached
+            raise DataError(f"quantizer {name} saw no data during calibration: is the module used in forward?")
+    size = quantized_size_bytes(model)
+    _log.info("%s calibrated on %d images in %.1fs", head, x.shape[0], seconds)
+    return {
+        "summary": f"{head}: {len(plan)} modules, {len(reparam)} LN reparameterizations, {x.shape[0]} calib images",
+        "plan": plan,
+        "reparameterized": reparam,
+        "added_bias": added,
+        "calib_images": int(x.shape[0]),
+        "calib_seconds": round(seconds, 3),
+        "weight_bits": n_bits,
+        "packed_bytes": int(size),
+    }
