@@ -29,6 +29,16 @@ from .registry import get_transform, list_transforms, register_transform  # noqa
 from .report import Report  # noqa: E402
 
 __all__ = [
+    "AverageConfig",
+    "DAREConfig",
+    "FWMergingConfig",
+    "GreedySoupConfig",
+    "OPCMConfig",
+    "PLeaSConfig",
+    "RegMeanConfig",
+    "TaskArithmeticConfig",
+    "TIESConfig",
+    "merge",
     "BenchResult",
     "EViTConfig",
     "HiPruneConfig",
@@ -56,3 +66,5 @@ __all__ = [
     "select_names",
 ]
 from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig  # noqa: E402
+
+from .merging import AverageConfig, DAREConfig, FWMergingConfig, GreedySoupConfig, OPCMConfig, PLeaSConfig, RegMeanConfig, TaskArithmeticConfig, TIESConfig, merge  # noqa: E402, E501  # isort: skip

@@ -1,0 +1,239 @@
+"""``vitkit.merge``: the merge-method registry and the per-tensor streaming executor.
+
+A method is ``fn(sources, base, cfg, ctx) -> state_dict`` registered with :func:`register_merge`. Per-tensor
+methods (average, task arithmetic, TIES, DARE) run through :func:`stream_merge`, which reads the N tensors of
+one name, merges them, and moves on — so a merge of N ``.safetensors`` files holds the output plus one
+tensor per model, not N models.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import logging
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..configs import TransformConfig, select_names
+from ..errors import ConfigError
+from ..ops import merging as ops
+from .configs import AverageConfig, DAREConfig, TaskArithmeticConfig, TIESConfig
+from .sources import TensorSource, check_compatible, compute_dtype, open_source, open_sources
+
+_log = logging.getLogger(__name__)
+
+MergeFn = Callable[..., dict[str, torch.Tensor]]
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    config_cls: type[TransformConfig]
+    fn: MergeFn
+    paper: str
+    needs_base: bool
+    needs: tuple[str, ...] = ()  # extra inputs: "model", "evaluate", "objective", "calib"
+
+
+_METHODS: dict[str, MergeMethod] = {}
+
+
+def register_merge(
+    name: str, config_cls: type[TransformConfig], *, paper: str, needs_base: bool, needs: tuple[str, ...] = ()
+) -> Callable[[MergeFn], MergeFn]:
+    def deco(fn: MergeFn) -> MergeFn:
+        _METHODS[name] = MergeMethod(name, config_cls, fn, paper, needs_base, needs)
+        return fn
+
+    return deco
+
+
+def list_merge_methods() -> list[MergeMethod]:
+    return [_METHODS[n] for n in sorted(_METHODS)]
+
+
+def get_merge_method(name: str) -> MergeMethod:
+    if name not in _METHODS:
+        close = difflib.get_close_matches(str(name), list(_METHODS), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown merge method {name!r}{hint}; valid methods: {sorted(_METHODS)}")
+    return _METHODS[name]
+
+
+def method_for_config(cfg: TransformConfig) -> MergeMethod:
+    for m in _METHODS.values():
+        if type(cfg) is m.config_cls:
+            return m
+    raise ConfigError(
+        f"{type(cfg).__name__} is not a merge config; use one of "
+        f"{sorted({m.config_cls.__name__ for m in _METHODS.values()})}"
+    )
+
+
+@dataclass
+class MergeContext:
+    """Extra inputs some methods need, plus a progress callback ``progress(done, total, what)``."""
+
+    model: nn.Module | None = None
+    evaluate: Callable[[nn.Module], float] | None = None
+    objective: Callable[[nn.Module], torch.Tensor] | None = None
+    calib: Any = None
+    progress: ProgressFn | None = None
+    raw_models: list = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # decisions a method reports back (chosen soup, ...)
+
+    def template(self, what: str) -> nn.Module:
+        """A private copy of the architecture (``model=``, else the first nn.Module / artifact dir input)."""
+        if self.model is not None:
+            return copy.deepcopy(self.model)
+        for m in self.raw_models:
+            if isinstance(m, nn.Module):
+                return copy.deepcopy(m)
+        from pathlib import Path
+
+        for m in self.raw_models:
+            if isinstance(m, str | Path) and Path(m).is_dir():
+                from ..models import load
+
+                return load(m)
+        raise ConfigError(f"{what} runs the network: pass model= (an nn.Module of the architecture) or artifact dirs")
+
+
+def merge(
+    models: Sequence[Any],
+    cfg: TransformConfig,
+    base: Any = None,
+    *,
+    model: nn.Module | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    objective: Callable[[nn.Module], torch.Tensor] | None = None,
+    calib: Any = None,
+    progress: ProgressFn | None = None,
+    info: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """Merge ``models`` (state dicts, nn.Modules, ``.safetensors``/``.pth`` paths, artifact dirs) into a state dict.
+
+    ``cfg`` picks the method (``AverageConfig``, ``TaskArithmeticConfig``, ``TIESConfig``, ...); ``base`` is the
+    pretrained model task vectors are taken against (required by the task-vector methods). Data-based methods
+    take ``model=`` (architecture template), ``evaluate=`` (greedy soup), ``objective=`` (FW-Merging) or
+    ``calib=`` (RegMean, PLeaS). Inputs are never modified; ``.safetensors`` inputs are read tensor by tensor.
+    ``info`` (a dict) receives the method's decisions (e.g. the greedy soup's ingredients).
+    """
+    method = method_for_config(cfg)
+    if isinstance(models, dict | str | nn.Module):
+        raise ConfigError("models must be a list (of state dicts, paths or artifact dirs), not a single model")
+    raw = list(models)
+    sources = open_sources(raw)
+    base_src = open_source(base, label="base") if base is not None else None
+    if method.needs_base and base_src is None:
+        raise ConfigError(f"{method.name} takes task vectors against a base: pass base= (the pretrained model)")
+    ctx = MergeContext(model, evaluate, objective, calib, progress, raw, info if info is not None else {})
+    for need in method.needs:
+        if need in ("evaluate", "objective", "calib") and getattr(ctx, need) is None:
+            raise ConfigError(f"{method.name} needs {need}=; see help(vitkit.{type(cfg).__name__})")
+    try:
+        return method.fn(sources, base_src, cfg, ctx)
+    finally:
+        for s in sources + ([base_src] if base_src is not None else []):
+            s.close()
+
+
+# -- the streaming executor ------------------------------------------------------------------------------------
+TensorFn = Callable[[str, list[torch.Tensor], "torch.Tensor | None"], torch.Tensor]
+
+
+def selected_keys(keys: list[str], cfg: TransformConfig) -> set[str]:
+    return set(select_names(keys, cfg.targets, cfg.skip, what="tensors"))
+
+
+def stream_merge(
+    sources: list[TensorSource],
+    base: TensorSource | None,
+    cfg: TransformConfig,
+    tensor_fn: TensorFn,
+    progress: ProgressFn | None = None,
+) -> dict[str, torch.Tensor]:
+    """Apply ``tensor_fn(name, [θ_i], θ0)`` to every selected floating tensor; copy the rest from the reference
+    (base, else model 0). Tensors are upcast per :func:`compute_dtype` and returned in the widest input dtype."""
+    keys = check_compatible(sources, base)
+    chosen = selected_keys(keys, cfg)
+    ref = base if base is not None else sources[0]
+    out: dict[str, torch.Tensor] = {}
+    for i, k in enumerate(keys):
+        if k not in chosen or not ref.dtype(k).is_floating_point:
+            out[k] = ref.get(k).clone()
+        else:
+            dts = [s.dtype(k) for s in sources] + ([base.dtype(k)] if base is not None else [])
+            comp, out_dt = compute_dtype(dts)
+            ts = [s.get(k).to(comp) for s in sources]
+            b = base.get(k).to(comp) if base is not None else None
+            out[k] = tensor_fn(k, ts, b).to(out_dt)
+        if progress:
+            progress(i + 1, len(keys), k)
+    return out
+
+
+def _weights(cfg_weights, n: int, cls: str) -> list[float]:
+    if cfg_weights is None:
+        return [1.0] * n
+    if len(cfg_weights) != n:
+        raise ConfigError(f"{cls}.weights has {len(cfg_weights)} entries for {n} models: give one weight per model")
+    return [float(w) for w in cfg_weights]
+
+
+# -- per-tensor methods -----------------------------------------------------------------------------------------
+@register_merge("average", AverageConfig, paper="Model soups (Wortsman et al., ICML 2022)", needs_base=False)
+def merge_average(sources, base, cfg: AverageConfig, ctx: MergeContext):
+    """Uniform / weighted soup; weights are normalised to sum to 1."""
+    w = _weights(cfg.weights, len(sources), "AverageConfig")
+    total = sum(w)
+    w = [x / total for x in w]
+    return stream_merge(sources, base, cfg, lambda k, ts, b: ops.weighted_average(ts, w), ctx.progress)
+
+
+@register_merge(
+    "task_arithmetic", TaskArithmeticConfig, paper="Editing Models with Task Arithmetic (ICLR 2023)", needs_base=True
+)
+def merge_task_arithmetic(sources, base, cfg: TaskArithmeticConfig, ctx: MergeContext):
+    w = [cfg.scaling * x for x in _weights(cfg.weights, len(sources), "TaskArithmeticConfig")]
+
+    def fn(k, ts, b):
+        return ops.task_arithmetic(b, [ops.task_vector(t, b) for t in ts], w)
+
+    return stream_merge(sources, base, cfg, fn, ctx.progress)
+
+
+@register_merge("ties", TIESConfig, paper="TIES-Merging (NeurIPS 2023)", needs_base=True)
+def merge_ties(sources, base, cfg: TIESConfig, ctx: MergeContext):
+    def fn(k, ts, b):
+        tau = ops.ties_merge([ops.task_vector(t, b) for t in ts], cfg.density, aggregate=cfg.aggregate)
+        return b + cfg.scaling * tau
+
+    return stream_merge(sources, base, cfg, fn, ctx.progress)
+
+
+def dare_generator(seed: int, model_index: int, name: str) -> torch.Generator:
+    """A generator seeded from (seed, model index, tensor name): stable across runs and Python hash seeds."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + model_index * 7919 + zlib.crc32(name.encode())) % 2**63)
+
+
+@register_merge("dare", DAREConfig, paper="Language Models are Super Mario (DARE, ICML 2024)", needs_base=True)
+def merge_dare(sources, base, cfg: DAREConfig, ctx: MergeContext):
+    def fn(k, ts, b):
+        taus = [
+            ops.dare_drop(ops.task_vector(t, b), cfg.drop, dare_generator(cfg.seed, i, k), rescale=cfg.rescale)
+            for i, t in enumerate(ts)
+        ]
+        if cfg.combine == "ties":
+            stacked = torch.stack(taus)  # [T, ...]
+            tau = ops.ties_disjoint_merge(stacked, ops.ties_elect_sign(stacked), aggregate="mean")
+            return b + cfg.scaling * tau
+        return ops.task_arithmetic(b, taus, [cfg.scaling] * len(taus))
+
+    return stream_merge(sources, base, cfg, fn, ctx.progress)
