@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from .artifact import is_artifact
-from .reference import REFERENCE_TRAIN, cache_dir, train_reference
+from .reference import cache_dir, reference_key, train_reference
 
 _log = logging.getLogger(__name__)
 
@@ -16,7 +16,7 @@ DEMO_STEPS: list[dict] = [{"tome": {"r": 6}}]
 
 def reference_artifact(*, retrain: bool = False, progress=None, say=None) -> Path:
     """Path of the cached reference artifact, training it first if needed."""
-    path = cache_dir() / f"reference-vitkit_mnist_tiny-mnist5k-seed0-e{REFERENCE_TRAIN.epochs}"
+    path = cache_dir() / f"reference-vitkit_mnist_tiny-mnist5k-seed0-{reference_key()}"
     if retrain or not is_artifact(path):
         if say:
             say(f"training the reference model once (cached at {path})")

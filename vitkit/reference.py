@@ -17,6 +17,18 @@ _log = logging.getLogger(__name__)
 REFERENCE_TRAIN = TrainConfig(epochs=12, batch_size=32, lr=1e-3, weight_decay=0.05, label_smoothing=0.1, shift=2.0)
 
 
+def reference_key(preset: str = "vitkit_mnist_tiny") -> str:
+    """Short hash of everything that shapes the reference model, so a changed recipe never reuses a stale cache."""
+    import hashlib
+    import json
+
+    from . import __version__
+    from .models.presets import PRESETS
+
+    blob = json.dumps([PRESETS[preset], dataclasses.asdict(REFERENCE_TRAIN), __version__], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
 def cache_dir() -> Path:
     base = os.environ.get("VITKIT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vitkit"

@@ -117,12 +117,9 @@ class TensorImageDataset(Dataset):
             x = F.interpolate(base, size=(spec.height, spec.width), mode="bilinear", align_corners=False)
         else:
             x = base
-        if c != spec.chans:
-            x = (
-                x.mean(1, keepdim=True).expand(b, spec.chans, spec.height, spec.width)
-                if c > 1
-                else x.expand(b, spec.chans, spec.height, spec.width)
-            )
+        if c != spec.chans:  # grey → RGB by repetition; RGB → grey by channel mean
+            grey = x if c == 1 else x.mean(1, keepdim=True)
+            x = grey.expand(b, spec.chans, spec.height, spec.width)
         mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
         std = torch.tensor(spec.std).view(1, -1, 1, 1)
         return ((x - mean) / std).contiguous()
