@@ -132,6 +132,19 @@ def test_caller_attention_mask_still_works():
     assert ref.shape == masked.shape
 
 
+def test_is_causal_is_honoured():
+    model = make_tiny("vit")
+    x = _x()
+    with torch.no_grad():
+        ref = model(x, is_causal=True)
+        vitkit.apply_(model, PiToMeConfig(ratio=1.0))
+        assert torch.equal(model(x, is_causal=True), ref)
+        remove(model)
+        vitkit.apply_(model, PiToMeConfig(ratio=0.7))
+        out = model(x, is_causal=True)
+    assert torch.isfinite(out).all()
+
+
 def test_gradients_flow_in_training_mode():
     model = make_tiny("layerscale", drop_path_rate=0.1)
     vitkit.apply_(model, ToMeConfig(r=3))
