@@ -42,6 +42,14 @@ from .reparam import fold_into_norm_linear, reparam_factors
 _log = logging.getLogger(__name__)
 
 METHODS = ("repq", "dopq", "ptq4vit", "minmax", "percentile")
+SOFTMAX_QUANTIZERS = ("log_sqrt2", "log2", "twin", "uniform")
+_DEFAULT_SOFTMAX = {
+    "repq": "log_sqrt2",
+    "dopq": "log_sqrt2",
+    "ptq4vit": "twin",
+    "minmax": "uniform",
+    "percentile": "uniform",
+}
 #: Activation / weight scale search per method (see :func:`vitkit.ops.quant.search_uniform`).
 _ACT_SEARCH = {"repq": "quantile", "dopq": "quantile", "ptq4vit": "mse", "minmax": "minmax", "percentile": "percentile"}
 _W_SEARCH = {"repq": "quantile", "dopq": "quantile", "ptq4vit": "mse", "minmax": "minmax", "percentile": "minmax"}
@@ -61,7 +69,9 @@ class PTQConfig(TransformConfig):
     ``percentile``; ``calib_images``: images used for calibration (RepQ-ViT/PTQ4ViT: 32); ``percentile``:
     clip percentile for ``method="percentile"``; ``first_input_bits``: patch-embedding input bits (8 in the
     papers); ``quantize_head``: quantize the classifier; ``layer_bits``: per-module ``{name: w_bits}``
-    overrides (what :class:`MixedPrecisionConfig` produces); ``seed``: calibration draw from a dataset.
+    overrides (what :class:`MixedPrecisionConfig` produces); ``softmax``: post-softmax quantizer
+    ``log_sqrt2`` | ``log2`` | ``twin`` | ``uniform`` (None = the method's own: log√2 for RepQ/DopQ, twin for
+    PTQ4ViT, uniform for the baselines); ``seed``: calibration draw from a dataset.
     ``targets``/``skip`` globs match the quantizable module names (``blocks.0.attn.qkv``, ``head`` ...).
     """
 
@@ -73,6 +83,7 @@ class PTQConfig(TransformConfig):
     first_input_bits: int = 8
     quantize_head: bool = True
     layer_bits: dict | None = None
+    softmax: str | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -85,6 +96,10 @@ class PTQConfig(TransformConfig):
             raise ConfigError(f"PTQConfig.calib_images must be a positive int, got {self.calib_images!r}")
         if not 50.0 < float(self.percentile) <= 100.0:
             raise ConfigError(f"PTQConfig.percentile must be in (50, 100], got {self.percentile}")
+        if self.softmax is not None and self.softmax not in SOFTMAX_QUANTIZERS:
+            raise ConfigError(
+                f"PTQConfig.softmax must be one of {list(SOFTMAX_QUANTIZERS)} or null, got {self.softmax!r}"
+            )
         for name, bits in dict(self.layer_bits or {}).items():
             _check_bits(bits, f"layer_bits[{name!r}]")
 
@@ -137,9 +152,10 @@ def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
     for name in names:
         mod = modules[name]
         if name.endswith(".attn"):
-            if repq:
-                attn_q = {"kind": "log", "bits": cfg.a_bits, "sqrt2": True}
-            elif cfg.method == "ptq4vit":
+            sm = cfg.softmax or _DEFAULT_SOFTMAX[cfg.method]
+            if sm in ("log_sqrt2", "log2"):
+                attn_q = {"kind": "log", "bits": cfg.a_bits, "sqrt2": sm == "log_sqrt2"}
+            elif sm == "twin":
                 attn_q = {"kind": "twin", "bits": cfg.a_bits, "mode": "softmax"}
             else:
                 attn_q = uni(cfg.a_bits, a_search)
@@ -276,9 +292,9 @@ def _restore(model: nn.Module, cfg: PTQConfig, decisions: dict) -> None:
 def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     """Quantize ``model`` in place (fake-quant) with ``cfg``; ``calib``: ``[n,C,H,W]`` images or a dataset."""
     check_not_quantized(model)
+    plan = build_plan(model, cfg)  # describe() refuses unsupported models, naming the feature
     for i, blk in enumerate(model.blocks):
         block_parts(blk, index=i)
-    plan = build_plan(model, cfg)
     n_bits = {n: s["w_quant"]["bits"] for n, s in plan.items() if "w_quant" in s}
     head = f"W{cfg.w_bits}A{cfg.a_bits} {cfg.method}"
     if dry_run:
