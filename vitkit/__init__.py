@@ -49,6 +49,7 @@ __all__ = [
     "DataError",
     "NumericsError",
     "OrderError",
+    "PTQConfig",
     "Report",
     "TransformConfig",
     "UnsupportedModelError",
@@ -68,3 +69,4 @@ __all__ = [
 from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig  # noqa: E402
 
 from .merging import AverageConfig, DAREConfig, FWMergingConfig, GreedySoupConfig, OPCMConfig, PLeaSConfig, RegMeanConfig, TaskArithmeticConfig, TIESConfig, merge  # noqa: E402, E501  # isort: skip
+from .quant import PTQConfig  # noqa: E402

@@ -3,11 +3,24 @@
 ```python
 import vitkit
 vitkit.apply_(model, vitkit.PTQConfig(w_bits=8, a_bits=8, method="repq"), calib=images)  # fake-quant, in place
+vitkit.quant.deploy_int8(model, "out/", calib=images)  # RepQ reparameterization + ONNX Runtime dynamic int8
 ```
 Quantizer math lives in :mod:`vitkit.ops.quant`; modules in :mod:`vitkit.quant.modules`.
 """
 
+from .deploy import OrtModule, deploy_int8, reparameterize_, strip_quant, to_torch_dynamic
 from .modules import quantized_size_bytes, quantizers, set_quant_enabled
 from .ptq import PTQConfig, apply_ptq
 
-__all__ = ["PTQConfig", "apply_ptq", "quantized_size_bytes", "quantizers", "set_quant_enabled"]
+__all__ = [
+    "OrtModule",
+    "PTQConfig",
+    "apply_ptq",
+    "deploy_int8",
+    "reparameterize_",
+    "strip_quant",
+    "to_torch_dynamic",
+    "quantized_size_bytes",
+    "quantizers",
+    "set_quant_enabled",
+]

@@ -1,0 +1,191 @@
+"""Real int8 deployment on CPU: ONNX Runtime dynamic int8 (fastest measured path) or torch.ao dynamic int8.
+
+Both runtimes quantize activations *per tensor*, which trained ViTs' post-LayerNorm outlier channels make
+5–9× worse (see ``shared/methods/quant.md`` §5.5). vitkit therefore deploys the **RepQ-ViT
+reparameterized** float model (LN scales folded into LN affine + next linear, exact in float, free at run
+time): either the weights of a model calibrated with ``ptq`` (method repq/dopq), or a float model
+reparameterized here from calibration images (:func:`reparameterize_`).
+
+Kernel choices follow the measurements on AVX2 without VNNI: ORT ``quantize_dynamic`` on MatMul only,
+per-channel int8 weights with ``reduce_range=True`` (7-bit weights, so U8S8 ``vpmaddubsw`` never saturates);
+torch.ao ``quantize_dynamic`` (fbgemm, always 7-bit activations). ``torch._int_mm`` and torchao's int8 path are
+20× slower than fp32 here and are never used.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..adapters.timm_vit import describe, input_size
+from ..ops import quant as Q
+from .modules import Quantizer, quantizers, unpatch_module
+from .reparam import fold_into_norm_linear, reparam_factors
+
+_log = logging.getLogger(__name__)
+
+
+def strip_quant(model: nn.Module) -> nn.Module:
+    """A float copy of a ``ptq`` model: quantizers removed, (reparameterized) weights kept."""
+    out = copy.deepcopy(model)
+    for m in list(out.modules()):
+        if any(isinstance(c, Quantizer) for c in m.children()):
+            unpatch_module(m)
+    if hasattr(out, "vitkit_steps"):
+        out.vitkit_steps = [s for s in out.vitkit_steps if s.name != "ptq"]
+    return out.eval()
+
+
+@torch.no_grad()
+def reparameterize_(
+    model: nn.Module, calib: torch.Tensor, *, bits: int = 8, reduce: str = "mean", search: str = "quantile"
+) -> list[str]:
+    """RepQ-ViT scale reparameterization of a *float* model in place: per-channel ``bits``-bit scales of each
+    post-LN input (``qkv``, ``fc1``) from one float forward over ``calib``, folded into LN + linear.
+
+    Differs from ``ptq``'s step 3 only in that the statistics come from the float model (no upstream
+    quantization), which is what a runtime with its own activation quantization sees.
+    """
+    if quantizers(model):
+        raise ValueError("model holds fake-quant modules: use strip_quant(model) (its weights are already folded)")
+    describe(model)
+    stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def hook(mod: nn.Module, args: tuple) -> None:  # per-channel scale/zero point of the post-LN input
+        stats[id(mod)] = Q.search_uniform(args[0], bits, axis=-1, method=search)
+
+    pairs = [(blk.norm1, blk.attn.qkv) for blk in model.blocks] + [(blk.norm2, blk.mlp.fc1) for blk in model.blocks]
+    hooks = [lin.register_forward_pre_hook(hook) for _, lin in pairs]
+    try:
+        model.eval()
+        model(calib)  # one float forward; folds preserve the function, so these statistics stay valid
+    finally:
+        for h in hooks:
+            h.remove()
+    names = {id(m): n for n, m in model.named_modules()}
+    for norm, lin in pairs:
+        s, z = stats[id(lin)]
+        r, b, _, _ = reparam_factors(s, z, reduce=reduce)
+        fold_into_norm_linear(norm, lin, r, b)
+    return [names[id(lin)] for _, lin in pairs]
+
+
+def to_torch_dynamic(model: nn.Module) -> nn.Module:
+    """torch.ao dynamic int8 (fbgemm): int8 per-tensor weights, per-call 7-bit activations, Linear only."""
+    import warnings
+
+    float_model = strip_quant(model) if quantizers(model) else copy.deepcopy(model).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(float_model, {nn.Linear}, dtype=torch.qint8)
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, batch: int = 1) -> Path:
+    """Legacy (TorchScript) ONNX export, opset 17, dynamic batch, of the float (stripped) model."""
+    float_model = strip_quant(model) if quantizers(model) else model.eval()
+    path = Path(path)
+    example = torch.randn(batch, *input_size(float_model))
+    torch.onnx.export(
+        float_model,
+        (example,),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    return path
+
+
+def ort_dynamic_int8(
+    src: str | Path, dst: str | Path, *, per_channel: bool = True, reduce_range: bool = True, matmul_only: bool = True
+) -> Path:
+    """ORT dynamic int8: ``quant_pre_process`` then ``quantize_dynamic`` (QInt8 weights). vitkit's deployment uses
+    MatMul only, per-channel, ``reduce_range``; ``matmul_only=False, per_channel=False, reduce_range=False`` are
+    ORT's own defaults."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_dynamic(
+            str(pre),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"] if matmul_only else None,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+        )
+    return dst
+
+
+class OrtModule(nn.Module):
+    """An ONNX Runtime session behind ``forward(x) -> logits`` so that it can be timed beside PyTorch models.
+
+    Threads: ``intra_op_num_threads = torch.get_num_threads()``, and ``session.intra_op.allow_spinning = 0`` so
+    that idle ORT threads do not steal the CPU from interleaved PyTorch variants."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(threads or torch.get_num_threads())
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.path = str(path)
+        self.session = ort.InferenceSession(self.path, so, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)})
+        return torch.from_numpy(out[0])
+
+    @property
+    def file_bytes(self) -> int:
+        return Path(self.path).stat().st_size
+
+
+def deploy_int8(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    calib: torch.Tensor | None = None,
+    backend: str = "ort",
+    reduce: str = "mean",
+) -> nn.Module:
+    """vitkit's int8 deployment of ``model``: RepQ-ViT reparameterization (already in a ``ptq`` repq/dopq model's
+    weights; otherwise computed from ``calib``), then ORT dynamic int8 (``backend="ort"``, writes
+    ``out_dir/model.int8.onnx``) or torch.ao dynamic int8 (``backend="torch"``). Returns a runnable module."""
+    if quantizers(model):
+        steps = [s for s in getattr(model, "vitkit_steps", []) if s.name == "ptq"]
+        if steps and not steps[-1].decisions.get("reparameterized"):
+            _log.warning("ptq model was not RepQ-reparameterized; per-tensor int8 may suffer from outlier channels")
+        float_model = strip_quant(model)
+    else:
+        if calib is None:
+            raise ValueError("deploy_int8 of a float model needs calib images for the RepQ-ViT reparameterization")
+        float_model = copy.deepcopy(model).eval()
+        reparameterize_(float_model, calib, reduce=reduce)
+    if backend == "torch":
+        return to_torch_dynamic(float_model)
+    if backend != "ort":
+        raise ValueError(f"backend must be 'ort' or 'torch', got {backend!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fp32 = export_onnx(float_model, out_dir / "model.fp32.onnx")
+    int8 = ort_dynamic_int8(fp32, out_dir / "model.int8.onnx")
+    fp32.unlink()
+    return OrtModule(int8)
