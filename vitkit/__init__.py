@@ -29,6 +29,7 @@ from .registry import get_transform, list_transforms, register_transform  # noqa
 from .report import Report  # noqa: E402
 
 __all__ = [
+    "PruneConfig",
     "AverageConfig",
     "DAREConfig",
     "FWMergingConfig",
@@ -70,3 +71,5 @@ from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig  # noqa:
 
 from .merging import AverageConfig, DAREConfig, FWMergingConfig, GreedySoupConfig, OPCMConfig, PLeaSConfig, RegMeanConfig, TaskArithmeticConfig, TIESConfig, merge  # noqa: E402, E501  # isort: skip
 from .quant import PTQConfig  # noqa: E402
+
+from .prune import PruneConfig  # noqa: E402  # isort: skip

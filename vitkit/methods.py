@@ -8,7 +8,7 @@ import logging
 
 _log = logging.getLogger(__name__)
 
-BUILTIN_PACKAGES = ("vitkit.tokens", "vitkit.quant", "vitkit.merging")
+BUILTIN_PACKAGES = ("vitkit.tokens", "vitkit.quant", "vitkit.merging", "vitkit.prune", "vitkit.distill")
 
 for _name in BUILTIN_PACKAGES:
     try:

@@ -1,0 +1,121 @@
+"""Shape surgery on timm ``VisionTransformer`` blocks: remove whole heads, MLP neurons or whole blocks.
+
+Only this module (with ``timm_vit``) touches timm internals. Every function slices real weights, so pruning a
+head is exactly the model with that head's ``proj`` input columns zeroed, and pruning nothing is the identity.
+
+Bookkeeping after head removal (timm 1.0.x ``Attention``): ``num_heads`` and ``attn_dim`` (used by the output
+reshape) change; ``head_dim`` and ``scale`` do not — whole-head pruning keeps ``d``, so the fused
+``scaled_dot_product_attention`` default scale ``1/sqrt(d)`` still equals ``attn.scale`` (checked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from timm.layers import Mlp
+
+from ..errors import UnsupportedModelError
+from ..ops.pruning import head_cols, qkv_rows
+from .timm_vit import block_parts, describe
+
+
+def check_prunable(model: nn.Module, groups: Sequence[str]) -> None:
+    """Raise :class:`UnsupportedModelError` naming the feature if ``groups`` cannot be pruned exactly."""
+    info = describe(model)
+    for i, blk in enumerate(model.blocks):
+        parts = block_parts(blk, index=i)
+        attn, mlp = parts.attn, parts.mlp
+        if "heads" in groups:
+            if not isinstance(attn.norm, nn.Identity):
+                raise UnsupportedModelError(
+                    f"blocks.{i}.attn has scale_norm (a norm over all heads): head pruning would change its "
+                    "statistics; prune groups=('mlp',) only"
+                )
+            if not isinstance(attn.qkv, nn.Linear):
+                raise UnsupportedModelError(f"blocks.{i}.attn.qkv is not a fused Linear; cannot prune heads")
+        if "mlp" in groups:
+            if not isinstance(mlp, Mlp) or "glu_mlp" in info.features:
+                raise UnsupportedModelError(
+                    f"blocks.{i}.mlp is a {type(mlp).__name__} (gated/GLU MLP): only timm's Mlp is supported; "
+                    "prune groups=('heads',) only"
+                )
+            if not isinstance(mlp.norm, nn.Identity):
+                raise UnsupportedModelError(
+                    f"blocks.{i}.mlp has a hidden norm (scale_mlp_norm): neuron pruning would change its "
+                    "statistics; prune groups=('heads',) only"
+                )
+
+
+def _slice_linear(lin: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+    w = lin.weight.detach()
+    if rows is not None:
+        w = w.index_select(0, rows)
+    if cols is not None:
+        w = w.index_select(1, cols)
+    bias = lin.bias is not None
+    new = nn.Linear(w.shape[1], w.shape[0], bias=bias, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if bias:
+            b = lin.bias.detach()
+            new.bias.copy_(b.index_select(0, rows) if rows is not None else b)
+    new.weight.requires_grad_(lin.weight.requires_grad)
+    if bias:
+        new.bias.requires_grad_(lin.bias.requires_grad)
+    return new
+
+
+def prune_heads(block: nn.Module, keep: Sequence[int], *, index: int | None = None) -> None:
+    """Keep only heads ``keep`` of ``block.attn``: slice qkv rows, gate rows and proj columns; update counts."""
+    attn = block_parts(block, index=index).attn
+    keep = sorted(int(k) for k in keep)
+    h, d = int(attn.num_heads), int(attn.head_dim)
+    where = f"blocks.{index}" if index is not None else "block"
+    if not keep:
+        raise UnsupportedModelError(f"{where}: cannot remove every head of a block; remove the block instead")
+    if keep[0] < 0 or keep[-1] >= h or len(set(keep)) != len(keep):
+        raise UnsupportedModelError(f"{where}: kept heads {keep} are not distinct indices below {h}")
+    if len(keep) == h:
+        return
+    rows = qkv_rows(h, d, keep).to(attn.qkv.weight.device)  # [3·K·d]
+    cols = head_cols(d, keep).to(attn.qkv.weight.device)  # [K·d]
+    attn.qkv = _slice_linear(attn.qkv, rows=rows)
+    attn.proj = _slice_linear(attn.proj, cols=cols)
+    if getattr(attn, "gate", None) is not None:
+        attn.gate = _slice_linear(attn.gate, rows=cols)
+    attn.num_heads = len(keep)
+    attn.attn_dim = len(keep) * d
+    if abs(float(attn.scale) - d**-0.5) > 1e-12:  # SDPA's default scale must still equal attn.scale
+        raise UnsupportedModelError(f"{where}.attn.scale={attn.scale} differs from 1/sqrt(head_dim={d})")
+
+
+def prune_mlp(block: nn.Module, keep: Sequence[int], *, index: int | None = None) -> None:
+    """Keep only hidden neurons ``keep`` of ``block.mlp``: fc1 rows (+ bias) and fc2 columns."""
+    mlp = block_parts(block, index=index).mlp
+    keep = sorted(int(k) for k in keep)
+    n = int(mlp.fc1.out_features)
+    where = f"blocks.{index}" if index is not None else "block"
+    if not keep:
+        raise UnsupportedModelError(f"{where}: cannot remove every MLP neuron; remove the block instead")
+    if keep[0] < 0 or keep[-1] >= n or len(set(keep)) != len(keep):
+        raise UnsupportedModelError(f"{where}: kept neurons are not distinct indices below {n}")
+    if len(keep) == n:
+        return
+    idx = torch.as_tensor(keep, dtype=torch.long, device=mlp.fc1.weight.device)
+    mlp.fc1 = _slice_linear(mlp.fc1, rows=idx)
+    mlp.fc2 = _slice_linear(mlp.fc2, cols=idx)
+
+
+def keep_blocks(model: nn.Module, keep: Sequence[int]) -> None:
+    """Keep only blocks ``keep`` (original order); the rest of the residual stream is untouched."""
+    keep = sorted(int(k) for k in keep)
+    depth = len(model.blocks)
+    if not keep or keep[0] < 0 or keep[-1] >= depth:
+        raise UnsupportedModelError(f"kept blocks {keep} must be a non-empty subset of 0..{depth - 1}")
+    if len(keep) == depth:
+        return
+    model.blocks = nn.Sequential(*[model.blocks[i] for i in keep])
+    if hasattr(model, "depth"):
+        model.depth = len(keep)

@@ -1,0 +1,73 @@
+"""``PruneConfig``: structured pruning of heads / MLP neurons / blocks to a params or MACs target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..configs import TransformConfig
+from ..errors import ConfigError
+from ..ops.pruning import IMPORTANCES, NORMALIZERS
+
+GROUPS = ("heads", "mlp", "blocks")
+TARGETS = ("macs", "params")
+ALLOCATIONS = ("global", "uniform")
+
+
+@dataclass(frozen=True)
+class PruneConfig(TransformConfig):
+    """Structured (shape-changing) pruning of a timm ViT, one shot.
+
+    ``target``: what ``ratio`` is a fraction of — ``macs`` (per image, attention counted analytically; CPU
+    speed follows MACs almost 1:1) or ``params`` of the *whole* model; ``ratio`` ∈ [0, 1): the fraction to
+    remove (0 = identity). ``importance``: ``l1`` / ``l2`` group magnitude, ``taylor`` (first-order,
+    Σ|w·G|), ``hessian`` (NViT, Σ_batches (Σ w·g)²), ``dimap`` (data-free DIMAP weight saliency summed per
+    group). ``groups``: any of ``heads``, ``mlp`` (hidden neurons), ``blocks`` (whole blocks, global
+    allocation only). ``allocation``: ``global`` (one ranking over all layers after per-layer
+    ``normalize``) or ``uniform`` (the same fraction of every group in every block). ``min_heads``: heads
+    a block always keeps (global; uniform refuses a ratio that would empty a block). ``round_to``: neurons
+    removed per block in multiples of this. ``calib_images`` / ``calib_batch_size``: images and batch size
+    for the data-driven criteria (gradients of the cross-entropy to the labels if the calibration set has
+    them, else to the model's own predictions). ``targets``/``skip`` globs match block names (``blocks.3``).
+    """
+
+    target: str = "macs"
+    ratio: float = 0.5
+    importance: str = "hessian"
+    groups: tuple[str, ...] = ("heads", "mlp")
+    allocation: str = "global"
+    normalize: str = "mean"
+    min_heads: int = 1
+    round_to: int = 1
+    calib_images: int = 32
+    calib_batch_size: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        if self.target == "latency":
+            raise ConfigError(
+                f"{name}.target='latency' is not implemented; use target='macs' (CPU speed follows MACs ~1:1)"
+            )
+        if self.target not in TARGETS:
+            raise ConfigError(f"{name}.target must be one of {list(TARGETS)}, got {self.target!r}")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, int | float) or not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(
+                f"{name}.ratio must be in [0, 1) (fraction of {self.target} to remove), got {self.ratio!r}"
+            )
+        if self.importance not in IMPORTANCES:
+            raise ConfigError(f"{name}.importance must be one of {list(IMPORTANCES)}, got {self.importance!r}")
+        groups = (self.groups,) if isinstance(self.groups, str) else tuple(self.groups)
+        object.__setattr__(self, "groups", groups)
+        bad = [g for g in groups if g not in GROUPS]
+        if bad or not groups or len(set(groups)) != len(groups):
+            raise ConfigError(f"{name}.groups must be distinct names from {list(GROUPS)}, got {list(groups)}")
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(f"{name}.allocation must be one of {list(ALLOCATIONS)}, got {self.allocation!r}")
+        if self.allocation == "uniform" and "blocks" in groups:
+            raise ConfigError(f"{name}: groups with 'blocks' need allocation='global' (blocks compete globally)")
+        if self.normalize not in NORMALIZERS:
+            raise ConfigError(f"{name}.normalize must be one of {list(NORMALIZERS)}, got {self.normalize!r}")
+        for field_name in ("min_heads", "round_to", "calib_images", "calib_batch_size"):
+            v = getattr(self, field_name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name}.{field_name} must be a positive int, got {v!r}")

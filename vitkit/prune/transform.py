@@ -1,0 +1,231 @@
+"""The ``prune`` transform: score → plan (global or uniform) → shape surgery; ``restore`` for artifacts."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..adapters.timm_vit import describe, input_size
+from ..adapters.timm_vit_surgery import check_prunable, keep_blocks, prune_heads, prune_mlp
+from ..configs import select_names
+from ..errors import CheckpointError, ConfigError
+from ..ops import pruning as P
+from ..registry import register_transform
+from .config import PruneConfig
+from .saliency import calibration_batches, data_free_scores, gradient_scores
+
+_log = logging.getLogger(__name__)
+
+#: Attribute holding ``(unpruned copy,)`` so that a later ``distill`` step can use it as the teacher.
+TEACHER_ATTR = "_vitkit_unpruned"
+
+
+def geometry(model: nn.Module) -> list[P.BlockGeometry]:
+    info = describe(model)
+    out = []
+    for blk in model.blocks:
+        attn, mlp = blk.attn, blk.mlp
+        out.append(
+            P.BlockGeometry(
+                dim=info.embed_dim,
+                num_heads=int(attn.num_heads),
+                head_dim=int(attn.head_dim),
+                hidden=int(mlp.fc1.out_features),
+                tokens=info.num_tokens,
+                qkv_bias=attn.qkv.bias is not None,
+                fc1_bias=mlp.fc1.bias is not None,
+                gated=getattr(attn, "gate", None) is not None,
+            )
+        )
+    return out
+
+
+def model_cost(model: nn.Module, target: str) -> int:
+    """Whole-model params, or MACs per image from one real forward (attention counted analytically)."""
+    if target == "params":
+        return sum(p.numel() for p in model.parameters())
+    from ..bench.flops import count_macs
+
+    was = model.training
+    model.eval()
+    try:
+        return count_macs(model, torch.zeros(1, *input_size(model)))
+    finally:
+        model.train(was)
+
+
+def structure(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Per-block sizes ``{"blocks.i": {"num_heads", "head_dim", "mlp_hidden"}}``."""
+    return {
+        f"blocks.{i}": {
+            "num_heads": int(b.attn.num_heads),
+            "head_dim": int(b.attn.head_dim),
+            "mlp_hidden": int(b.mlp.fc1.out_features),
+        }
+        for i, b in enumerate(model.blocks)
+    }
+
+
+def score_model(model: nn.Module, cfg: PruneConfig, calib) -> tuple[list, str]:
+    """Raw saliency per block, and the criterion actually used (a dry run without data falls back to l1)."""
+    if cfg.importance in P.DATA_FREE:
+        return data_free_scores(model, cfg.importance), cfg.importance
+    batches = calibration_batches(calib, model, cfg.calib_images, cfg.calib_batch_size, cfg.seed)
+    return gradient_scores(model, cfg.importance, batches), cfg.importance
+
+
+def make_plan(model: nn.Module, cfg: PruneConfig, scores: list) -> tuple[P.Plan, float]:
+    """Choose the units to remove; returns the plan and the budget (cost to remove)."""
+    info = describe(model)
+    chosen = select_names(info.block_names, cfg.targets, cfg.skip, what="blocks")
+    idx = [info.block_names.index(n) for n in chosen]
+    geoms = geometry(model)
+    total = model_cost(model, cfg.target)
+    budget = cfg.ratio * total
+    if cfg.ratio == 0:
+        return P.Plan({}, {}, [], 0.0), 0.0
+    if cfg.allocation == "uniform":
+        sub = [geoms[b] for b in idx]
+        r, hs, ms = P.uniform_counts(sub, cfg.target, budget, cfg.groups, round_to=cfg.round_to)
+        heads, mlp = {}, {}
+        removed = 0.0
+        for b, h, m in zip(idx, hs, ms, strict=True):
+            g = geoms[b]
+            if h >= g.num_heads:
+                raise ConfigError(
+                    f"ratio {cfg.ratio} would prune every head of blocks.{b} (uniform {r:.2f} of {g.num_heads}): "
+                    "lower the ratio, or use allocation='global' with groups including 'blocks'"
+                )
+            if m >= g.hidden:
+                raise ConfigError(f"ratio {cfg.ratio} would prune every MLP neuron of blocks.{b}: lower the ratio")
+            if h:
+                heads[b] = P.lowest(scores[b].heads, h)
+            if m:
+                mlp[b] = P.lowest(scores[b].mlp, m)
+            removed += h * P.head_cost(g, cfg.target) + m * P.neuron_cost(g, cfg.target)
+        plan = P.Plan(heads, mlp, [], removed)
+    else:
+        units: list[P.Unit] = []
+        for b in idx:
+            if "heads" in cfg.groups:
+                s = P.normalize(scores[b].heads, cfg.normalize)
+                units += [P.Unit("head", b, h, float(v)) for h, v in enumerate(s.tolist())]
+            if "mlp" in cfg.groups:
+                s = P.normalize(scores[b].mlp, cfg.normalize)
+                units += [P.Unit("mlp", b, n, float(v)) for n, v in enumerate(s.tolist())]
+        if "blocks" in cfg.groups:
+            s = P.normalize(torch.tensor([scores[b].block for b in idx], dtype=torch.float64), cfg.normalize)
+            units += [P.Unit("block", b, 0, float(v)) for b, v in zip(idx, s.tolist(), strict=True)]
+        plan = P.plan_global(units, geoms, cfg.target, budget, min_heads=cfg.min_heads, round_to=cfg.round_to)
+    if plan.removed_cost < budget * 0.999:
+        raise ConfigError(
+            f"cannot remove {cfg.ratio:.0%} of {cfg.target} with groups={list(cfg.groups)} "
+            f"(at most {plan.removed_cost / total:.1%} here): lower the ratio or add groups"
+        )
+    return plan, budget
+
+
+def _decisions(model: nn.Module, cfg: PruneConfig, plan: P.Plan, used: str) -> dict[str, Any]:
+    geoms = geometry(model)
+    kept_heads = {
+        f"blocks.{b}": [h for h in range(geoms[b].num_heads) if h not in set(v)] for b, v in sorted(plan.heads.items())
+    }
+    kept_mlp = {
+        f"blocks.{b}": [n for n in range(geoms[b].hidden) if n not in set(v)] for b, v in sorted(plan.mlp.items())
+    }
+    return {
+        "importance_used": used,
+        "depth_before": len(model.blocks),
+        "before": structure(model),
+        "pruned_heads": {f"blocks.{b}": v for b, v in sorted(plan.heads.items())},
+        "pruned_mlp_count": {f"blocks.{b}": len(v) for b, v in sorted(plan.mlp.items())},
+        "pruned_blocks": [f"blocks.{b}" for b in plan.blocks],
+        "kept_heads": kept_heads,
+        "kept_mlp": kept_mlp,
+        "kept_blocks": [b for b in range(len(model.blocks)) if b not in plan.blocks],
+    }
+
+
+def replay(model: nn.Module, decisions: dict[str, Any]) -> None:
+    """Apply recorded decisions (kept heads / neurons / blocks) to ``model``, checking its structure first."""
+    depth = int(decisions.get("depth_before", len(model.blocks)))
+    if len(model.blocks) != depth:
+        raise CheckpointError(f"prune step expects {depth} blocks but the model has {len(model.blocks)}")
+    have = structure(model)
+    for name, want in (decisions.get("before") or {}).items():
+        got = have.get(name)
+        if got is None or any(int(got[k]) != int(v) for k, v in want.items()):
+            raise CheckpointError(f"{name}: structure {got} does not match the recipe's {dict(want)} before pruning")
+    for name, keep in (decisions.get("kept_heads") or {}).items():
+        i = int(name.split(".")[1])
+        prune_heads(model.blocks[i], keep, index=i)
+    for name, keep in (decisions.get("kept_mlp") or {}).items():
+        i = int(name.split(".")[1])
+        prune_mlp(model.blocks[i], keep, index=i)
+    keep_blocks(model, decisions.get("kept_blocks") or list(range(depth)))
+
+
+def _restore(model: nn.Module, cfg: PruneConfig, decisions: dict) -> None:
+    """Reshape a freshly built model to the pruned structure before the strict ``load_state_dict``."""
+    check_prunable(model, cfg.groups)
+    replay(model, decisions)
+
+
+def _stash_teacher(model: nn.Module) -> None:
+    if getattr(model, TEACHER_ATTR, None) is None:
+        teacher = copy.deepcopy(model)
+        teacher.__dict__.pop(TEACHER_ATTR, None)
+        model.__dict__[TEACHER_ATTR] = (teacher.eval(),)
+
+
+def unpruned_teacher(model: nn.Module) -> nn.Module | None:
+    """The model as it was before its first ``prune`` step in this process (None if never pruned here)."""
+    held = model.__dict__.get(TEACHER_ATTR)
+    return held[0] if held else None
+
+
+@register_transform(
+    PruneConfig, name="prune", kind="structure", paper="NViT (Yang et al., CVPR 2023)", restore=_restore
+)
+def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
+    """Prune ``model`` in place (unless ``dry_run``); ``calib``: ``[n,C,H,W]`` images or a labelled dataset.
+
+    A dry run without calibration data and a data-driven importance shows the plan under ``l1`` scores and
+    says so (``importance_used``).
+    """
+    check_prunable(model, cfg.groups)
+    before = {t: model_cost(model, t) for t in ("params", "macs")}
+    if dry_run and calib is None and cfg.importance not in P.DATA_FREE:
+        scores, used = data_free_scores(model, "l1"), "l1 (dry run without calibration data)"
+    else:
+        scores, used = score_model(model, cfg, calib)
+    plan, _ = make_plan(model, cfg, scores)
+    decisions = _decisions(model, cfg, plan, used)
+    if dry_run:
+        after = {t: before[t] - _removed(model, plan, t) for t in before}
+    else:
+        _stash_teacher(model)
+        replay(model, decisions)
+        after = {t: model_cost(model, t) for t in before}
+    decisions["structure"] = structure(model) if not dry_run else None
+    decisions["params"] = {"before": before["params"], "after": after["params"]}
+    decisions["macs"] = {"before": before["macs"], "after": after["macs"]}
+    n_heads = sum(len(v) for v in plan.heads.values())
+    n_mlp = sum(len(v) for v in plan.mlp.values())
+    decisions["summary"] = (
+        f"{cfg.importance}/{cfg.allocation}: -{n_heads} heads, -{n_mlp} MLP neurons, -{len(plan.blocks)} blocks; "
+        f"MACs x{after['macs'] / before['macs']:.3f}, params x{after['params'] / before['params']:.3f}"
+    )
+    return decisions
+
+
+def _removed(model: nn.Module, plan: P.Plan, target: str) -> float:
+    geoms = geometry(model)
+    cost = sum(len(v) * P.head_cost(geoms[b], target) for b, v in plan.heads.items())
+    cost += sum(len(v) * P.neuron_cost(geoms[b], target) for b, v in plan.mlp.items())
+    cost += sum(P.block_cost(geoms[b], target) for b in plan.blocks)
+    return cost
