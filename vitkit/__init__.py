@@ -50,6 +50,7 @@ __all__ = [
     "DataError",
     "NumericsError",
     "OrderError",
+    "MixedPrecisionConfig",
     "PTQConfig",
     "Report",
     "TransformConfig",
@@ -70,6 +71,6 @@ __all__ = [
 from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig  # noqa: E402
 
 from .merging import AverageConfig, DAREConfig, FWMergingConfig, GreedySoupConfig, OPCMConfig, PLeaSConfig, RegMeanConfig, TaskArithmeticConfig, TIESConfig, merge  # noqa: E402, E501  # isort: skip
-from .quant import PTQConfig  # noqa: E402
+from .quant import MixedPrecisionConfig, PTQConfig  # noqa: E402
 
 from .prune import PruneConfig  # noqa: E402  # isort: skip

@@ -9,10 +9,12 @@ Quantizer math lives in :mod:`vitkit.ops.quant`; modules in :mod:`vitkit.quant.m
 """
 
 from .deploy import OrtModule, deploy_int8, reparameterize_, strip_quant, to_torch_dynamic
+from .mixed import MixedPrecisionConfig
 from .modules import quantized_size_bytes, quantizers, set_quant_enabled
 from .ptq import PTQConfig, apply_ptq
 
 __all__ = [
+    "MixedPrecisionConfig",
     "OrtModule",
     "PTQConfig",
     "apply_ptq",
