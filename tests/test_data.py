@@ -41,7 +41,7 @@ def test_grey_model_gets_one_channel():
 
     ref = vitkit.load("vitkit_mnist_tiny")
     x, _ = load_dataset("digits", "test", model=ref)[0]
-    assert x.shape == (1, 32, 32)
+    assert x.shape == (1, 28, 28)
 
 
 def test_calibration_set_seeded():

@@ -14,7 +14,7 @@ from .training import TrainConfig, evaluate_top1, train_classifier
 _log = logging.getLogger(__name__)
 
 #: Training recipe of the reference model (chosen by measurement; see BENCHMARKS.md).
-REFERENCE_TRAIN = TrainConfig(epochs=12, batch_size=32, lr=1e-3, weight_decay=0.05, label_smoothing=0.1, shift=2.0)
+REFERENCE_TRAIN = TrainConfig(epochs=32, batch_size=64, lr=2e-3, weight_decay=0.05, label_smoothing=0.1, shift=2.0)
 
 
 def reference_key(preset: str = "vitkit_mnist_tiny") -> str:

@@ -1,7 +1,10 @@
 """Named model presets: a timm architecture plus the kwargs that shape it.
 
 ``vitkit_mnist_tiny`` is the reference model: a plain timm ViT (cls token, pre-norm blocks, fused
-attention) sized so that it trains to ≥ 97 % on MNIST-5k in minutes on two CPU cores. It is an
+attention) at MNIST's native 28×28 with patch 4 (49 patches + cls = 50 tokens, enough for token
+reduction to matter), sized so that it trains to ≥ 97 % on MNIST-5k in minutes on two CPU cores.
+Chosen by measurement (width 96 / depth 6 / MLP ratio 2: 97.6–97.8 % test at 30–40 epochs; MLP ratio 4
+at 32×32: 94.8 % at 12 epochs; patch 7: 96.8 % at 40 epochs). It is an
 ordinary ``VisionTransformer``, so every method runs on it exactly as on DeiT.
 """
 
@@ -13,16 +16,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vitkit_mnist_tiny": {
         "arch": "vit_tiny_patch16_224",
         "kwargs": {
-            "img_size": 32,
+            "img_size": 28,
             "patch_size": 4,
             "in_chans": 1,
             "num_classes": 10,
             "embed_dim": 96,
             "depth": 6,
             "num_heads": 3,
-            "mlp_ratio": 4.0,
+            "mlp_ratio": 2.0,
             "pretrained_cfg_overlay": {
-                "input_size": [1, 32, 32],
+                "input_size": [1, 28, 28],
                 "mean": [0.5],
                 "std": [0.5],
                 "num_classes": 10,
@@ -30,6 +33,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "interpolation": "bilinear",
             },
         },
-        "doc": "reference ViT for MNIST-5k: 32x32 input, patch 4 (64 patches + cls), width 96, depth 6, 3 heads",
+        "doc": "reference ViT for MNIST-5k: 28x28, patch 4 (49 patches + cls), width 96, depth 6, 3 heads, MLP x2",
     },
 }
