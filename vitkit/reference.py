@@ -25,7 +25,8 @@ def reference_key(preset: str = "vitkit_mnist_tiny") -> str:
     from . import __version__
     from .models.presets import PRESETS
 
-    blob = json.dumps([PRESETS[preset], dataclasses.asdict(REFERENCE_TRAIN), __version__], sort_keys=True, default=str)
+    shape = {k: v for k, v in PRESETS[preset].items() if k != "doc"}
+    blob = json.dumps([shape, dataclasses.asdict(REFERENCE_TRAIN), __version__], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
