@@ -30,6 +30,7 @@ from .report import Report  # noqa: E402
 
 __all__ = [
     "PruneConfig",
+    "DistillConfig",
     "AverageConfig",
     "DAREConfig",
     "FWMergingConfig",
@@ -73,4 +74,4 @@ from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig  # noqa:
 from .merging import AverageConfig, DAREConfig, FWMergingConfig, GreedySoupConfig, OPCMConfig, PLeaSConfig, RegMeanConfig, TaskArithmeticConfig, TIESConfig, merge  # noqa: E402, E501  # isort: skip
 from .quant import MixedPrecisionConfig, PTQConfig  # noqa: E402
 
-from .prune import PruneConfig  # noqa: E402  # isort: skip
+from .prune import PruneConfig; from .distill import DistillConfig  # noqa: E402, E702  # isort: skip

@@ -71,16 +71,72 @@ def train_classifier(
     progress: ProgressFn | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with cross-entropy; deterministic for a given ``cfg.seed`` and thread count."""
+    return fit(model, train_set, cfg, val_set=val_set, progress=progress)
+
+
+#: ``loss_fn(model, x, y, batch_index) -> (loss, logits)``; ``batch_index`` = (epoch, batch in epoch, first sample).
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, tuple[int, int, int]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _ce_loss(cfg: TrainConfig) -> LossFn:
+    def loss_fn(model, x, y, where):
+        logits = model(x)
+        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
+
+    return loss_fn
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, name: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW (torch) with no decay on biases/norms; other names through ``timm.optim`` (``adan``, ``lamb``...)."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name.lower() == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    from timm.optim import create_optimizer_v2, list_optimizers
+
+    if name.lower() not in list_optimizers():
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown optimizer {name!r}; use 'adamw' or a timm optimizer name, e.g. 'adan', 'lamb'")
+    return create_optimizer_v2(groups, opt=name.lower(), lr=cfg.lr)
+
+
+def fit(
+    model: nn.Module,
+    train_set: Dataset,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    loss_fn: LossFn | None = None,
+    optimizer: str = "adamw",
+    val_set: Dataset | None = None,
+    progress: ProgressFn | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    limit: int | None = None,
+) -> TrainResult:
+    """The one training loop: ``loss_fn`` (default cross-entropy) + AdamW/timm optimizer + warm-up/cosine.
+
+    ``checkpoint_every`` > 0 writes ``checkpoint_dir`` (safetensors + JSON, no pickle) every N steps and at
+    the end; ``resume=True`` continues from it exactly (model, optimizer, RNG, position in the epoch).
+    Under ``torchrun`` (an initialised ``torch.distributed`` group) the model is wrapped in
+    DistributedDataParallel and each rank takes an equal slice of every global batch (``cfg.batch_size``),
+    so the result matches a single process with the same global batch. ``limit``: use the first N samples
+    of each epoch's shuffled order.
+    """
+    from .distill import checkpoint as ckpt  # lives with the trainer family that needs it
+    from .distill.distributed import DistContext
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    dist = DistContext.current(cfg.batch_size)
+    loss_fn = loss_fn or _ce_loss(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    opt = make_optimizer(params, cfg, optimizer)
+    n_samples = len(train_set) if limit is None else min(limit, len(train_set))
+    steps_per_epoch = math.ceil(n_samples / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
 
@@ -91,10 +147,25 @@ def train_classifier(
 
     start, step, loss_ema = time.perf_counter(), 0, float("nan")
     history: list[dict] = []
+    first_epoch, skip, correct, seen = 0, 0, 0, 0
+    if resume:
+        state = ckpt.load_training_state(checkpoint_dir, model, opt)
+        step, loss_ema, history = state["step"], state["loss_ema"], state["history"]
+        first_epoch, skip = state["epoch"], state["batch"]
+        correct, seen = state["correct"], state["seen"]
+        _log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint_dir, step, first_epoch, skip)
+    net = dist.wrap(model)
+
+    def save() -> None:
+        if checkpoint_dir and dist.is_main:
+            pos = {"step": step, "epoch": epoch, "batch": batch + 1, "loss_ema": loss_ema, "correct": correct}
+            ckpt.save_training_state(checkpoint_dir, model, opt, dict(pos, seen=seen, history=history, total=total))
+
     model.train()
-    for epoch in range(cfg.epochs):
-        correct = seen = 0
-        for x, y in iterate_batches(
+    for epoch in range(first_epoch, cfg.epochs):
+        if epoch != first_epoch:
+            correct = seen = 0
+        batches = iterate_batches(
             train_set,
             cfg.batch_size,
             shuffle=True,
@@ -102,25 +173,34 @@ def train_classifier(
             augment_shift=cfg.shift,
             augment_rotate=cfg.rotate,
             augment_scale=cfg.scale,
-        ):
+            limit=limit,
+        )
+        for batch, (x, y) in enumerate(batches):
+            if epoch == first_epoch and batch < skip:
+                continue  # resuming: the batch stream (and its augmentation RNG) is replayed, not trained
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            xs, ys, weight = dist.shard(x, y)
+            loss, logits = loss_fn(net, xs, ys, (epoch, batch, batch * cfg.batch_size + dist.offset(x.shape[0])))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             opt.step()
             step += 1
             loss_ema = loss.item() if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * loss.item()
-            correct += int((logits.argmax(-1) == y).sum())
-            seen += int(y.numel())
+            correct += int((logits.argmax(-1) == ys).sum())
+            seen += int(ys.numel())
             if progress:
                 progress({"epoch": epoch, "step": step, "total": total, "loss": loss_ema, "train_acc": correct / seen})
+            if checkpoint_every and step % checkpoint_every == 0:
+                save()
         record = {"epoch": epoch + 1, "loss": loss_ema, "train_acc": correct / max(seen, 1)}
         if val_set is not None:
-            record["val_top1"] = evaluate_top1(model, val_set)
+            record["val_top1"] = dist.evaluate(model, val_set) if dist.world > 1 else evaluate_top1(model, val_set)
         history.append(record)
         _log.info("epoch %d: %s", epoch + 1, record)
+    if checkpoint_every and checkpoint_dir and dist.is_main:
+        epoch, batch = cfg.epochs, -1
+        save()
     model.eval()
     val = history[-1].get("val_top1") if history else None
     return TrainResult(cfg.epochs, time.perf_counter() - start, loss_ema, val, history)

@@ -1,0 +1,144 @@
+"""Structured pruning + KD recovery benchmark → the "prune" section of BENCHMARKS.md.
+
+Usage: .venv/bin/python benchmarks/prune.py [--quick]
+
+1. deit_small (random init, 224², bs16): throughput ratio, params and MACs after pruning heads+MLP to
+   25/50/60% fewer MACs (l1 scores: speed depends only on the shapes), interleaved with the dense model.
+2. Reference model (vitkit_mnist_tiny on mnist5k): test top-1 right after pruning 50% of MACs and after a
+   short soft-KD recovery from the unpruned model, for l1 / taylor / hessian / dimap; then recovery time with a
+   live teacher vs with the TinyViT logit cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import vitkit  # noqa: E402
+from vitkit.bench.env import environment  # noqa: E402
+from vitkit.bench.flops import count_macs  # noqa: E402
+from vitkit.bench.record import env_lines, write_section  # noqa: E402
+from vitkit.bench.timing import interleaved_times  # noqa: E402
+from vitkit.data import calibration_set, load_dataset  # noqa: E402
+from vitkit.distill import DistillConfig, distill  # noqa: E402
+from vitkit.prune import PruneConfig  # noqa: E402
+from vitkit.training import evaluate_top1  # noqa: E402
+
+
+def speed_table(repeats: int) -> list[str]:
+    dense = vitkit.load("deit_small_patch16_224")
+    x = torch.randn(16, 3, 224, 224)
+    one = x[:1]
+    variants = [("dense", dense)]
+    for r in (0.25, 0.5, 0.6):
+        m = copy.deepcopy(dense)
+        vitkit.apply_(m, PruneConfig(ratio=r, importance="l1", groups=("heads", "mlp")))
+        variants.append((f"-{r:.0%} MACs (heads+mlp, global l1)", m))
+    m = copy.deepcopy(dense)
+    vitkit.apply_(m, PruneConfig(ratio=0.5, importance="l1", groups=("heads", "mlp"), allocation="uniform"))
+    variants.append(("-50% MACs (heads+mlp, uniform l1)", m))
+    times = interleaved_times([v for _, v in variants], x, repeats=repeats)
+    base = statistics.median(times[0])
+    base_macs = count_macs(dense, one)
+    rows = [
+        "| variant | heads/block | MLP hidden/block | params (M) | GMACs/img | img/s bs16 | speed-up | MAC ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, m), t in zip(variants, times, strict=True):
+        s = vitkit.prune.structure(m)
+        heads = sorted({v["num_heads"] for v in s.values()})
+        hidden = [v["mlp_hidden"] for v in s.values()]
+        macs = count_macs(m, one)
+        med = statistics.median(t)
+        rows.append(
+            f"| {name} | {heads[0]}–{heads[-1]} | {min(hidden)}–{max(hidden)} | "
+            f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} | {macs / 1e9:.3f} | {16 / med:.1f} | "
+            f"**{base / med:.2f}×** | {base_macs / macs:.2f} |"
+        )
+    return rows
+
+
+def recovery_table(limit: int, epochs: int, calib_n: int) -> list[str]:
+    from vitkit.demo import reference_artifact
+
+    ref = vitkit.load(reference_artifact())
+    train = load_dataset("mnist5k", "train", model=ref)
+    test = load_dataset("mnist5k", "test", model=ref)
+    calib = calibration_set(train, calib_n, seed=0)
+    base = evaluate_top1(ref, test)
+    kd = DistillConfig(epochs=epochs, limit=limit, batch_size=32, lr=5e-4, loss="soft", temperature=1.0)
+    rows = [
+        f"Reference model dense test top-1: **{100 * base:.2f}%** (500 test images). Pruning: 50% of MACs, "
+        f"heads+MLP, global allocation, {calib_n} calibration images for taylor/hessian. Recovery: soft KD "
+        f"(τ=1) from the unpruned model, {epochs} epoch(s) × {limit} training images, batch 32, AdamW lr 5e-4.",
+        "",
+        "| importance | MACs ratio | params ratio | top-1 pruned | top-1 after KD | Δ vs dense | prune s | KD s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for imp in ("l1", "taylor", "hessian", "dimap"):
+        m = copy.deepcopy(ref)
+        t0 = time.perf_counter()
+        rep = vitkit.apply_(m, PruneConfig(ratio=0.5, importance=imp, groups=("heads", "mlp")), calib=calib)
+        t_prune = time.perf_counter() - t0
+        dec = rep.steps[0].decisions
+        pruned = evaluate_top1(m, test)
+        out = distill(m, ref, train, kd)
+        after = evaluate_top1(m, test)
+        rows.append(
+            f"| {imp} | {dec['macs']['after'] / dec['macs']['before']:.3f} | "
+            f"{dec['params']['after'] / dec['params']['before']:.3f} | {100 * pruned:.2f}% | **{100 * after:.2f}%** | "
+            f"{100 * (after - base):+.2f} | {t_prune:.1f} | {out['seconds']:.0f} |"
+        )
+    # cached-logit recovery vs live teacher (same pruned start, hessian)
+    start = copy.deepcopy(ref)
+    vitkit.apply_(start, PruneConfig(ratio=0.5, importance="hessian"), calib=calib)
+    live = copy.deepcopy(start)
+    t_live = distill(live, ref, train, kd)["seconds"]
+    with tempfile.TemporaryDirectory() as tmp:
+        cached_cfg = kd.replace(cache_dir=tmp, topk=10)
+        first = copy.deepcopy(start)
+        o1 = distill(first, ref, train, cached_cfg)
+        again = copy.deepcopy(start)
+        o2 = distill(again, None, train, cached_cfg)
+    rows += [
+        "",
+        "| recovery (hessian start) | teacher pass s | student training s | total s | top-1 after |",
+        "|---|---|---|---|---|",
+        f"| live teacher | – | {t_live:.1f} | {t_live:.1f} | {100 * evaluate_top1(live, test):.2f}% |",
+        f"| cache, first run (builds it) | {o1['cache_seconds']:.1f} | {o1['seconds']:.1f} | "
+        f"{o1['cache_seconds'] + o1['seconds']:.1f} | {100 * evaluate_top1(first, test):.2f}% |",
+        f"| cache, repeated run (no teacher) | 0 | {o2['seconds']:.1f} | {o2['seconds']:.1f} | "
+        f"{100 * evaluate_top1(again, test):.2f}% |",
+    ]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and recovery images (smoke run)")
+    ap.add_argument("--out", default="BENCHMARKS.md")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    repeats = 3 if args.quick else 7
+    limit, epochs = (512, 1) if args.quick else (4000, 2)
+    lines = ["## Structured pruning + KD recovery", "", env_lines(environment()), ""]
+    lines += ["### deit_small, random init, 224², batch 16, fp32 eager, interleaved medians", ""]
+    lines += speed_table(repeats)
+    lines += ["", f"Median of {repeats} interleaved runs per variant; MACs counted with attention analytic.", ""]
+    lines += ["### Reference model: accuracy after pruning and after KD recovery", ""]
+    lines += recovery_table(limit, epochs, 64)
+    write_section("prune", "\n".join(lines), args.out)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

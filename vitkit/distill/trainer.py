@@ -1,0 +1,244 @@
+"""``DistillConfig`` and :func:`distill`: recover a (pruned) student from a teacher with the shared loop.
+
+The loop is :func:`vitkit.training.fit` (one loop in vitkit); this file only builds the loss: soft KD,
+DeiT hard distillation (on the distillation-token head when the student has one), NKD, an optional feature
+term, and TinyViT cached top-k teacher targets instead of a live teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..configs import TransformConfig
+from ..errors import ConfigError
+from ..registry import register_transform
+from ..training import TrainConfig, fit
+from . import losses as L
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillConfig(TransformConfig):
+    """Knowledge-distillation recovery (fine-tune the model against a teacher).
+
+    ``teacher``: ``original`` (the model before its first ``prune`` step in this run) or anything
+    ``vitkit.load`` takes. ``loss``: ``soft`` (τ²·KL, ``temperature``), ``hard`` (DeiT: CE to the teacher's
+    argmax) or ``nkd`` (normalized KD, ``gamma``); ``alpha``: weight of the KD term, ``1 − alpha`` goes to
+    label cross-entropy (DeiT: 0.5; 1.0 = pure KD, labels unused). ``feature_weight``: MSE between the
+    final features of student and teacher. ``cache_dir``: store/reuse the teacher's top-``topk`` probabilities
+    there (TinyViT) so repeated recoveries skip the teacher. ``data``/``split``/``limit``: training images.
+    ``checkpoint_dir``/``checkpoint_every``/``resume``: exact-resume checkpoints. ``optimizer``: ``adamw`` or
+    a timm optimizer name (``adan``, ``lamb`` ...).
+    """
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.0
+    loss: str = "soft"
+    temperature: float = 1.0
+    alpha: float = 1.0
+    gamma: float = 1.5
+    feature_weight: float = 0.0
+    teacher: str = "original"
+    data: str = "mnist5k"
+    split: str = "train"
+    limit: int | None = None
+    shift: float = 2.0
+    cache_dir: str | None = None
+    topk: int = 10
+    optimizer: str = "adamw"
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    resume: bool = False
+    seed: int = 0
+    threads: int | None = None
+
+    def validate(self) -> None:
+        n = type(self).__name__
+        if self.loss not in L.LOSSES:
+            raise ConfigError(f"{n}.loss must be one of {list(L.LOSSES)}, got {self.loss!r}")
+        for f in ("epochs", "batch_size", "topk"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{n}.{f} must be a positive int, got {v!r}")
+        if not 0.0 <= float(self.alpha) <= 1.0:
+            raise ConfigError(f"{n}.alpha must be in [0, 1], got {self.alpha}")
+        if float(self.temperature) <= 0 or float(self.lr) <= 0:
+            raise ConfigError(f"{n}.temperature and lr must be positive")
+        if float(self.feature_weight) < 0:
+            raise ConfigError(f"{n}.feature_weight must be >= 0, got {self.feature_weight}")
+        if self.resume and not self.checkpoint_dir:
+            raise ConfigError(f"{n}.resume needs checkpoint_dir")
+        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
+            raise ConfigError(f"{n}.limit must be a positive int or null, got {self.limit!r}")
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_epochs=self.warmup_epochs,
+            label_smoothing=0.0,
+            shift=self.shift,
+            seed=self.seed,
+            threads=self.threads,
+        )
+
+
+def _split_outputs(out) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class-token logits, logits to distil): DeiT distilled training returns ``(cls, dist)``."""
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, out
+
+
+def make_loss(cfg: DistillConfig, teacher: nn.Module | None, cache=None):
+    """``loss_fn(net, x, y, where)`` for :func:`vitkit.training.fit`."""
+    alpha = float(cfg.alpha)
+
+    def loss_fn(net, x, y, where):
+        epoch, _, start = where
+        if cache is not None:
+            probs = cache.lookup(epoch, start, x.shape[0])  # [B, C] dense soft targets at cfg.temperature
+            t_logits = probs.clamp_min(1e-8).log() * cfg.temperature
+            t_feat = None
+        else:
+            with torch.no_grad():
+                if cfg.feature_weight > 0:
+                    t_feat = teacher.forward_features(x)
+                    t_logits = teacher.forward_head(t_feat)
+                else:
+                    t_feat, t_logits = None, teacher(x)
+        if cfg.feature_weight > 0:
+            if isinstance(net, nn.parallel.DistributedDataParallel):
+                raise ConfigError("feature_weight > 0 is not supported under DDP yet: set feature_weight: 0")
+            s_feat = net.forward_features(x)
+            out = net.forward_head(s_feat)
+        else:
+            out = net(x)
+        cls, dist = _split_outputs(out)
+        if cfg.loss == "soft":
+            kd = (
+                L.soft_target_ce(dist, probs, cfg.temperature)
+                if cache is not None
+                else L.soft_kd(dist, t_logits, cfg.temperature)
+            )
+        elif cfg.loss == "hard":
+            kd = L.hard_kd(dist, t_logits)
+        else:
+            kd = L.nkd(dist, t_logits, y, cfg.temperature, cfg.gamma)
+        loss = alpha * kd
+        if alpha < 1:
+            loss = loss + (1 - alpha) * F.cross_entropy(cls, y)
+        if cfg.feature_weight > 0 and t_feat is not None:
+            loss = loss + cfg.feature_weight * L.feature_kd(s_feat, t_feat)
+        return loss, (cls + dist) / 2 if dist is not cls else cls
+
+    return loss_fn
+
+
+def distill(
+    student: nn.Module, teacher: nn.Module | None, train_set, cfg: DistillConfig, *, progress=None
+) -> dict[str, Any]:
+    """Train ``student`` in place against ``teacher`` (or ``cfg.cache_dir``); returns a JSON-able summary."""
+    from ..data import iterate_batches
+    from .cache import LogitCache, fingerprint
+
+    tcfg = cfg.train_config()
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+    cache, cache_seconds = None, 0.0
+    if cfg.cache_dir:
+        if cfg.feature_weight > 0:
+            raise ConfigError("the logit cache stores logits only: set feature_weight: 0 or drop cache_dir")
+        num_classes = int(getattr(student, "num_classes", 0))
+        cache = LogitCache(cfg.cache_dir, k=cfg.topk, temperature=cfg.temperature, num_classes=num_classes)
+        t0 = time.perf_counter()
+        header = {"seed": cfg.seed, "batch_size": cfg.batch_size, "n": len(train_set), "limit": cfg.limit}
+        for epoch in range(cfg.epochs):
+            batches = iterate_batches(
+                train_set,
+                cfg.batch_size,
+                shuffle=True,
+                seed=cfg.seed * 1000 + epoch,
+                augment_shift=cfg.shift,
+                limit=cfg.limit,
+            )
+            if teacher is None:
+                break
+            header["teacher"] = fingerprint(teacher)
+            cache.build(teacher, batches, epoch, header)
+        cache_seconds = time.perf_counter() - t0
+    distilled = hasattr(student, "set_distilled_training") and getattr(student, "dist_token", None) is not None
+    if distilled:
+        student.set_distilled_training(True)
+    try:
+        res = fit(
+            student,
+            train_set,
+            tcfg,
+            loss_fn=make_loss(cfg, teacher, cache),
+            optimizer=cfg.optimizer,
+            progress=progress,
+            checkpoint_dir=cfg.checkpoint_dir,
+            checkpoint_every=cfg.checkpoint_every,
+            resume=cfg.resume,
+            limit=cfg.limit,
+        )
+    finally:
+        if distilled:
+            student.set_distilled_training(False)
+    images = cfg.epochs * (len(train_set) if cfg.limit is None else min(cfg.limit, len(train_set)))
+    return {
+        "epochs": cfg.epochs,
+        "images_seen": images,
+        "steps": cfg.epochs * -(-(images // cfg.epochs) // cfg.batch_size),
+        "seconds": round(res.seconds, 2),
+        "cache_seconds": round(cache_seconds, 2),
+        "final_loss": float(res.final_loss),
+    }
+
+
+def resolve_teacher(model: nn.Module, cfg: DistillConfig) -> nn.Module | None:
+    from ..prune.transform import unpruned_teacher
+
+    if cfg.teacher == "original":
+        teacher = unpruned_teacher(model)
+        if teacher is None and not cfg.cache_dir:
+            raise ConfigError(
+                "teacher='original' needs a prune step earlier in the same run; "
+                "or set teacher to a model name / artifact dir"
+            )
+        return teacher
+    from ..models import load
+
+    return load(cfg.teacher)
+
+
+@register_transform(
+    DistillConfig, name="distill", kind="weights", paper="DeiT (Touvron et al., ICML 2021) / NKD / TinyViT"
+)
+def apply_distill(model: nn.Module, cfg: DistillConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
+    """Fine-tune ``model`` in place by distillation (a weights step: nothing to replay when loading)."""
+    from ..data import load_dataset
+
+    if dry_run:
+        return {"summary": f"would distil {cfg.epochs} epoch(s) of {cfg.data}/{cfg.split} with {cfg.loss} KD"}
+    teacher = resolve_teacher(model, cfg)
+    train_set = load_dataset(cfg.data, cfg.split, model=model)
+    out = distill(model, teacher, train_set, cfg)
+    out["summary"] = f"{cfg.loss} KD: {out['images_seen']} images in {out['seconds']}s, loss {out['final_loss']:.4f}"
+    return out
