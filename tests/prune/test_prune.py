@@ -177,3 +177,21 @@ def test_failed_prune_leaves_model_untouched(tiny_model, images):
     with pytest.raises(ConfigError):
         vitkit.apply_(tiny_model, PruneConfig(ratio=0.95, importance="l1", groups=("mlp",)))
     assert torch.equal(tiny_model(images), ref)
+
+
+def test_recipe_prune_then_distill_parses_and_dry_runs():
+    from vitkit.recipe import parse_recipe, run_recipe
+
+    recipe = parse_recipe(
+        {
+            "model": "vit_tiny_patch16_224",
+            "model_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 3, "num_heads": 3},
+            "steps": [
+                {"prune": {"target": "macs", "ratio": 0.5, "importance": "hessian", "groups": ["heads", "mlp"]}},
+                {"distill": {"epochs": 2, "teacher": "original"}},
+            ],
+        }
+    )
+    _, report = run_recipe(recipe, None, dry_run=True)
+    assert [s.name for s in report.steps] == ["prune", "distill"]
+    assert report.steps[0].decisions["pruned_heads"] or report.steps[0].decisions["pruned_mlp_count"]
