@@ -16,7 +16,7 @@ from vitkit.quant.reparam import fold_into_norm_linear, reparam_factors
 from ..conftest import VARIANTS, make_tiny
 
 
-def _calib(n=8, seed=3):
+def _calib(n=4, seed=3):
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
@@ -30,7 +30,7 @@ def test_repq_reparameterization_is_exact_in_float(variant):
     ref = make_tiny(variant)
     model = make_tiny(variant)
     x = _calib()
-    vitkit.apply_(model, PTQConfig(w_bits=4, a_bits=4, method="repq", calib_images=8), calib=x)
+    vitkit.apply_(model, PTQConfig(w_bits=4, a_bits=4, method="repq", calib_images=4), calib=x)
     steps = model.vitkit_steps[-1].decisions
     assert len(steps["reparameterized"]) == 2 * len(model.blocks)
     # the LN affine and the next linears changed ...
@@ -75,7 +75,7 @@ def test_fold_adds_bias_when_missing():
 def test_save_load_round_trip(method, tmp_path):
     model = make_tiny("vit")
     x = _calib()
-    vitkit.apply_(model, PTQConfig(w_bits=6, a_bits=6, method=method, calib_images=8), calib=x)
+    vitkit.apply_(model, PTQConfig(w_bits=6, a_bits=6, method=method, calib_images=4), calib=x)
     before = _out(model, x)
     vitkit.save_artifact(model, None, None, tmp_path / "art")
     loaded = vitkit.load(tmp_path / "art")
@@ -86,7 +86,7 @@ def test_save_load_round_trip(method, tmp_path):
 def test_round_trip_with_added_bias(tmp_path):
     model = make_tiny("vit", qkv_bias=False)
     x = _calib()
-    vitkit.apply_(model, PTQConfig(method="repq", calib_images=8), calib=x)
+    vitkit.apply_(model, PTQConfig(method="repq", calib_images=4), calib=x)
     assert model.vitkit_steps[-1].decisions["added_bias"]
     vitkit.save_artifact(model, None, None, tmp_path / "art")
     torch.testing.assert_close(_out(vitkit.load(tmp_path / "art"), x), _out(model, x), atol=1e-5, rtol=1e-5)
@@ -104,7 +104,7 @@ def test_w8a8_stays_close_to_float(method):
 def test_quantizers_everywhere_and_names_kept():
     model = make_tiny("vit")
     keys = set(model.state_dict())
-    vitkit.apply_(model, PTQConfig(calib_images=8), calib=_calib())
+    vitkit.apply_(model, PTQConfig(calib_images=4), calib=_calib())
     new_keys = set(model.state_dict())
     assert keys <= new_keys  # original weight names unchanged
     assert all(".a_quant." in k or ".w_quant." in k or "_quant." in k for k in new_keys - keys)
@@ -115,7 +115,7 @@ def test_quantizers_everywhere_and_names_kept():
 
 def test_layer_bits_and_skip():
     model = make_tiny("vit")
-    cfg = PTQConfig(w_bits=8, calib_images=8, layer_bits={"blocks.0.mlp.fc1": 4}, skip=("head",))
+    cfg = PTQConfig(w_bits=8, calib_images=4, layer_bits={"blocks.0.mlp.fc1": 4}, skip=("head",))
     vitkit.apply_(model, cfg, calib=_calib())
     assert model.blocks[0].mlp.fc1.w_quant.bits == 4 and model.blocks[0].mlp.fc2.w_quant.bits == 8
     assert type(model.head) is nn.Linear
@@ -134,8 +134,8 @@ def test_calibration_from_dataset():
     model = make_tiny("vit", img_size=28, patch_size=7, in_chans=1)
     spec = vitkit.data.input_spec(model, mean=(0.5,), std=(0.5,))
     ds = vitkit.data.load_dataset("digits", "train", spec=spec)
-    vitkit.apply_(model, PTQConfig(calib_images=8), calib=ds)
-    assert model.vitkit_steps[-1].decisions["calib_images"] == 8
+    vitkit.apply_(model, PTQConfig(calib_images=4), calib=ds)
+    assert model.vitkit_steps[-1].decisions["calib_images"] == 4
 
 
 def test_config_round_trip():
