@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import logging
 import tempfile
 import time
@@ -25,6 +26,7 @@ import torch
 
 import vitkit
 from vitkit.adapters.timm_vit import describe
+from vitkit.artifact import atomic_write_text
 from vitkit.bench import environment
 from vitkit.bench.metrics import agreement, classify, topk_accuracy
 from vitkit.bench.record import env_lines, write_section
@@ -35,6 +37,7 @@ from vitkit.tokens.patch import mac_ratio
 _log = logging.getLogger("benchmarks.tokens")
 ROOT = Path(__file__).resolve().parent.parent
 PLOT = ROOT / "benchmarks" / "tokens_accuracy_vs_speed.png"
+RESULTS = ROOT / "benchmarks" / "tokens_results.json"
 
 SPEED_VARIANTS = {
     "ToMe r=8": ToMeConfig(r=8),
@@ -263,6 +266,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="few variants and repeats: a smoke run (~2 min)")
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    ap.add_argument("--accuracy-only", action="store_true", help=f"reuse the speed tables saved in {RESULTS.name}")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
@@ -271,11 +275,20 @@ def main() -> None:
     batches = (16,) if q else (16, 64)
     t_start = time.time()
 
-    small = torch_speed("deit_small_patch16_224", names, batches, repeats=2 if q else 5, latency_runs=3 if q else 15)
-    tiny_names = ["ToMe r=8", "ToMe r=13", "ToMe r=16"] + ([] if q else ["EViT keep 0.5", "PiToMe ratio 0.85"])
-    tiny = torch_speed("deit_tiny_patch16_224", tiny_names, batches, repeats=2 if q else 5, latency_runs=0)
-    ort_names = ["ToMe r=13", "ToMe r=16"] if q else ["ToMe r=8", "ToMe r=13", "ToMe r=16", *names[3:9]]
-    ort_rows = ort_speed("deit_small_patch16_224", ort_names, 16, repeats=2 if q else 5)
+    if args.accuracy_only:
+        saved = json.loads(RESULTS.read_text())
+        small, tiny, ort_rows, q = saved["small"], saved["tiny"], saved["ort"], saved["quick"]
+        batches = tuple(saved["batches"])
+    else:
+        small = torch_speed(
+            "deit_small_patch16_224", names, batches, repeats=2 if q else 5, latency_runs=3 if q else 15
+        )
+        tiny_names = ["ToMe r=8", "ToMe r=13", "ToMe r=16"] + ([] if q else ["EViT keep 0.5", "PiToMe ratio 0.85"])
+        tiny = torch_speed("deit_tiny_patch16_224", tiny_names, batches, repeats=2 if q else 5, latency_runs=0)
+        ort_names = ["ToMe r=13", "ToMe r=16"] if q else ["ToMe r=8", "ToMe r=13", "ToMe r=16", *names[3:9]]
+        ort_rows = ort_speed("deit_small_patch16_224", ort_names, 16, repeats=2 if q else 5)
+        saved = {"quick": q, "batches": list(batches), "small": small, "tiny": tiny, "ort": ort_rows}
+        atomic_write_text(RESULTS, json.dumps(saved, indent=1) + "\n")  # speed is the slow part: keep it
     acc, base = accuracy_rows((1.5,) if q else (1.3, 1.5, 2.0), repeats=3 if q else 9)
     plot(acc, base, PLOT)
 
