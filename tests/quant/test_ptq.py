@@ -192,3 +192,14 @@ def test_unsupported_and_twice():
     vitkit.apply_(model, PTQConfig(calib_images=4), calib=_calib(4))
     with pytest.raises(ConfigError, match="already quantized"):
         vitkit.apply_(model, PTQConfig(calib_images=4), calib=_calib(4))
+
+
+def test_recipe_step_parses_and_dry_runs():
+    from vitkit.recipe import parse_recipe, parse_steps, run_recipe
+
+    (cfg,) = parse_steps([{"ptq": {"w_bits": 8, "a_bits": 8, "method": "repq"}}])
+    assert cfg == PTQConfig()
+    recipe = parse_recipe({"model": "vitkit_mnist_tiny", "steps": [{"ptq": {"w_bits": 4, "a_bits": 4}}]})
+    _, report = run_recipe(recipe, None, dry_run=True)
+    assert report.steps[0].name == "ptq"
+    assert [s.name for s in vitkit.list_transforms("*ptq")] == ["mixed_ptq", "ptq"]
