@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import vitkit
-from vitkit.adapters.timm_vit import describe
+from vitkit.adapters.timm_vit import describe, input_size
 from vitkit.artifact import atomic_write_text
 from vitkit.bench import environment
 from vitkit.bench.metrics import agreement, classify, topk_accuracy
@@ -215,7 +215,7 @@ def accuracy_rows(targets: tuple[float, ...], repeats: int) -> tuple[list[dict],
                 }
             )
             models.append(m)
-        x = torch.randn(64, 1, 32, 32)
+        x = torch.randn(64, *input_size(ref))
         times = interleaved_times([ref, *models], x, repeats=repeats, warmup=1)
         base_t = median(times[0])
         for row, t in zip(rows[-len(models) :], times[1:], strict=True):
