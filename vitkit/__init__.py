@@ -8,14 +8,16 @@ result = vitkit.benchmark(model, data=vitkit.data.load_dataset("mnist5k", model=
 ```
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # before the imports: submodules read it
 
-from . import data  # noqa: E402
-from .api import apply_  # noqa: E402
-from .artifact import load_artifact, save_artifact  # noqa: E402
-from .bench import BenchResult, benchmark  # noqa: E402
-from .configs import TransformConfig, resolve_schedule, select_names  # noqa: E402
-from .errors import (  # noqa: E402
+# ruff: noqa: E402
+from . import data
+from .api import apply_
+from .artifact import load_artifact, save_artifact
+from .bench import BenchResult, benchmark
+from .configs import TransformConfig, resolve_schedule, select_names
+from .distill import DistillConfig
+from .errors import (
     CheckpointError,
     ConfigError,
     DataError,
@@ -24,36 +26,50 @@ from .errors import (  # noqa: E402
     UnsupportedModelError,
     VitkitError,
 )
-from .models import load  # noqa: E402
-from .registry import get_transform, list_transforms, register_transform  # noqa: E402
-from .report import Report  # noqa: E402
+from .merging import (
+    AverageConfig,
+    DAREConfig,
+    FWMergingConfig,
+    GreedySoupConfig,
+    OPCMConfig,
+    PLeaSConfig,
+    RegMeanConfig,
+    TaskArithmeticConfig,
+    TIESConfig,
+    merge,
+)
+from .models import load
+from .prune import PruneConfig
+from .quant import MixedPrecisionConfig, PTQConfig
+from .registry import get_transform, list_transforms, register_transform
+from .report import Report
+from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig
 
 __all__ = [
-    "PruneConfig",
-    "DistillConfig",
     "AverageConfig",
-    "DAREConfig",
-    "FWMergingConfig",
-    "GreedySoupConfig",
-    "OPCMConfig",
-    "PLeaSConfig",
-    "RegMeanConfig",
-    "TaskArithmeticConfig",
-    "TIESConfig",
-    "merge",
     "BenchResult",
-    "EViTConfig",
-    "HiPruneConfig",
-    "PiToMeConfig",
-    "ToMeConfig",
     "CheckpointError",
     "ConfigError",
+    "DAREConfig",
     "DataError",
-    "NumericsError",
-    "OrderError",
+    "DistillConfig",
+    "EViTConfig",
+    "FWMergingConfig",
+    "GreedySoupConfig",
+    "HiPruneConfig",
     "MixedPrecisionConfig",
+    "NumericsError",
+    "OPCMConfig",
+    "OrderError",
+    "PLeaSConfig",
     "PTQConfig",
+    "PiToMeConfig",
+    "PruneConfig",
+    "RegMeanConfig",
     "Report",
+    "TIESConfig",
+    "TaskArithmeticConfig",
+    "ToMeConfig",
     "TransformConfig",
     "UnsupportedModelError",
     "VitkitError",
@@ -64,14 +80,9 @@ __all__ = [
     "list_transforms",
     "load",
     "load_artifact",
+    "merge",
     "register_transform",
     "resolve_schedule",
     "save_artifact",
     "select_names",
 ]
-from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig  # noqa: E402
-
-from .merging import AverageConfig, DAREConfig, FWMergingConfig, GreedySoupConfig, OPCMConfig, PLeaSConfig, RegMeanConfig, TaskArithmeticConfig, TIESConfig, merge  # noqa: E402, E501  # isort: skip
-from .quant import MixedPrecisionConfig, PTQConfig  # noqa: E402
-
-from .prune import PruneConfig; from .distill import DistillConfig  # noqa: E402, E702  # isort: skip
