@@ -138,3 +138,12 @@ def test_timm_optimizer_by_name(train_set):
     fit(make_tiny("vit"), train_set, TrainConfig(epochs=1, batch_size=16), optimizer="adan", limit=16)
     with pytest.raises(ConfigError, match="optimizer"):
         fit(make_tiny("vit"), train_set, TrainConfig(epochs=1, batch_size=16), optimizer="nope", limit=16)
+
+
+def test_distill_leaves_the_teacher_trainable():
+    """Regression: distill() used to flip the teacher's requires_grad, so a later deepcopy could not train."""
+    teacher = make_tiny()
+    student = copy.deepcopy(teacher)
+    data = load_dataset("digits", "train", model=teacher)
+    distill(student, teacher, data, DistillConfig(epochs=1, limit=32, batch_size=16))
+    assert all(p.requires_grad for p in teacher.parameters())

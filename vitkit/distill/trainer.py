@@ -156,10 +156,8 @@ def distill(
     from .cache import LogitCache, fingerprint
 
     tcfg = cfg.train_config()
-    if teacher is not None:
+    if teacher is not None:  # runs under no_grad in the loss; its parameters' flags are left untouched
         teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
     cache, cache_seconds = None, 0.0
     if cfg.cache_dir:
         if cfg.feature_weight > 0:
