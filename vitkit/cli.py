@@ -181,10 +181,12 @@ def cmd_demo(args) -> int:
 
     con = _console()
     with _progress() as prog:
-        task = prog.add_task("reference model", total=None, info="")
+        tasks: list = []  # the bar appears only if the reference model has to be trained
 
         def on_step(s: dict) -> None:
-            prog.update(task, total=s["total"], completed=s["step"], info=f"loss {s['loss']:.3f}")
+            if not tasks:
+                tasks.append(prog.add_task("training the reference model", total=s["total"], info=""))
+            prog.update(tasks[0], completed=s["step"], info=f"epoch {s['epoch'] + 1} loss {s['loss']:.3f}")
 
         report, out = run_demo(args.out, retrain=args.retrain, progress=on_step, say=lambda m: con.log(m))
     _print_table(report["variants"], title="vitkit demo: reference ViT on MNIST-5k test")
