@@ -178,3 +178,19 @@ def select_names(
     for p in skip:
         chosen -= set(matches(p))
     return [n for n in names if n in chosen]
+
+
+# -- YAML files ---------------------------------------------------------------------------------------------
+def read_yaml_file(path, *, what: str = "config"):
+    """Parse a YAML file, with one-line errors for a missing file or invalid YAML (recipes, merge configs)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .configs import TransformConfig
+from .configs import TransformConfig, read_yaml_file
 from .errors import ConfigError
 from .registry import get_transform, list_transforms
 
@@ -148,14 +146,7 @@ def parse_recipe(data: Any) -> Recipe:
 
 
 def read_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return parse_recipe(data)
+    return parse_recipe(read_yaml_file(path, what="recipe"))
 
 
 def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False, progress=None):

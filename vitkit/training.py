@@ -62,6 +62,21 @@ def evaluate_top1(model: nn.Module, dataset: Dataset, *, batch_size: int = 256) 
     return correct / max(total, 1)
 
 
+def epoch_batches(train_set: Dataset, cfg: TrainConfig, epoch: int, *, limit: int | None = None):
+    """The training batches of ``epoch``: order and augmentation are a pure function of (cfg.seed, epoch),
+    so a resumed run and a logit cache built ahead of training see exactly the same stream."""
+    return iterate_batches(
+        train_set,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed * 1000 + epoch,
+        augment_shift=cfg.shift,
+        augment_rotate=cfg.rotate,
+        augment_scale=cfg.scale,
+        limit=limit,
+    )
+
+
 def train_classifier(
     model: nn.Module,
     train_set: Dataset,
@@ -165,16 +180,7 @@ def fit(
     for epoch in range(first_epoch, cfg.epochs):
         if epoch != first_epoch:
             correct = seen = 0
-        batches = iterate_batches(
-            train_set,
-            cfg.batch_size,
-            shuffle=True,
-            seed=cfg.seed * 1000 + epoch,
-            augment_shift=cfg.shift,
-            augment_rotate=cfg.rotate,
-            augment_scale=cfg.scale,
-            limit=limit,
-        )
+        batches = epoch_batches(train_set, cfg, epoch, limit=limit)
         for batch, (x, y) in enumerate(batches):
             if epoch == first_epoch and batch < skip:
                 continue  # resuming: the batch stream (and its augmentation RNG) is replayed, not trained

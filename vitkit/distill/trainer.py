@@ -152,7 +152,7 @@ def distill(
     student: nn.Module, teacher: nn.Module | None, train_set, cfg: DistillConfig, *, progress=None
 ) -> dict[str, Any]:
     """Train ``student`` in place against ``teacher`` (or ``cfg.cache_dir``); returns a JSON-able summary."""
-    from ..data import iterate_batches
+    from ..training import epoch_batches
     from .cache import LogitCache, fingerprint
 
     tcfg = cfg.train_config()
@@ -167,14 +167,7 @@ def distill(
         t0 = time.perf_counter()
         header = {"seed": cfg.seed, "batch_size": cfg.batch_size, "n": len(train_set), "limit": cfg.limit}
         for epoch in range(cfg.epochs):
-            batches = iterate_batches(
-                train_set,
-                cfg.batch_size,
-                shuffle=True,
-                seed=cfg.seed * 1000 + epoch,
-                augment_shift=cfg.shift,
-                limit=cfg.limit,
-            )
+            batches = epoch_batches(train_set, tcfg, epoch, limit=cfg.limit)  # the stream fit() will replay
             if teacher is None:
                 break
             header["teacher"] = fingerprint(teacher)

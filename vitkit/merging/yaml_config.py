@@ -22,9 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..configs import TransformConfig
+from ..configs import TransformConfig, read_yaml_file
 from ..errors import ConfigError
 from .core import get_merge_method, list_merge_methods
 
@@ -64,12 +62,7 @@ def _path(value: Any, root: Path, what: str) -> str:
 
 def parse_merge_yaml(path: str | Path) -> MergePlan:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"merge config {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    data = read_yaml_file(path, what="merge config")
     return parse_merge_dict(data, root=path.parent, source=str(path))
 
 
