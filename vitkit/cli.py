@@ -277,7 +277,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Modules with ``add_commands(subparsers)`` that contribute sub-commands; a missing one is skipped.
-COMMAND_PLUGINS = ("vitkit.merging.cli",)
+COMMAND_PLUGINS = (
+    "vitkit.merging.cli",
+    "vitkit.prune.cli",
+    "vitkit.quant.cli",
+    "vitkit.adapt.cli",
+    "vitkit.early_exit.cli",
+)
 
 
 def _add_plugin_commands(sub, module: str) -> None:

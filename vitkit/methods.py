@@ -8,7 +8,15 @@ import logging
 
 _log = logging.getLogger(__name__)
 
-BUILTIN_PACKAGES = ("vitkit.tokens", "vitkit.quant", "vitkit.merging", "vitkit.prune", "vitkit.distill")
+BUILTIN_PACKAGES = (
+    "vitkit.tokens",
+    "vitkit.quant",
+    "vitkit.merging",
+    "vitkit.prune",
+    "vitkit.distill",
+    "vitkit.adapt",
+    "vitkit.early_exit",
+)
 
 for _name in BUILTIN_PACKAGES:
     try:
