@@ -28,6 +28,7 @@ RECIPE = "recipe.resolved.yaml"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PLOT = "accuracy_vs_throughput.png"
+REPORT_HTML = "report.html"
 HISTORY_ATTR = "vitkit_steps"
 FORMAT_VERSION = 1
 
@@ -113,6 +114,7 @@ def save_artifact(
     from safetensors.torch import save
 
     from .report import markdown_report, plot_accuracy_vs_throughput
+    from .report_html import html_report
 
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or (any(directory.iterdir()) and not is_artifact(directory))):
@@ -129,7 +131,10 @@ def save_artifact(
             if "variants" in rep:
                 md = markdown_report(rep, title=title or "vitkit report", steps=resolved["steps"])
                 (stage / REPORT_MD).write_text(md)
-                plot_accuracy_vs_throughput(rep["variants"], stage / PLOT, title=title)
+                plot = plot_accuracy_vs_throughput(rep["variants"], stage / PLOT, title=title)
+                images = {"accuracy vs throughput": plot.read_bytes()} if plot else {}
+                page = html_report(rep, title=title or "vitkit report", steps=resolved["steps"], images=images)
+                (stage / REPORT_HTML).write_text(page)
         _swap_in(stage, directory)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

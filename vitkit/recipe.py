@@ -31,6 +31,8 @@ class EvalSpec:
     data: str | None = "mnist5k"
     split: str = "test"
     limit: int | None = None
+    #: measure patch-corruption and one-pixel-shift robustness next to the original (vitkit.bench.robustness)
+    robustness: bool = True
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
     from .api import apply_
     from .artifact import save_artifact
     from .bench import benchmark
+    from .bench.robustness import RobustnessSpec
     from .data import calibration_set, load_dataset
     from .models import load
 
@@ -180,6 +183,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
         repeats=b.repeats,
         latency_runs=b.latency_runs,
         eval_limit=recipe.eval.limit,
+        robust=RobustnessSpec(limit=recipe.eval.limit or 500) if recipe.eval.robustness else None,
     )
     if recipe.steps:
         result = benchmark(candidate, data, baseline, name=recipe.label, **common)

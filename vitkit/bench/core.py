@@ -17,6 +17,7 @@ from .env import environment
 from .flops import count_macs
 from .memory import peak_inference_mb
 from .metrics import agreement, classify, topk_accuracy
+from .robustness import RobustnessSpec, robustness
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ class VariantResult:
     params: int = 0
     file_bytes: int = 0
     macs: int | None = None
+    patch_corrupt_top1: float | None = None
+    patch_consistency: float | None = None
+    shift_consistency: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,12 +114,14 @@ def benchmark(
     latency_runs: int = 30,
     eval_limit: int | None = None,
     measure_memory: bool = True,
+    robust: RobustnessSpec | None = None,
 ) -> BenchResult:
     """Measure ``model`` (and ``baseline``, interleaved, in this process) on ``data``.
 
     Returns accuracy (top-1/top-5 when ``data`` has labels), agreement with the baseline (top-1 agreement
     and mean KL), throughput per batch size, batch-1 latency p50/p90, peak inference memory, params,
     safetensors size and analytic MACs per image. ``data`` is a dataset (or None for timing only).
+    ``robust`` adds patch-corruption and one-pixel-shift consistency (:mod:`vitkit.bench.robustness`).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -136,6 +142,12 @@ def benchmark(
         if baseline is not None:
             agr = agreement(logits[1][0], logits[0][0])
             rows[1].agreement, rows[1].kl = agr["agreement"], agr["kl"]
+
+    if data is not None and robust is not None:
+        for row, r in zip(rows, robustness(models, data, robust), strict=True):
+            row.patch_corrupt_top1 = r["patch_corrupt_top1"]
+            row.patch_consistency = r["patch_consistency"]
+            row.shift_consistency = r["shift_consistency"]
 
     for bs in batch_sizes:
         x = _example(data, bs, shape)
@@ -169,4 +181,6 @@ def benchmark(
     if data is not None:
         settings["data"] = getattr(data, "name", type(data).__name__)
         settings["eval_images"] = len(data) if eval_limit is None else min(eval_limit, len(data))
+    if robust is not None:
+        settings["robustness"] = asdict(robust)
     return BenchResult(environment(), rows, settings)
