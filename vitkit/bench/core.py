@@ -38,7 +38,7 @@ class VariantResult:
     latency_p90_ms: float | None = None
     latency_ratio: float | None = None
     peak_mem_mb: float | None = None
-    params: int = 0
+    params: int | None = 0
     file_bytes: int = 0
     macs: int | None = None
     patch_corrupt_top1: float | None = None
@@ -69,6 +69,11 @@ def check_finite(model: nn.Module) -> None:
         if t.is_floating_point() and not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise NumericsError(f"tensor {name!r} holds {bad} NaN/Inf value(s): fix or reload the weights first")
+
+
+def is_external(model: nn.Module) -> bool:
+    """A module wrapping another runtime (e.g. ``OrtModule``): it declares ``file_bytes`` and holds no parameters."""
+    return hasattr(type(model), "file_bytes") and next(model.parameters(), None) is None
 
 
 def param_count(model: nn.Module) -> int:
@@ -130,7 +135,7 @@ def benchmark(
     for m in models:
         check_finite(m)
         m.eval()
-    shape = input_size(model)
+    shape = input_size(baseline if baseline is not None and is_external(model) else model)
     rows = [VariantResult(name=n) for n in names]
 
     if data is not None:
@@ -166,9 +171,14 @@ def benchmark(
             row.latency_p90_ms = round(1e3 * timing.percentile(s, 90), 3)
 
     for row, m in zip(rows, models, strict=True):
-        row.params = param_count(m)
-        row.file_bytes = file_bytes(m)
-        row.macs = count_macs(m, _example(data, 1, shape))
+        if is_external(m):  # an ONNX Runtime session: its file, no PyTorch parameters or MAC counter
+            row.file_bytes = int(m.file_bytes)
+            row.params = None
+            row.extra["runtime"] = type(m).__name__
+        else:
+            row.params = param_count(m)
+            row.file_bytes = file_bytes(m)
+            row.macs = count_macs(m, _example(data, 1, shape))
         if measure_memory:
             row.peak_mem_mb = peak_inference_mb(m, _example(data, big, shape))
     if baseline is not None:
