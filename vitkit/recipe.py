@@ -41,6 +41,8 @@ class BenchSpec:
     threads: int = 2
     repeats: int = 7
     latency_runs: int = 30
+    #: with several steps, also measure the model after each step (cumulative), not only the composed one
+    per_step: bool = True
 
 
 @dataclass(frozen=True)
@@ -171,9 +173,17 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
             load_dataset(recipe.calib.data, recipe.calib.split, model=baseline), recipe.calib.n, seed=recipe.calib.seed
         )
     say(f"applying {len(recipe.steps)} step(s)" if not dry_run else "planning steps (dry run)")
-    applied = apply_(candidate, list(recipe.steps), calib=calib, dry_run=dry_run)
     if dry_run:
-        return candidate, applied
+        return candidate, apply_(candidate, list(recipe.steps), calib=calib, dry_run=True)
+    apply_(candidate, list(recipe.steps), calib=None, dry_run=True)  # order and configs checked before any work
+    intermediate: list[tuple[str, Any]] = []
+    records = []
+    for i, step in enumerate(recipe.steps):
+        say(f"step {i + 1}/{len(recipe.steps)}: {get_step_name(step)}")
+        records += apply_(candidate, [step], calib=calib).steps
+        if recipe.bench.per_step and i < len(recipe.steps) - 1:
+            label = "+".join(get_step_name(s) for s in recipe.steps[: i + 1])
+            intermediate.append((label, copy.deepcopy(candidate)))
     data = load_dataset(recipe.eval.data, recipe.eval.split, model=baseline) if recipe.eval.data else None
     say("benchmarking (baseline and candidate interleaved)")
     b = recipe.bench
@@ -186,11 +196,11 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
         robust=RobustnessSpec(limit=recipe.eval.limit or 500) if recipe.eval.robustness else None,
     )
     if recipe.steps:
-        result = benchmark(candidate, data, baseline, name=recipe.label, **common)
+        result = benchmark(candidate, data, baseline, name=recipe.label, candidates=intermediate, **common)
     else:
         result = benchmark(baseline, data, name="baseline", **common)
     report = result.to_dict()
-    report["steps"] = applied.to_dict()["steps"]
+    report["steps"] = [r.to_dict() for r in records]
     if out is not None:
         save_artifact(candidate, recipe.to_dict(), report, out, title=f"vitkit: {recipe.label} on {recipe.model}")
     return candidate, report

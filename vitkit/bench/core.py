@@ -120,6 +120,7 @@ def benchmark(
     eval_limit: int | None = None,
     measure_memory: bool = True,
     robust: RobustnessSpec | None = None,
+    candidates: list[tuple[str, nn.Module]] | None = None,
 ) -> BenchResult:
     """Measure ``model`` (and ``baseline``, interleaved, in this process) on ``data``.
 
@@ -127,15 +128,19 @@ def benchmark(
     and mean KL), throughput per batch size, batch-1 latency p50/p90, peak inference memory, params,
     safetensors size and analytic MACs per image. ``data`` is a dataset (or None for timing only).
     ``robust`` adds patch-corruption and one-pixel-shift consistency (:mod:`vitkit.bench.robustness`).
+    ``candidates`` are more ``(name, model)`` rows (e.g. a recipe's intermediate steps), measured interleaved
+    with the others and listed between the baseline and ``model``.
     """
     if threads:
         torch.set_num_threads(threads)
-    models = [m for m in (baseline, model) if m is not None]
-    names = [baseline_name, name] if baseline is not None else [name]
+    extra = list(candidates or [])
+    models = ([baseline] if baseline is not None else []) + [m for _, m in extra] + [model]
+    names = ([baseline_name] if baseline is not None else []) + [n for n, _ in extra] + [name]
     for m in models:
         check_finite(m)
         m.eval()
-    shape = input_size(baseline if baseline is not None and is_external(model) else model)
+    internal = [m for m in models if not is_external(m)]
+    shape = input_size(internal[0] if internal else model)
     rows = [VariantResult(name=n) for n in names]
 
     if data is not None:
@@ -145,8 +150,9 @@ def benchmark(
             row.top5 = topk_accuracy(out, labels, 5)
             row.agreement, row.kl = 1.0, 0.0
         if baseline is not None:
-            agr = agreement(logits[1][0], logits[0][0])
-            rows[1].agreement, rows[1].kl = agr["agreement"], agr["kl"]
+            for row, (out, _) in zip(rows[1:], logits[1:], strict=True):
+                agr = agreement(out, logits[0][0])
+                row.agreement, row.kl = agr["agreement"], agr["kl"]
 
     if data is not None and robust is not None:
         for row, r in zip(rows, robustness(models, data, robust), strict=True):
@@ -182,10 +188,11 @@ def benchmark(
         if measure_memory:
             row.peak_mem_mb = peak_inference_mb(m, _example(data, big, shape))
     if baseline is not None:
-        base, cand = rows
-        cand.speedup = round(cand.throughput / base.throughput, 3) if base.throughput else None
-        if base.latency_p50_ms and cand.latency_p50_ms:
-            cand.latency_ratio = round(base.latency_p50_ms / cand.latency_p50_ms, 3)
+        base = rows[0]
+        for cand in rows[1:]:
+            cand.speedup = round(cand.throughput / base.throughput, 3) if base.throughput else None
+            if base.latency_p50_ms and cand.latency_p50_ms:
+                cand.latency_ratio = round(base.latency_p50_ms / cand.latency_p50_ms, 3)
         base.speedup = base.latency_ratio = 1.0
     settings = dict(batch_sizes=list(batch_sizes), repeats=repeats, warmup=warmup, latency_runs=latency_runs)
     if data is not None:
