@@ -9,11 +9,13 @@ Quantizer math lives in :mod:`vitkit.ops.quant`; modules in :mod:`vitkit.quant.m
 """
 
 from .deploy import OrtModule, deploy_int8, reparameterize_, strip_quant, to_torch_dynamic
+from .integer import IntegerViT, to_integer
 from .mixed import MixedPrecisionConfig
 from .modules import quantized_size_bytes, quantizers, set_quant_enabled
 from .ptq import PTQConfig, apply_ptq
 
 __all__ = [
+    "IntegerViT",
     "MixedPrecisionConfig",
     "OrtModule",
     "PTQConfig",
@@ -25,4 +27,5 @@ __all__ = [
     "quantized_size_bytes",
     "quantizers",
     "set_quant_enabled",
+    "to_integer",
 ]
