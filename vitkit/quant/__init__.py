@@ -9,6 +9,7 @@ Quantizer math lives in :mod:`vitkit.ops.quant`; modules in :mod:`vitkit.quant.m
 """
 
 from .deploy import OrtModule, deploy_int8, reparameterize_, strip_quant, to_torch_dynamic
+from .export import export_qdq
 from .integer import IntegerViT, to_integer
 from .mixed import MixedPrecisionConfig
 from .modules import quantized_size_bytes, quantizers, set_quant_enabled
@@ -21,6 +22,7 @@ __all__ = [
     "PTQConfig",
     "apply_ptq",
     "deploy_int8",
+    "export_qdq",
     "reparameterize_",
     "strip_quant",
     "to_torch_dynamic",
