@@ -32,7 +32,7 @@ from ..adapters.timm_vit import input_size
 from ..artifact import atomic_write_bytes
 from ..errors import ConfigError, UnsupportedModelError
 from ..ops import quant as Q
-from .modules import LogQuantizer, Quantizer, UniformQuantizer, quantizers
+from .modules import LogQuantizer, Quantizer, UniformQuantizer, float_state_dict, quantizers
 
 _log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def export_qdq(model: nn.Module, path: str | Path, example: torch.Tensor | None 
         raise ConfigError(f"example has shape {tuple(example.shape)} but the model expects [n, {dims}]")
     qmodel = _qdq_copy(model)
     buf = io.BytesIO()
-    with torch.no_grad():
+    with torch.no_grad(), float_state_dict():
         torch.onnx.export(
             qmodel,
             (example.float(),),
