@@ -109,7 +109,8 @@ class UniformQuantizer(Quantizer):
         self.zero_point.copy_(z.reshape(self.zero_point.shape))
 
     def quant(self, x: torch.Tensor) -> torch.Tensor:
-        return Q.fake_quant(x, self.scale, self.zero_point, self.bits, symmetric=self.symmetric, axis=self._axis())
+        fn = Q.fake_quant_ste if getattr(self, "ste", False) else Q.fake_quant  # ste: block reconstruction
+        return fn(x, self.scale, self.zero_point, self.bits, symmetric=self.symmetric, axis=self._axis())
 
 
 class LogQuantizer(Quantizer):
