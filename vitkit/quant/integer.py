@@ -117,6 +117,7 @@ def _gamma(ls: nn.Module, dim: int) -> torch.Tensor:
 
 class IntegerViT(nn.Module):
     """Integer-only twin of a calibrated ``ptq`` ViT; ``forward(images) -> logits`` (see module docstring).
+    CPU emulation: the integer constants are plain tensors (not buffers), so ``.to(device)`` does not move them.
 
     ``taps``: pass a dict to :meth:`forward` to receive the integer input codes of every quantized linear
     (``"blocks.0.attn.qkv"`` …), for comparisons with the fake-quant model's codes."""
@@ -136,6 +137,10 @@ class IntegerViT(nn.Module):
         bad = sorted(set(info.features) & set(_UNSUPPORTED)) + sorted(info.features & {"gated_attn", "glu_mlp"})
         if bad:
             raise UnsupportedModelError(f"to_integer does not handle the model feature(s) {bad}: use a plain ViT/DeiT")
+        if info.global_pool != "token":
+            raise UnsupportedModelError(
+                f"to_integer handles class-token pooling only, got global_pool={info.global_pool!r}"
+            )
         if not quantizers(model):
             raise UnsupportedModelError("to_integer needs a ptq-calibrated model: apply PTQConfig(...) first")
         for name in ("norm_pre", "fc_norm"):
