@@ -71,6 +71,27 @@ def test_composed_recipe_reports_every_step(tmp_path, artifact):
     assert [s.name for s in reloaded.vitkit_steps] == ["prune", "ptq", "tome"]
 
 
+def test_recipe_deploys_to_onnx_runtime(tmp_path, artifact):
+    recipe = parse_recipe(
+        {
+            "model": str(artifact),
+            "steps": [{"tome": {"r": 2}}],
+            "eval": {"data": "digits", "split": "test", "limit": 32, "robustness": False},
+            "calib": {"data": "digits", "n": 8},
+            "bench": {"batch_sizes": [1, 4], "threads": 2, "repeats": 2, "latency_runs": 3},
+            "deploy": {"runtime": "onnxruntime", "int8": "dynamic"},
+        }
+    )
+    _, report = run_recipe(recipe, tmp_path / "out")
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["baseline", "tome", "baseline @ onnxruntime fp32", "tome @ onnxruntime int8 (dynamic)"]
+    assert report["variants"][2]["agreement"] == 1.0  # the fp32 export is the same function
+    assert report["variants"][3]["agreement"] >= 0.8  # int8 of a random tiny model: close, not equal
+    assert (tmp_path / "out" / "model.onnx").stat().st_size > 0
+    with pytest.raises(ConfigError, match="deploy.int8"):
+        parse_recipe({"model": "x", "deploy": {"runtime": "onnxruntime", "int8": "int4"}})
+
+
 def test_recipe_in_wrong_order_fails_before_any_work(tmp_path, artifact):
     recipe = parse_recipe({"model": str(artifact), "steps": [{"tome": {"r": 2}}, {"prune": {"ratio": 0.3}}]})
     with pytest.raises(vitkit.OrderError, match="prune.*tome|tome.*prune"):

@@ -108,9 +108,16 @@ def _report_dict(report: Any) -> dict[str, Any] | None:
 
 
 def save_artifact(
-    model: nn.Module, recipe: dict[str, Any] | None, report: Any, directory: str | Path, *, title: str = ""
+    model: nn.Module,
+    recipe: dict[str, Any] | None,
+    report: Any,
+    directory: str | Path,
+    *,
+    title: str = "",
+    extra_files: dict[str, str | Path] | None = None,
 ) -> Path:
-    """Write an artifact directory for ``model``; replaces an existing *artifact* at ``directory`` atomically."""
+    """Write an artifact directory for ``model``; replaces an existing *artifact* at ``directory`` atomically.
+    ``extra_files`` maps a file name inside the artifact to a file to copy there (e.g. the deployed ONNX)."""
     from safetensors.torch import save
 
     from .report import markdown_report, plot_accuracy_vs_throughput
@@ -135,6 +142,8 @@ def save_artifact(
                 images = {"accuracy vs throughput": plot.read_bytes()} if plot else {}
                 page = html_report(rep, title=title or "vitkit report", steps=resolved["steps"], images=images)
                 (stage / REPORT_HTML).write_text(page)
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, stage / name)
         _swap_in(stage, directory)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

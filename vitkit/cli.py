@@ -190,7 +190,7 @@ def cmd_demo(args) -> int:
 
         report, out = run_demo(args.out, retrain=args.retrain, progress=on_step, say=lambda m: con.log(m))
     _print_table(report["variants"], title="vitkit demo: reference ViT on MNIST-5k test")
-    con.print(f"artifact, report.md, report.json and plot written to {out}")
+    con.print(f"artifact (weights, model.onnx), report.md, report.html, report.json and plot written to {out}")
     return 0
 
 

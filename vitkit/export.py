@@ -32,7 +32,7 @@ from .errors import ConfigError, UnsupportedModelError
 _log = logging.getLogger(__name__)
 
 FORMATS = ("onnx",)
-QUANT_MODES = ("auto", "qdq", "fake", "dynamic")
+QUANT_MODES = ("auto", "qdq", "fake", "dynamic", "float")
 
 
 @dataclass
@@ -97,8 +97,12 @@ def onnx_graph_module(model: nn.Module) -> nn.Module:
     return hook() if callable(hook) else model
 
 
-def _write_onnx(model: nn.Module, example: torch.Tensor, dst: Path, mode: str, opset: int) -> tuple[Path, str]:
-    """Write ``dst`` atomically; returns (path, the mode actually used)."""
+def write_onnx(
+    model: nn.Module, example: torch.Tensor, dst: Path, mode: str = "auto", opset: int = 17, calib=None
+) -> tuple[Path, str]:
+    """Write ``dst`` atomically; returns (path, the mode actually used). ``mode``: auto (QDQ for a ``ptq``
+    model, else float), qdq, fake (the fake-quant graph), float, dynamic (RepQ reparameterization from
+    ``calib`` — default ``example`` — then ORT dynamic int8)."""
     quantized = _is_quantized(model)
     if mode == "auto":
         mode = "qdq" if quantized else "float"
@@ -122,7 +126,7 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, dst: Path, mode: str, o
 
             float_model = strip_quant(model) if quantized else copy.deepcopy(model).eval()
             if not quantized:
-                reparameterize_(float_model, example)
+                reparameterize_(float_model, example if calib is None else calib)
             float_onnx(float_model, Path(tmp) / "fp32.onnx")
             ort_dynamic_int8(Path(tmp) / "fp32.onnx", tmp_path)
         atomic_write_bytes(dst, tmp_path.read_bytes())
@@ -176,7 +180,7 @@ def export_model(
         real = torch.cat(xs)
     else:
         real = torch.randn(images, *input_size(model), generator=torch.Generator().manual_seed(0))
-    path, mode = _write_onnx(model, real[:2], out_dir / "model.onnx", quant, opset)
+    path, mode = write_onnx(model, real[:2], out_dir / "model.onnx", quant, opset, calib=real[:32])
     session = OrtModule(path)
     max_diff, agree = parity(model, session, real)
     _log.info("ONNX parity on %d images: max |diff| %.3g, top-1 agreement %.2f%%", len(real), max_diff, 100 * agree)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,23 @@ class CalibSpec:
 
 
 @dataclass(frozen=True)
+class DeploySpec:
+    """Also measure the composed model deployed in ONNX Runtime (``runtime: onnxruntime``), next to the
+    original model in ONNX Runtime fp32 so that the runtime's own share of the speed-up is visible.
+    ``int8``: ``dynamic`` (RepQ reparameterization + ORT dynamic int8, the fastest path on AVX2), ``qdq`` (our
+    calibrated scales; needs a ``ptq`` step), or ``none`` (fp32). The ONNX file is written into the artifact."""
+
+    runtime: str | None = None
+    int8: str = "dynamic"
+
+    def __post_init__(self) -> None:
+        if self.runtime not in (None, "onnxruntime"):
+            raise ConfigError(f"deploy.runtime must be 'onnxruntime' (or omitted), got {self.runtime!r}")
+        if self.int8 not in ("dynamic", "qdq", "none"):
+            raise ConfigError(f"deploy.int8 must be one of dynamic, qdq, none; got {self.int8!r}")
+
+
+@dataclass(frozen=True)
 class Recipe:
     model: str
     steps: tuple[TransformConfig, ...] = ()
@@ -63,6 +81,7 @@ class Recipe:
     eval: EvalSpec = EvalSpec()
     bench: BenchSpec = BenchSpec()
     calib: CalibSpec = CalibSpec()
+    deploy: DeploySpec = DeploySpec()
 
     @property
     def label(self) -> str:
@@ -80,6 +99,7 @@ class Recipe:
             "eval": _dc_dict(self.eval),
             "bench": _dc_dict(self.bench),
             "calib": _dc_dict(self.calib),
+            "deploy": _dc_dict(self.deploy),
         }
 
 
@@ -106,7 +126,7 @@ def _section(cls, data: Any, where: str):
     return cls(**data)
 
 
-TOP_LEVEL = ("model", "arch", "model_kwargs", "name", "steps", "eval", "bench", "calib")
+TOP_LEVEL = ("model", "arch", "model_kwargs", "name", "steps", "eval", "bench", "calib", "deploy")
 
 
 def parse_steps(steps: Any) -> tuple[TransformConfig, ...]:
@@ -146,6 +166,7 @@ def parse_recipe(data: Any) -> Recipe:
         eval=_section(EvalSpec, data.get("eval"), "eval"),
         bench=_section(BenchSpec, data.get("bench"), "bench"),
         calib=_section(CalibSpec, data.get("calib"), "calib"),
+        deploy=_section(DeploySpec, data.get("deploy"), "deploy"),
     )
 
 
@@ -195,12 +216,37 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
         eval_limit=recipe.eval.limit,
         robust=RobustnessSpec(limit=recipe.eval.limit or 500) if recipe.eval.robustness else None,
     )
-    if recipe.steps:
-        result = benchmark(candidate, data, baseline, name=recipe.label, candidates=intermediate, **common)
-    else:
-        result = benchmark(baseline, data, name="baseline", **common)
-    report = result.to_dict()
-    report["steps"] = [r.to_dict() for r in records]
-    if out is not None:
-        save_artifact(candidate, recipe.to_dict(), report, out, title=f"vitkit: {recipe.label} on {recipe.model}")
+    with tempfile.TemporaryDirectory(prefix="vitkit-deploy-") as tmp:
+        extra_files = {}
+        if recipe.deploy.runtime and recipe.steps:
+            say("deploying to ONNX Runtime")
+            base_ort, cand_ort, mode = deploy_onnx(baseline, candidate, recipe.deploy, calib, Path(tmp))
+            extra_files["model.onnx"] = cand_ort.path
+            intermediate += [(recipe.label, candidate), ("baseline @ onnxruntime fp32", base_ort)]
+            result = benchmark(
+                cand_ort, data, baseline, name=f"{recipe.label} @ onnxruntime {mode}", candidates=intermediate, **common
+            )
+        elif recipe.steps:
+            result = benchmark(candidate, data, baseline, name=recipe.label, candidates=intermediate, **common)
+        else:
+            result = benchmark(baseline, data, name="baseline", **common)
+        report = result.to_dict()
+        report["steps"] = [r.to_dict() for r in records]
+        if out is not None:
+            title = f"vitkit: {recipe.label} on {recipe.model}"
+            save_artifact(candidate, recipe.to_dict(), report, out, title=title, extra_files=extra_files)
     return candidate, report
+
+
+def deploy_onnx(baseline, candidate, spec: DeploySpec, calib, tmp: Path):
+    """ONNX Runtime sessions of the original (fp32) and of the composed model (``spec.int8``)."""
+    from .export import write_onnx
+    from .quant.deploy import OrtModule
+    from .quant.modules import quantizers
+
+    example = calib[:2]
+    base_path, _ = write_onnx(baseline, example, tmp / "baseline.onnx", "float")
+    mode = {"dynamic": "dynamic", "qdq": "qdq", "none": "fake" if quantizers(candidate) else "float"}[spec.int8]
+    cand_path, mode = write_onnx(candidate, example, tmp / "model.onnx", mode, calib=calib)
+    label = {"dynamic": "int8 (dynamic)", "qdq": "int8 (QDQ)", "fake": "fake-quant", "float": "fp32"}[mode]
+    return OrtModule(base_path), OrtModule(cand_path), label
