@@ -245,3 +245,26 @@ def test_token_reduction_after_early_exit_is_refused():
         vitkit.apply_(model, vitkit.ToMeConfig(r=2))
     assert isinstance(model, EarlyExitVisionTransformer)
     assert type(model.blocks[0]).__name__ == "Block"
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------
+def test_cli_bad_exits_is_one_line_error(tmp_path, capsys):
+    from vitkit.cli import main
+
+    src = vitkit.save_artifact(make_tiny("vit"), None, None, tmp_path / "m")
+    rc = main(["early-exit", str(src), "-o", str(tmp_path / "out"), "--exits", "7", "--epochs", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "out of range" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_writes_a_loadable_artifact(tmp_path, capsys):
+    from vitkit.cli import main
+
+    src = vitkit.save_artifact(make_tiny("vit"), None, None, tmp_path / "m")
+    out = tmp_path / "out"
+    rc = main(["early-exit", str(src), "-o", str(out), "--exits", "0,1", "--epochs", "0", "--data", "digits"])
+    assert rc == 0 and "exit histogram" in capsys.readouterr().out
+    loaded = vitkit.load(out)
+    assert isinstance(loaded, EarlyExitVisionTransformer)
+    assert sum(exit_histogram(loaded).values()) == 0
