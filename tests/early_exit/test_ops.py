@@ -6,7 +6,14 @@ import math
 
 import torch
 
-from vitkit.ops.early_exit import calibrate_threshold, compute_ratio, exit_scores, first_exit, simulate
+from vitkit.ops.early_exit import (
+    calibrate_threshold,
+    compute_ratio,
+    exit_score_row,
+    exit_scores,
+    first_exit,
+    simulate,
+)
 
 
 def test_scores_are_in_unit_interval_and_ordered():
@@ -46,3 +53,11 @@ def test_calibration_respects_the_drop_budget():
         prev_t = t
     t, info = calibrate_threshold(scores, correct, 100.0)
     assert info["exits"][0] == N  # unlimited budget: everything leaves at the first exit
+
+
+def test_row_score_matches_tensor_score():
+    logits = torch.randn(5, 7, generator=torch.Generator().manual_seed(3)) * 3
+    for crit in ("confidence", "entropy"):
+        ref = exit_scores(logits, crit)
+        row = torch.tensor([exit_score_row(r, crit) for r in logits.tolist()])
+        torch.testing.assert_close(row, ref, rtol=1e-5, atol=1e-6)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from ..ops.early_exit import exit_scores
+from ..ops.early_exit import exit_score_row, exit_scores
 
 _log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ def exiting_forward(model: nn.Module, x: torch.Tensor, attn_mask=None, is_causal
     run = _Runner(model, attn_mask, is_causal)
     h = run.embed(x)
     B = h.shape[0]
+    if B == 1:
+        return _exit_single(model, st, run, h, heads)
     alive = torch.arange(B, device=h.device)  # original row of each surviving sample
     exit_of = torch.full((B,), len(st.exits), dtype=torch.long, device=h.device)
     out: torch.Tensor | None = None
@@ -165,7 +167,7 @@ def exiting_forward(model: nn.Module, x: torch.Tensor, attn_mask=None, is_causal
             continue
         if out is None:
             out = logits.new_empty(B, logits.shape[-1])
-        if n_done == b:  # everyone left (always the case at batch 1)
+        if n_done == b:  # everyone left
             out[alive] = logits
             exit_of[alive] = k
             return _record(st, exit_of, out)
@@ -180,6 +182,27 @@ def exiting_forward(model: nn.Module, x: torch.Tensor, attn_mask=None, is_causal
         return _record(st, exit_of, final)
     out[alive] = final.to(out.dtype)
     return _record(st, exit_of, out)
+
+
+def _exit_single(model: nn.Module, st: ExitState, run: _Runner, h: torch.Tensor, heads: nn.ModuleList):
+    """Batch-1 fast path: the same decisions with the score computed on Python floats (no gathers, one sync
+    per exit) — per-exit overhead matters most at batch 1."""
+    at = {b: k for k, b in enumerate(st.exits)}
+    for i in range(len(model.blocks)):
+        h = run.block(i, h)
+        k = at.get(i)
+        if k is None:
+            continue
+        logits = heads[k](h, run.size)  # [1, classes]
+        if exit_score_row(logits[0].tolist(), st.criterion) >= st.thresholds[k]:
+            return _record_one(st, k, logits)
+    return _record_one(st, len(st.exits), run.final(h))
+
+
+def _record_one(st: ExitState, k: int, out: torch.Tensor) -> torch.Tensor:
+    st.last = torch.tensor([k])
+    st.counts[k] += 1
+    return out
 
 
 def _record(st: ExitState, exit_of: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

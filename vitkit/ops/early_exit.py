@@ -35,6 +35,19 @@ def exit_scores(logits: torch.Tensor, criterion: str = "confidence") -> torch.Te
     raise ValueError(f"criterion must be one of {CRITERIA}, got {criterion!r}")
 
 
+def exit_score_row(values: list[float], criterion: str = "confidence") -> float:
+    """:func:`exit_scores` of one row given as Python floats (the batch-1 fast path: no tensor ops)."""
+    m = max(values)
+    exps = [math.exp(v - m) for v in values]
+    total = sum(exps)
+    if criterion == "confidence":
+        return 1.0 / total  # exp(max - m) / Σ exp(v - m)
+    if len(values) < 2:
+        return 1.0
+    ent = math.log(total) - sum(e * (v - m) for e, v in zip(exps, values, strict=True)) / total
+    return min(1.0, max(0.0, 1.0 - ent / math.log(len(values))))
+
+
 def first_exit(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     """Index of the exit each sample takes: the first ``k`` with ``scores[k] ≥ thresholds[k]``.
 
