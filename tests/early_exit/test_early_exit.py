@@ -223,7 +223,7 @@ def test_training_changes_only_the_heads():
 
 
 # -- token reduction -------------------------------------------------------------------------------------
-def test_token_reduction_before_early_exit_is_honoured():
+def test_token_reduction_before_early_exit_is_honoured(tmp_path):
     model = make_tiny("avgpool")
     vitkit.apply_(model, vitkit.ToMeConfig(r=3))
     x = _x(8)
@@ -237,6 +237,10 @@ def test_token_reduction_before_early_exit_is_honoured():
         batched = model(x)
         alone = torch.cat([model(x[i : i + 1]) for i in range(8)])
     torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+    vitkit.save_artifact(model, None, None, tmp_path / "art")  # both runtime steps replayed, in order
+    loaded = vitkit.load(tmp_path / "art")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), batched)
 
 
 def test_token_reduction_after_early_exit_is_refused():
