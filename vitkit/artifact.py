@@ -192,6 +192,8 @@ def load_artifact(directory: str | Path) -> nn.Module:
     for spec, step in zip(specs, steps, strict=True):
         if spec.kind != "runtime":
             _restore(spec, model, step)
+        elif spec.prepare is not None:  # runtime step owning parameters: create them before the strict load
+            spec.prepare(model, spec.config_cls.from_dict(step.config, version=step.version), step.decisions)
     load_state_dict_strict(model, read_state_dict(directory / WEIGHTS), source=str(directory / WEIGHTS))
     for spec, step in zip(specs, steps, strict=True):
         if spec.kind == "runtime":
