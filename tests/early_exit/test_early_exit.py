@@ -272,3 +272,23 @@ def test_cli_writes_a_loadable_artifact(tmp_path, capsys):
     loaded = vitkit.load(out)
     assert isinstance(loaded, EarlyExitVisionTransformer)
     assert sum(exit_histogram(loaded).values()) == 0
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_onnx_export_makes_the_same_exit_decisions(head, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from vitkit.early_exit.onnx_graph import ExitSelectGraph
+    from vitkit.export import export_model
+
+    model = _exit_model("vit", head=head, exits=(0, 1))
+    x = _x(8)
+    set_threshold(model, _spread_threshold(model, x))
+    with torch.no_grad():
+        ref = model(x)
+        assert len(set(last_exits(model).tolist())) >= 2, "test needs samples leaving at different exits"
+        torch.testing.assert_close(ExitSelectGraph(model)(x), ref, rtol=1e-5, atol=1e-5)
+    from vitkit.data import TensorImageDataset, input_spec
+
+    data = TensorImageDataset(x, torch.zeros(8, dtype=torch.long), input_spec(model))
+    res = export_model(model, tmp_path / "onnx", data=data, images=8, bench=False)
+    assert res.agreement == 1.0 and res.max_abs_diff <= 1e-4

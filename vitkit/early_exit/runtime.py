@@ -221,6 +221,12 @@ class EarlyExitVisionTransformer(nn.Module):
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         return exiting_forward(self, x, attn_mask, is_causal)
 
+    def vitkit_onnx_module(self) -> nn.Module:
+        """What ``vitkit export`` traces: the exit decisions as a static graph (see ``onnx_graph``)."""
+        from .onnx_graph import ExitSelectGraph
+
+        return ExitSelectGraph(self)
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # token reduction patches build subclasses of the model's current class: after early exit they
