@@ -8,7 +8,6 @@ from safetensors.torch import save_file
 import vitkit
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.merging import OPCMMerger, list_merge_methods
-from vitkit.merging.pleas import permute_state_dict
 
 from ..conftest import make_tiny
 
@@ -253,28 +252,3 @@ def test_regmean_of_identical_models():
     tmpl = make_tiny("vit")
     out = vitkit.merge([ft, ft], vitkit.RegMeanConfig(), model=tmpl, calib=torch.randn(4, 3, 32, 32))
     assert all(torch.allclose(out[k], ft[k], atol=1e-4) for k in ft)
-
-
-def test_pleas_permutation_preserves_function_and_merge_of_copies():
-    m = make_tiny("vit", seed=5)
-    s = sd(m)
-    x = torch.randn(3, 3, 32, 32)
-    g = torch.Generator().manual_seed(0)
-    res = torch.randperm(48, generator=g)
-    hid = [torch.randperm(192, generator=g) for _ in range(3)]
-    m2 = make_tiny("vit", seed=5)
-    m2.load_state_dict(permute_state_dict(s, res, hid))
-    with torch.no_grad():
-        assert torch.allclose(m(x), m2(x), atol=1e-5)
-    # a permuted copy from a "different base" is re-aligned: merging it with the original returns the original
-    out = vitkit.merge([s, sd(m2)], vitkit.PLeaSConfig(refit=False), model=m, calib=torch.randn(16, 3, 32, 32))
-    assert all(torch.allclose(out[k], s[k], atol=1e-5) for k in s)
-    with pytest.raises(ConfigError, match="exactly 2"):
-        vitkit.merge([s, s, s], vitkit.PLeaSConfig(), model=m, calib=x)
-
-
-def test_pleas_accepts_different_bases():
-    a, b = make_tiny("vit", seed=6), make_tiny("vit", seed=7)
-    x = torch.randn(16, 3, 32, 32)
-    out = vitkit.merge([sd(a), sd(b)], vitkit.PLeaSConfig(), model=a, calib=x)
-    assert set(out) == set(sd(a)) and all(torch.isfinite(v).all() for v in out.values())
