@@ -104,11 +104,14 @@ class OPCMConfig(TransformConfig):
 @dataclass(frozen=True)
 class FWMergingConfig(TransformConfig):
     """FW-Merging (Chen et al. 2025), hard variant: ``max_iters`` Frank-Wolfe steps over the pool's vertices
-    θ0 + vertex_scaling·τ_i, chosen by the gradient of ``objective=`` (a calibration loss). γ_k = step_size·2/(k+2)."""
+    θ0 + vertex_scaling·τ_i, chosen by the gradient of ``objective=`` (a calibration loss). γ_k = step_size·2/(k+2).
+    ``granularity="layer"`` picks a vertex per tensor; ``init_scaling`` > 0 starts at task arithmetic."""
 
     max_iters: int = 10
     step_size: float = 1.0
     vertex_scaling: float = 1.0
+    granularity: str = "task"
+    init_scaling: float = 0.0
 
     def validate(self) -> None:
         if int(self.max_iters) < 1:
@@ -116,18 +119,28 @@ class FWMergingConfig(TransformConfig):
         _check_unit("FWMergingConfig", "step_size", self.step_size)
         if self.vertex_scaling <= 0:
             raise ConfigError(f"FWMergingConfig.vertex_scaling must be > 0, got {self.vertex_scaling}")
+        if self.granularity not in ("task", "layer"):
+            raise ConfigError(f"FWMergingConfig.granularity must be 'task' or 'layer', got {self.granularity!r}")
+        if self.init_scaling < 0:
+            raise ConfigError(f"FWMergingConfig.init_scaling must be >= 0, got {self.init_scaling}")
 
 
 @dataclass(frozen=True)
 class RegMeanConfig(TransformConfig):
     """RegMean (Jin et al. 2023): closed-form per-Linear merge from input Gram matrices on ``calib=`` data
-    (one batch of inputs per model); ``alpha`` scales the Gram matrices' off-diagonal. Other tensors averaged."""
+    (one batch of inputs per model); ``alpha`` scales the Gram matrices' off-diagonal. Other tensors averaged
+    (``others="average"``, the paper) or task arithmetic with ``scaling`` (needs a base)."""
 
     alpha: float = 0.95
     max_batch: int = 256
+    others: str = "average"
+    scaling: float = 0.3
+    linear_scaling: float = 1.0
 
     def validate(self) -> None:
         _check_unit("RegMeanConfig", "alpha", self.alpha, low_open=False)
+        if self.others not in ("average", "task_arithmetic"):
+            raise ConfigError(f"RegMeanConfig.others must be 'average' or 'task_arithmetic', got {self.others!r}")
 
 
 @dataclass(frozen=True)
