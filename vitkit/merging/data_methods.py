@@ -99,6 +99,10 @@ def merge_fw(sources, base, cfg: FWMergingConfig, ctx: MergeContext):
     Note the hull: with s = 1 every iterate is a convex combination of the checkpoints, i.e. no further from θ0
     than a weighted *average*; s ≈ λ·N lets it reach task arithmetic's scale.
     ``ctx.info["selected"]`` lists the chosen model index per iteration (per-tensor majority for ``"layer"``).
+
+    Measured on the 8-task testbed: s = 1 gives 19.5% (an average-like point, below TA 27.2%); s = λ·N = 2.4
+    gives 28.3%; per-tensor LMO with s = 2.4 gives 35.9% (best merge there). Starting at TA (init_scaling=0.3)
+    with s = 1 stops at once: no vertex has a negative FW gap, TA lies outside that hull.
     """
     keys = check_compatible(sources, base)
     chosen = selected_keys(keys, cfg)
@@ -177,7 +181,15 @@ def merge_regmean(sources, base, cfg: RegMeanConfig, ctx: MergeContext):
     layer's inputs in model t on its own calibration batch (``calib`` = one tensor, or a list per model); every
     other tensor (biases included) is the simple average (paper, FusionBench) or, with ``others="task_arithmetic"``
     and a base, θ0 + scaling·Σ τ_t. ``linear_scaling`` ≠ 1 scales the merged linear update W* − W0 (an extension,
-    not in the paper). Memory: template + Gram sums + one model."""
+    not in the paper). Memory: template + Gram sums + one model.
+
+    Known gap (offline 8-task testbed, BENCHMARKS.md): RegMean 19.7% sits near the simple average (15.6%) and
+    below task arithmetic λ=0.3 (27.2%), unlike CLIP (82.4 vs 68.0). Checked: Gram matrices are per linear input
+    from each model's own task data; more data (256 vs 64 images) and α (0.5 / 0.9 / 0.95) barely move it; TA
+    for the non-linear tensors alone does not either. Cause: the closed form is a data-weighted *average* of
+    the task vectors (the weights sum to I), and this testbed needs them amplified (TA λ=0.3 over 8 tasks is
+    2.4× the average; on CLIP average ≈ TA). ``linear_scaling=1.5`` with ``others="task_arithmetic"`` reached
+    30.1% — picked on the test split, so indicative only."""
     keys = check_compatible(sources, base)
     chosen = selected_keys(keys, cfg)
     model = ctx.template("regmean")
