@@ -3,7 +3,7 @@
 ```yaml
 axes:                                   # in step order; a value of null or 0 leaves the step out
   - {transform: prune, param: ratio, values: [0, 0.25, 0.5], config: {importance: taylor}}
-  - {transform: ptq, param: w_bits, values: [null, 8], config: {a_bits: 8}}
+  - {transform: ptq, param: w_bits, values: [null, 8, 4], config: {a_bits: 8}}
   - {transform: tome, param: r, values: [0, 2, 4]}
 recover: {distill: {epochs: 1, lr: 0.0005}}   # inserted after the structure steps of every pruned candidate
 deploy: [torch, ort_int8]               # runtime each candidate is measured in
@@ -14,8 +14,9 @@ batch_size: 64                          # throughput batch
 
 ``deploy``: ``torch`` (PyTorch eager, fake-quant if a ``ptq`` step is present), ``ort`` (ONNX Runtime fp32) or
 ``ort_int8`` (vitkit's real int8 deployment: RepQ-ViT reparameterization + ORT dynamic int8, see
-:mod:`vitkit.quant.deploy`). ``ort_int8`` with a ``ptq`` step of fewer than 8 weight bits is skipped (ORT's int8
-kernels would replace those bits). The all-off candidate (the untouched model) is not searched: it is the baseline
+:mod:`vitkit.quant.deploy`). ``ort_int8`` candidates with a ``ptq`` step are skipped: ORT's dynamic int8 replaces the
+step's quantization (and ``deploy_int8`` reparameterizes a float model itself), so they would repeat the
+candidate without ``ptq``. The all-off candidate (the untouched model) is not searched: it is the baseline
 every candidate is measured against.
 """
 
@@ -35,12 +36,12 @@ from ..errors import ConfigError
 DEPLOYS = ("torch", "ort", "ort_int8")
 SPACE_KEYS = ("axes", "recover", "deploy", "fidelity", "eta", "batch_size")
 
-#: The default space: pruning {0, 25, 50 % MACs} × W8A8 PTQ {off, on} × ToMe r {0, 2, 4} × runtime {torch, ORT
-#: int8}: 17 step combinations (the all-off one is the baseline) × 2 runtimes = 34 candidates.
+#: The default space: pruning {0, 25, 50 % MACs} × PTQ {off, W8A8, W4A8} × ToMe r {0, 2, 4}, in PyTorch (26 step
+#: combinations; the all-off one is the baseline) and, without PTQ, in ORT int8 (8): 34 candidates.
 DEFAULT_SPACE: dict[str, Any] = {
     "axes": [
         {"transform": "prune", "param": "ratio", "values": [0, 0.25, 0.5], "config": {"importance": "taylor"}},
-        {"transform": "ptq", "param": "w_bits", "values": [None, 8], "config": {"a_bits": 8}},
+        {"transform": "ptq", "param": "w_bits", "values": [None, 8, 4], "config": {"a_bits": 8}},
         {"transform": "tome", "param": "r", "values": [0, 2, 4]},
     ],
     "recover": {"distill": {"epochs": 1, "lr": 0.0005, "batch_size": 32}},
@@ -121,9 +122,9 @@ class SearchSpace:
             if pruned and self.recover:
                 last_prune = max(i for i, s in enumerate(steps) if "prune" in s)
                 steps[last_prune + 1 : last_prune + 1] = [copy.deepcopy(dict(r)) for r in self.recover]
-            ptq_bits = [s["ptq"].get("w_bits", 8) for s in steps if "ptq" in s]
+            quantized = any("ptq" in s or "mixed_ptq" in s for s in steps)
             for dep in self.deploy:
-                if dep == "ort_int8" and any(b < 8 for b in ptq_bits):
+                if dep == "ort_int8" and quantized:
                     continue
                 out.append(Candidate(tuple(steps), dep))
         if not out:
