@@ -99,3 +99,8 @@ def test_out_of_order_space_is_exit_2_naming_both(tmp_path, capsys):
     rc = main(["search", "--model", "x", "--space", str(space), "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "'prune'" in err and "'tome'" in err
+
+
+def test_too_small_budget_is_refused_before_any_work(tmp_path, capsys):
+    rc = main(["search", "--model", "not-loaded", "--budget", "1", "-o", str(tmp_path / "o")])
+    assert rc == 2 and "--budget 1 is too small for 2 fidelity rungs" in capsys.readouterr().err

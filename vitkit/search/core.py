@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, VitkitError
-from .halving import OBJECTIVES, rank_key, successive_halving, within
+from .halving import OBJECTIVES, first_rung_size, rank_key, successive_halving, within
 from .log import LOG_NAME, SearchLog, data_fingerprint, model_fingerprint
 from .space import Candidate, Fidelity, SearchSpace, read_space
 
@@ -139,6 +139,7 @@ def run_search(
         raise ConfigError(f"--budget must be a positive number of evaluations, got {budget}")
     say = progress or (lambda msg: _log.info(msg))
     space = space if isinstance(space, SearchSpace) else read_space(space)  # OrderError names both steps
+    first_rung_size(len(space.candidates()), budget, len(space.fidelities), space.eta)  # budget too small: say so now
     out = Path(out)
     _check_out(out)
     if threads:
