@@ -2,7 +2,9 @@
 
 A killed search resumes from it: evaluations already logged (same candidate, same fidelity, same objective) are
 read back instead of measured again. A torn last line (killed mid-write) is ignored. A log written for another
-model or another data set is refused.
+model or another data set is refused. Other settings (budget, objective, space, max drop) may change between
+runs: evaluations are keyed by candidate id (hash of its steps and runtime), fidelity and objective, so every
+compatible one is reused and nothing else is.
 """
 
 from __future__ import annotations
