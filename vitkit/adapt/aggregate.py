@@ -63,7 +63,7 @@ def aggregate_lora(
     weights: Sequence[float] | None = None,
     *,
     method: str = "fair",
-    lam: float = 1e-3,
+    lam: float = 1e-5,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """One LoRA update from several (clients or tasks) of the same base model and targets.
 

@@ -59,7 +59,7 @@ class PromptConfig(TransformConfig):
             raise ConfigError("PromptConfig takes no targets/skip: prompts enter at block 0 (and every block if deep)")
 
 
-class PromptVisionTransformer(nn.Module):
+class PromptMixin(nn.Module):
     """Mixin placed before the model's own class: ``_pos_embed`` then insert ``vpt_prompt`` after the
     prefix tokens (VPT Eq. 1). Everything else is the model's own forward."""
 
@@ -89,7 +89,7 @@ _CLASSES: dict[type, type] = {}
 def _prompt_class(base: type) -> type:
     if base not in _CLASSES:
         name = f"Prompt{base.__name__}"
-        cls = type(name, (PromptVisionTransformer, base), {"__doc__": PromptVisionTransformer.__doc__})
+        cls = type(name, (PromptMixin, base), {"__doc__": PromptMixin.__doc__})
         cls.__module__ = __name__
         globals()[name] = cls
         _CLASSES[base] = cls

@@ -6,9 +6,11 @@
   Training Dynamics" (2023), §3 inter-layer scheduling: every ``interval`` steps the trainable layers are
   ranked by how much their weights moved since the last check (``‖W_t − W_{t−k}‖ / ‖W_{t−k}‖``) and the
   ``ratio`` fraction that moved least is frozen until the next check (frozen layers keep their last
-  score, so they can come back). Frozen layers need no weight gradients and their linears save no input
-  activations. Deliberate differences: we freeze whole ``nn.Linear`` layers only; SlimFit's activation
-  quantization/pruning of the "static" activations is not implemented.
+  score, so they can come back). From step 0 the earliest ``ratio`` of the layers are frozen (no dynamics
+  known yet), so the fraction is frozen at every step and the *peak* memory drops. Frozen layers need no
+  weight gradients and their linears save no input activations. Deliberate differences: we freeze whole
+  ``nn.Linear`` layers only (not norms/embeddings), start from the earliest layers rather than from a
+  measured schedule, and SlimFit's quantization/pruning of the "static" activations is not implemented.
 * ``finetune`` is also a registered *weights* step (:class:`FineTuneConfig`), so a recipe can run
   ``lora → finetune → lora_merge``.
 """
@@ -62,8 +64,12 @@ class SlimFitFreezer:
         self.layers = {n: model.get_submodule(n) for n in self.names}
         self.prev = {n: m.weight.detach().clone() for n, m in self.layers.items()}
         self.score = dict.fromkeys(self.names, float("inf"))
-        self.frozen: set[str] = set()
         self.history: list[int] = []  # frozen layer count at each check
+        # before any dynamics are known, freeze the earliest layers (they move least in fine-tuning); their
+        # score stays unknown (inf), so the first check brings them back and freezes measured ones instead
+        self.frozen = set(self.names[: int(cfg.ratio * len(self.names))])
+        for n in self.frozen:
+            self._set(n, False)
 
     def _set(self, name: str, trainable: bool) -> None:
         for p in self.layers[name].parameters(recurse=False):
@@ -198,7 +204,7 @@ def finetune(
 class FineTuneConfig(TransformConfig):
     """Fine-tune the trainable parameters on a dataset (``vitkit.data.load_dataset`` name) inside a recipe.
     ``num_classes``: replace the classifier with a fresh one first (a new label space); ``slimfit``: SlimFit
-    freezing ratio (0 = off)."""
+    freezing ratio (0 = off); ``limit``: train on the first N samples of each epoch's shuffled order."""
 
     data: str = "digits"
     split: str = "train"
@@ -209,6 +215,7 @@ class FineTuneConfig(TransformConfig):
     label_smoothing: float = 0.1
     num_classes: int | None = None
     slimfit: float = 0.0
+    limit: int | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -221,6 +228,10 @@ class FineTuneConfig(TransformConfig):
         if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes <= 1):
             raise ConfigError(f"FineTuneConfig.num_classes must be an int >= 2 or null, got {self.num_classes!r}")
         SlimFitConfig(ratio=self.slimfit)
+        if self.limit is not None and (
+            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
+        ):
+            raise ConfigError(f"FineTuneConfig.limit must be a positive int or null, got {self.limit!r}")
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -257,9 +268,9 @@ def finetune_step(model: nn.Module, cfg: FineTuneConfig, *, calib=None, dry_run:
         return {"images": len(data), "summary": f"fine-tune {cfg.epochs} epochs on {cfg.data}/{cfg.split}"}
     _reset_head(model, cfg)
     slim = SlimFitConfig(ratio=float(cfg.slimfit)) if cfg.slimfit > 0 else None
-    res = finetune(model, data, cfg.train_config(), slimfit=slim)
+    res = finetune(model, data, cfg.train_config(), slimfit=slim, limit=cfg.limit)
     return {
-        "images": len(data),
+        "images": len(data) if cfg.limit is None else min(cfg.limit, len(data)),
         "trainable": res.trainable,
         "final_loss": round(float(res.train.final_loss), 5),
         "seconds": round(res.train.seconds, 2),

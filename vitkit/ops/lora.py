@@ -99,7 +99,7 @@ def mean_delta(
     return sum(pk * (b.to(torch.float32) @ a.to(torch.float32)) for pk, a, b in zip(p, a_list, b_list, strict=True))
 
 
-def fair_correction(delta: torch.Tensor, a_bar: torch.Tensor, b_bar: torch.Tensor, lam: float = 1e-3) -> torch.Tensor:
+def fair_correction(delta: torch.Tensor, a_bar: torch.Tensor, b_bar: torch.Tensor, lam: float = 1e-5) -> torch.Tensor:
     """LoRA-FAIR's residual correction ``ΔB`` (closed-form ridge version, see module docstring).
 
     ``B' = (ΔW Āᵀ + λ B̄)(Ā Āᵀ + λ I)⁻¹`` minimises ``‖ΔW − B'Ā‖² + λ‖B' − B̄‖²``; returns ``ΔB = B' − B̄``
@@ -123,7 +123,7 @@ def aggregate_lora_factors(
     weights: Sequence[float] | None = None,
     *,
     method: str = "fair",
-    lam: float = 1e-3,
+    lam: float = 1e-5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One ``(A, B)`` pair from K client updates: ``method="mean"`` (FedAvg of factors) or ``"fair"``
     (FedAvg + LoRA-FAIR residual correction on B). Rank is kept; all clients must share it."""
