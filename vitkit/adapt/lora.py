@@ -207,9 +207,10 @@ def _fold_all(model: nn.Module) -> list[str]:
     restore=lambda model, cfg, decisions: _fold_all(model),
 )
 def lora_merge(model: nn.Module, cfg: LoRAMergeConfig, *, calib=None, dry_run: bool = False) -> dict:
+    if dry_run:  # earlier steps of the same dry run have not added their LoRA layers: plan, do not check
+        mods = lora_modules(model)
+        return {"modules": list(mods), "summary": "fold the LoRA updates (added by the lora step) into the weights"}
     mods = _check_mergeable(model)
-    if dry_run:
-        return {"modules": list(mods), "summary": f"fold {len(mods)} LoRA updates into their weights"}
     names = _fold_all(model)
     return {"modules": names, "summary": f"folded {len(names)} LoRA updates into their weights"}
 
