@@ -5,7 +5,7 @@ Usage: .venv/bin/python benchmarks/adapt.py [--quick] [--threads N]
 New task: scikit-learn's 8×8 digits (1,257 train / 270 val / 270 test), upsampled to the reference model's
 28×28 input, with a freshly initialised 10-way classifier (a new task and a new head for every variant).
 Starting point: the cached reference ViT (vitkit_mnist_tiny trained on MNIST-5k). Variants: head only
-(linear probe), full fine-tuning (and with SlimFit freezing), LoRA r=2/4/8 (attention+MLP) and r=4 on
+(linear probe), full fine-tuning (and with SlimFit freezing), LoRA r=2/3/4/8 (attention+MLP) and r=4 on
 attention only, AdaptFormer adapters, shallow and deep visual prompts — all trained with the same
 ``vitkit.training.fit`` loop for the same number of epochs. Reported: test/val top-1 (LoRA after folding
 back into plain weights), trainable parameters (% of the 456k-parameter reference model), training memory
@@ -41,6 +41,7 @@ VARIANTS = {
     "full fine-tune": ("full", 1e-3, None),
     "full fine-tune + SlimFit 50%": ("full", 1e-3, SlimFitConfig(ratio=0.5, interval=20, warmup=40)),
     "LoRA r=2": (LoRAConfig(rank=2, alpha=4), 3e-3, None),
+    "LoRA r=3": (LoRAConfig(rank=3, alpha=6), 3e-3, None),
     "LoRA r=4": (LoRAConfig(rank=4, alpha=8), 3e-3, None),
     "LoRA r=8": (LoRAConfig(rank=8, alpha=16), 3e-3, None),
     "LoRA r=4, attention only": (LoRAConfig(rank=4, alpha=8, targets=ATTN), 3e-3, None),
@@ -86,19 +87,26 @@ def run_variant(ref, name, spec, data, epochs, seed, threads):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2 epochs, 3 variants (smoke run; accuracy meaningless)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs per variant (default 20; --quick 2)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per variant (default 10; --quick 2)")
     ap.add_argument("--seeds", type=int, default=1, help="seeds per variant (mean reported)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--contended", action="store_true", help="label the time column as contended")
+    ap.add_argument("--variants", default=None, help="comma-separated variant names to run (default: all)")
+    ap.add_argument("--no-write", action="store_true", help="print the rows, do not touch BENCHMARKS.md")
     ap.add_argument("--out", default="BENCHMARKS.md")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    epochs = args.epochs or (2 if args.quick else 20)
+    epochs = args.epochs or (2 if args.quick else 10)
     ref = vitkit.load(reference_artifact())
     base_params = sum(p.numel() for p in ref.parameters())
     data = {s: load_dataset("digits", s, model=ref) for s in ("train", "val", "test")}
     names = list(VARIANTS) if not args.quick else ["full fine-tune", "LoRA r=4", "VPT shallow, 10 prompts"]
+    if args.variants:
+        names = [n.strip() for n in args.variants.split(",")]
+        unknown = [n for n in names if n not in VARIANTS]
+        if unknown:
+            ap.error(f"unknown variant(s) {unknown}; valid: {list(VARIANTS)}")
     rows = []
     for name in names:
         runs = [run_variant(ref, name, VARIANTS[name], data, epochs, s, args.threads) for s in range(args.seeds)]
@@ -110,6 +118,8 @@ def main() -> None:
         print(
             f"{name}: test {100 * r['test']:.2f}% val {100 * r['val']:.2f}% {r['mem']} {r['seconds']:.0f}s", flush=True
         )
+    if args.no_write:
+        return
     full = next(r for r in rows if r["name"] == "full fine-tune")
     tlabel = "train time (s, contended: rerun quietly)" if args.contended else "train time (s)"
     lines = [
