@@ -126,3 +126,12 @@ def test_kinds_let_a_recipe_adapt_train_fold_then_quantize():
     check_order([(s, kinds.get(s, {"ptq": "numerics", "tome": "runtime"}.get(s))) for s in steps])
     with pytest.raises(OrderError, match="'lora_merge' \\(weights\\) cannot come after 'ptq'"):
         check_order([("lora", "structure"), ("ptq", "numerics"), ("lora_merge", "weights")])
+
+
+def test_quantizing_unfolded_lora_names_the_fix():
+    from vitkit.errors import UnsupportedModelError
+
+    model = make_tiny()
+    vitkit.apply_(model, vitkit.LoRAConfig(rank=2))
+    with pytest.raises(UnsupportedModelError, match=r"LoRALinear.*fold LoRA first"):
+        vitkit.apply_(model, vitkit.PTQConfig(calib_images=4), calib=torch.randn(4, 3, 32, 32))
