@@ -33,6 +33,15 @@ def test_recipe_really_runs(path, tmp_path):
     evaluation and timing scaled down; a recipe that needs a real trained model still exercises every step."""
     data = yaml.safe_load(path.read_text())
     data["model"] = str(save_artifact(make_tiny(), None, None, tmp_path / "model"))
+    for step in data.get("steps") or []:
+        ((_, cfg),) = step.items()
+        if isinstance(cfg, dict) and "epochs" in cfg:  # training steps: one epoch is enough to exercise them
+            cfg["epochs"] = 1
+        if "merge" in step:  # the listed fine-tuned checkpoints: tiny stand-ins of the same architecture
+            cfg = step["merge"]
+            cfg["models"] = [m if m == "self" else _tiny_file(tmp_path, m, i + 1) for i, m in enumerate(cfg["models"])]
+            if cfg.get("base") not in (None, "self"):
+                cfg["base"] = _tiny_file(tmp_path, cfg["base"], 0)
     data["eval"] = {**(data.get("eval") or {}), "limit": 64}
     data["bench"] = {"batch_sizes": [1, 4], "threads": 2, "repeats": 2, "latency_runs": 3}
     model, report = run_recipe(parse_recipe(data), tmp_path / "out")
@@ -43,3 +52,11 @@ def test_recipe_really_runs(path, tmp_path):
     assert [s.name for s in getattr(vitkit.load(tmp_path / "out"), "vitkit_steps", [])] == [
         s["name"] for s in report["steps"]
     ]
+
+
+def _tiny_file(tmp_path, name: str, seed: int) -> str:
+    from safetensors.torch import save_file
+
+    path = tmp_path / Path(name).name
+    save_file({k: v.contiguous() for k, v in make_tiny(seed=seed).state_dict().items()}, str(path))
+    return str(path)
