@@ -127,7 +127,8 @@ def test_taylor_sums_gradients_over_batches(tiny_model, images):
         {"ratio": -0.1},
         {"importance": "oracle"},
         {"groups": ("heads", "embed")},
-        {"target": "latency"},
+        {"target": "flops"},
+        {"latency_batch": 0},
         {"allocation": "uniform", "groups": ("blocks",)},
         {"round_to": 0},
     ],
@@ -195,3 +196,26 @@ def test_recipe_prune_then_distill_parses_and_dry_runs():
     _, report = run_recipe(recipe, None, dry_run=True)
     assert [s.name for s in report.steps] == ["prune", "distill"]
     assert report.steps[0].decisions["pruned_heads"] or report.steps[0].decisions["pruned_mlp_count"]
+
+
+def test_latency_target_uses_measured_costs(tiny_model, images, tmp_path):
+    rep = vitkit.apply_(tiny_model, PruneConfig(target="latency", ratio=0.3, importance="l1", latency_repeats=2))
+    dec = rep.steps[0].decisions
+    lat = dec["latency"]
+    assert set(lat["unit_costs_s"]) == {f"blocks.{i}" for i in range(3)}
+    assert all(c["head"] > 0 and c["neuron"] > 0 and c["fixed"] >= 0 for c in lat["unit_costs_s"].values())
+    assert lat["after_s"] > 0
+    assert lat["estimated_after_s"] <= 0.7 * lat["before_s"] * 1.001  # the plan removed the budget it priced
+    assert dec["pruned_heads"] or dec["pruned_mlp_count"]
+    vitkit.save_artifact(tiny_model, None, rep, tmp_path / "art")
+    torch.testing.assert_close(vitkit.load(tmp_path / "art")(images), tiny_model(images))
+
+
+def test_global_never_empties_a_block_unless_blocks_are_a_group(tiny_model):
+    m = copy.deepcopy(tiny_model)
+    vitkit.apply_(m, PruneConfig(ratio=0.5, importance="l1", groups=("heads", "mlp")))
+    assert all(b["num_heads"] >= 1 for b in structure(m).values()) and len(m.blocks) == 3
+    m = copy.deepcopy(tiny_model)
+    rep = vitkit.apply_(m, PruneConfig(ratio=0.6, importance="l1", groups=("heads", "mlp", "blocks")))
+    removed = rep.steps[0].decisions["pruned_blocks"]
+    assert len(m.blocks) == 3 - len(removed) and all(b["num_heads"] >= 1 for b in structure(m).values())
