@@ -147,6 +147,19 @@ def head_cols(head_dim: int, keep: Sequence[int]) -> torch.Tensor:
     return (keep_t[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)  # [K·d]
 
 
+def head_dim_rows(num_heads: int, head_dim: int, keep_dims: Sequence[int]) -> torch.Tensor:
+    """Row indices of ``qkv.weight`` ``[3·H·d, C]`` keeping dims ``keep_dims`` (same set) in every head."""
+    j = torch.as_tensor(list(keep_dims), dtype=torch.long)
+    per_t = (torch.arange(num_heads)[:, None] * head_dim + j[None, :]).reshape(-1)  # [H·d′]
+    return torch.cat([t * num_heads * head_dim + per_t for t in range(3)])  # [3·H·d′]
+
+
+def head_dim_cols(num_heads: int, head_dim: int, keep_dims: Sequence[int]) -> torch.Tensor:
+    """Column indices of ``proj.weight`` ``[C, H·d]`` keeping dims ``keep_dims`` in every head → ``[H·d′]``."""
+    j = torch.as_tensor(list(keep_dims), dtype=torch.long)
+    return (torch.arange(num_heads)[:, None] * head_dim + j[None, :]).reshape(-1)
+
+
 # -- costs -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BlockGeometry:
