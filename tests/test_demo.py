@@ -19,6 +19,9 @@ def test_demo_prints_table_and_writes_artifact(tmp_path, monkeypatch, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["variants"][0]["name"] == "baseline" and report["variants"][-1]["top1"] is not None
     assert (out / "report.md").is_file() and (out / "accuracy_vs_throughput.png").is_file()
+    assert (out / "report.html").is_file() and (out / "model.onnx").is_file()
+    names = [v["name"] for v in report["variants"]]
+    assert names[0] == "baseline" and "baseline @ onnxruntime fp32" in names and "onnxruntime int8" in names[-1]
 
 
 def test_reference_is_cached(tmp_path, monkeypatch):

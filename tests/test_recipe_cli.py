@@ -44,6 +44,59 @@ def test_run_recipe_writes_report(tmp_path, artifact):
     assert (tmp_path / "out" / "report.md").read_text().startswith("# vitkit")
     assert (tmp_path / "out" / "accuracy_vs_throughput.png").stat().st_size > 1000
     assert vitkit.load(tmp_path / "out") is not None
+    assert "<table" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_composed_recipe_reports_every_step(tmp_path, artifact):
+    recipe = parse_recipe(
+        {
+            "model": str(artifact),
+            "steps": [{"prune": {"ratio": 0.3, "importance": "l1"}}, {"ptq": {"calib_images": 8}}, {"tome": {"r": 2}}],
+            "eval": {"data": "digits", "split": "test", "limit": 32},
+            "calib": {"data": "digits", "n": 8},
+            "bench": {"batch_sizes": [1, 4], "threads": 2, "repeats": 2, "latency_runs": 3},
+        }
+    )
+    _, report = run_recipe(recipe, tmp_path / "out")
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["baseline", "prune", "prune+ptq", "prune+ptq+tome"]
+    assert [s["name"] for s in report["steps"]] == ["prune", "ptq", "tome"]
+    macs = [v["macs"] for v in report["variants"]]
+    assert macs[0] > macs[1] >= macs[2] > macs[3]  # pruning and merging each cut MACs; ptq does not add any
+    for v in report["variants"]:
+        assert 0 <= v["shift_consistency"] <= 1 and 0 <= v["patch_corrupt_top1"] <= 1
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("<tr") == 5 and "data:image/png;base64," in html
+    reloaded = vitkit.load(tmp_path / "out")
+    assert [s.name for s in reloaded.vitkit_steps] == ["prune", "ptq", "tome"]
+
+
+def test_recipe_deploys_to_onnx_runtime(tmp_path, artifact):
+    recipe = parse_recipe(
+        {
+            "model": str(artifact),
+            "steps": [{"tome": {"r": 2}}],
+            "eval": {"data": "digits", "split": "test", "limit": 32, "robustness": False},
+            "calib": {"data": "digits", "n": 8},
+            "bench": {"batch_sizes": [1, 4], "threads": 2, "repeats": 2, "latency_runs": 3},
+            "deploy": {"runtime": "onnxruntime", "int8": "dynamic"},
+        }
+    )
+    _, report = run_recipe(recipe, tmp_path / "out")
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["baseline", "tome", "baseline @ onnxruntime fp32", "tome @ onnxruntime int8 (dynamic)"]
+    assert report["variants"][2]["agreement"] == 1.0  # the fp32 export is the same function
+    assert report["variants"][3]["agreement"] >= 0.8  # int8 of a random tiny model: close, not equal
+    assert (tmp_path / "out" / "model.onnx").stat().st_size > 0
+    with pytest.raises(ConfigError, match="deploy.int8"):
+        parse_recipe({"model": "x", "deploy": {"runtime": "onnxruntime", "int8": "int4"}})
+
+
+def test_recipe_in_wrong_order_fails_before_any_work(tmp_path, artifact):
+    recipe = parse_recipe({"model": str(artifact), "steps": [{"tome": {"r": 2}}, {"prune": {"ratio": 0.3}}]})
+    with pytest.raises(vitkit.OrderError, match="prune.*tome|tome.*prune"):
+        run_recipe(recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_eval_json(artifact, capsys):
@@ -94,7 +147,7 @@ def test_cli_bad_recipe_key(tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cmd", ["list", "train", "eval", "bench", "run", "demo"])
+@pytest.mark.parametrize("cmd", ["list", "train", "eval", "bench", "run", "export", "demo"])
 def test_every_command_has_help(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main([cmd, "--help"])

@@ -24,3 +24,22 @@ def test_recipe_dry_runs(path, tmp_path):
     data["model"] = str(save_artifact(make_tiny(), None, None, tmp_path / "model"))
     _, planned = run_recipe(parse_recipe(data), None, dry_run=True)
     assert len(planned.steps) == len(data.get("steps") or [])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_recipe_really_runs(path, tmp_path):
+    """The real run (steps applied, benchmarked, artifact written and reloaded) on a tiny stand-in model, with
+    evaluation and timing scaled down; a recipe that needs a real trained model still exercises every step."""
+    data = yaml.safe_load(path.read_text())
+    data["model"] = str(save_artifact(make_tiny(), None, None, tmp_path / "model"))
+    data["eval"] = {**(data.get("eval") or {}), "limit": 64}
+    data["bench"] = {"batch_sizes": [1, 4], "threads": 2, "repeats": 2, "latency_runs": 3}
+    model, report = run_recipe(parse_recipe(data), tmp_path / "out")
+    assert len(report["steps"]) == len(data.get("steps") or [])
+    assert report["variants"][-1]["top1"] is not None
+    import vitkit
+
+    assert [s.name for s in getattr(vitkit.load(tmp_path / "out"), "vitkit_steps", [])] == [
+        s["name"] for s in report["steps"]
+    ]

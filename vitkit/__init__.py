@@ -17,6 +17,7 @@ from .artifact import load_artifact, save_artifact
 from .bench import BenchResult, benchmark
 from .configs import TransformConfig, resolve_schedule, select_names
 from .distill import DistillConfig
+from .early_exit import EarlyExitConfig
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -53,6 +54,7 @@ __all__ = [
     "DAREConfig",
     "DataError",
     "DistillConfig",
+    "EarlyExitConfig",
     "EViTConfig",
     "FWMergingConfig",
     "GreedySoupConfig",

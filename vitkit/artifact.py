@@ -28,6 +28,7 @@ RECIPE = "recipe.resolved.yaml"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PLOT = "accuracy_vs_throughput.png"
+REPORT_HTML = "report.html"
 HISTORY_ATTR = "vitkit_steps"
 FORMAT_VERSION = 1
 
@@ -107,12 +108,20 @@ def _report_dict(report: Any) -> dict[str, Any] | None:
 
 
 def save_artifact(
-    model: nn.Module, recipe: dict[str, Any] | None, report: Any, directory: str | Path, *, title: str = ""
+    model: nn.Module,
+    recipe: dict[str, Any] | None,
+    report: Any,
+    directory: str | Path,
+    *,
+    title: str = "",
+    extra_files: dict[str, str | Path] | None = None,
 ) -> Path:
-    """Write an artifact directory for ``model``; replaces an existing *artifact* at ``directory`` atomically."""
+    """Write an artifact directory for ``model``; replaces an existing *artifact* at ``directory`` atomically.
+    ``extra_files`` maps a file name inside the artifact to a file to copy there (e.g. the deployed ONNX)."""
     from safetensors.torch import save
 
     from .report import markdown_report, plot_accuracy_vs_throughput
+    from .report_html import html_report
 
     directory = Path(directory)
     if directory.exists() and (not directory.is_dir() or (any(directory.iterdir()) and not is_artifact(directory))):
@@ -129,7 +138,12 @@ def save_artifact(
             if "variants" in rep:
                 md = markdown_report(rep, title=title or "vitkit report", steps=resolved["steps"])
                 (stage / REPORT_MD).write_text(md)
-                plot_accuracy_vs_throughput(rep["variants"], stage / PLOT, title=title)
+                plot = plot_accuracy_vs_throughput(rep["variants"], stage / PLOT, title=title)
+                images = {"accuracy vs throughput": plot.read_bytes()} if plot else {}
+                page = html_report(rep, title=title or "vitkit report", steps=resolved["steps"], images=images)
+                (stage / REPORT_HTML).write_text(page)
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, stage / name)
         _swap_in(stage, directory)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -178,6 +192,8 @@ def load_artifact(directory: str | Path) -> nn.Module:
     for spec, step in zip(specs, steps, strict=True):
         if spec.kind != "runtime":
             _restore(spec, model, step)
+        elif spec.prepare is not None:  # runtime step owning parameters: create them before the strict load
+            spec.prepare(model, spec.config_cls.from_dict(step.config, version=step.version), step.decisions)
     load_state_dict_strict(model, read_state_dict(directory / WEIGHTS), source=str(directory / WEIGHTS))
     for spec, step in zip(specs, steps, strict=True):
         if spec.kind == "runtime":

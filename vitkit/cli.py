@@ -1,4 +1,4 @@
-"""``vitkit`` command line: list, train, eval, bench, run, demo.
+"""``vitkit`` command line: list, train, eval, bench, run, export, demo (+ family plug-ins: merge, prune, ...).
 
 Bad input exits with code 2 and a one-line ``error: ...`` (add ``--debug`` for the traceback).
 """
@@ -190,7 +190,53 @@ def cmd_demo(args) -> int:
 
         report, out = run_demo(args.out, retrain=args.retrain, progress=on_step, say=lambda m: con.log(m))
     _print_table(report["variants"], title="vitkit demo: reference ViT on MNIST-5k test")
-    con.print(f"artifact, report.md, report.json and plot written to {out}")
+    con.print(f"artifact (weights, model.onnx), report.md, report.html, report.json and plot written to {out}")
+    return 0
+
+
+def _artifact_eval_data(path: str) -> str | None:
+    """The dataset an artifact's recipe evaluated on (``eval.data``), if it records one."""
+    import yaml
+
+    from .artifact import RECIPE, is_artifact
+
+    if not is_artifact(path):
+        return None
+    resolved = yaml.safe_load((Path(path) / RECIPE).read_text()) or {}
+    recipe = resolved.get("recipe") or {}
+    return (recipe.get("eval") or {}).get("data") or recipe.get("data")
+
+
+def cmd_export(args) -> int:
+    from .data import load_dataset
+    from .export import export_model
+    from .models import load
+
+    con = _console()
+    model = load(args.model, arch=_arch_arg(args.arch))
+    data_name = args.data or _artifact_eval_data(args.model)
+    data = load_dataset(data_name, args.split, model=model) if data_name else None
+    if data is None:
+        con.print("[yellow]no --data given and none recorded in the artifact: parity on random input[/yellow]")
+    out = Path(args.out or f"{str(args.model).rstrip('/')}-onnx")
+    with con.status("exporting, checking parity, benchmarking ONNX Runtime vs PyTorch..."):
+        res = export_model(
+            model,
+            out,
+            data=data,
+            images=args.images,
+            fmt=args.format,
+            quant=args.quant,
+            opset=args.opset,
+            bench=not args.no_bench,
+        )
+    con.print(
+        f"{res.path} ({res.mode}): parity on {res.images} {'real' if data is not None else 'random'} images — "
+        f"max |diff| {res.max_abs_diff:.3g}, top-1 agreement {100 * res.agreement:.2f}%"
+    )
+    if res.bench:
+        _print_table(res.bench["variants"], title="ONNX Runtime vs PyTorch")
+    con.print(f"export report written to {out / 'export_report.md'}")
     return 0
 
 
@@ -266,6 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", default=None)
     s.add_argument("--dry-run", action="store_true", help="show the decisions without changing anything")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("export", help="export an artifact or model to ONNX, check parity, benchmark ONNX Runtime")
+    s.add_argument("model", help="artifact dir (or any model vitkit.load accepts)")
+    s.add_argument("--format", default="onnx", help="export format (onnx)")
+    s.add_argument("-o", "--out", default=None, help="output directory (default: <model>-onnx)")
+    s.add_argument("--data", default=None, help="images for the parity check (default: the artifact's eval data)")
+    s.add_argument("--split", default="test")
+    s.add_argument("--images", type=int, default=128, help="images in the parity check")
+    s.add_argument("--quant", default="auto", help="quantized models: auto|qdq|fake|dynamic")
+    s.add_argument("--opset", type=int, default=17)
+    s.add_argument("--arch", default=None)
+    s.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime vs PyTorch timing")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("demo", help="train (cached) the reference model, run the default recipe, print the report")
     s.add_argument("--out", default="vitkit-demo")

@@ -10,8 +10,10 @@ from .reference import cache_dir, reference_key, train_reference
 
 _log = logging.getLogger(__name__)
 
-#: Steps the demo runs when their transforms are installed; each family adds its default here.
-DEMO_STEPS: list[dict] = [{"tome": {"r": 6}}]
+#: The composed default recipe: W8A8 RepQ-ViT PTQ, then ToMe r=4, measured in PyTorch after each step and
+#: deployed to ONNX Runtime int8 (RepQ reparameterization + dynamic int8), beside the original in ORT fp32.
+DEMO_STEPS: list[dict] = [{"ptq": {"w_bits": 8, "a_bits": 8, "method": "repq"}}, {"tome": {"r": 4}}]
+DEMO_DEPLOY = {"runtime": "onnxruntime", "int8": "dynamic"}
 
 
 def reference_artifact(*, retrain: bool = False, progress=None, say=None) -> Path:
@@ -40,6 +42,7 @@ def run_demo(out: str | Path = "vitkit-demo", *, retrain: bool = False, progress
             "steps": steps,
             "eval": {"data": "mnist5k", "split": "test"},
             "bench": {"batch_sizes": [1, 64], "threads": 2},
+            "deploy": DEMO_DEPLOY,
         }
     )
     if say:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ class EvalSpec:
     data: str | None = "mnist5k"
     split: str = "test"
     limit: int | None = None
+    #: measure patch-corruption and one-pixel-shift robustness next to the original (vitkit.bench.robustness)
+    robustness: bool = True
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class BenchSpec:
     threads: int = 2
     repeats: int = 7
     latency_runs: int = 30
+    #: with several steps, also measure the model after each step (cumulative), not only the composed one
+    per_step: bool = True
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,23 @@ class CalibSpec:
     split: str = "train"
     n: int = 32
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """Also measure the composed model deployed in ONNX Runtime (``runtime: onnxruntime``), next to the
+    original model in ONNX Runtime fp32 so that the runtime's own share of the speed-up is visible.
+    ``int8``: ``dynamic`` (RepQ reparameterization + ORT dynamic int8, the fastest path on AVX2), ``qdq`` (our
+    calibrated scales; needs a ``ptq`` step), or ``none`` (fp32). The ONNX file is written into the artifact."""
+
+    runtime: str | None = None
+    int8: str = "dynamic"
+
+    def __post_init__(self) -> None:
+        if self.runtime not in (None, "onnxruntime"):
+            raise ConfigError(f"deploy.runtime must be 'onnxruntime' (or omitted), got {self.runtime!r}")
+        if self.int8 not in ("dynamic", "qdq", "none"):
+            raise ConfigError(f"deploy.int8 must be one of dynamic, qdq, none; got {self.int8!r}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +81,7 @@ class Recipe:
     eval: EvalSpec = EvalSpec()
     bench: BenchSpec = BenchSpec()
     calib: CalibSpec = CalibSpec()
+    deploy: DeploySpec = DeploySpec()
 
     @property
     def label(self) -> str:
@@ -76,6 +99,7 @@ class Recipe:
             "eval": _dc_dict(self.eval),
             "bench": _dc_dict(self.bench),
             "calib": _dc_dict(self.calib),
+            "deploy": _dc_dict(self.deploy),
         }
 
 
@@ -102,7 +126,7 @@ def _section(cls, data: Any, where: str):
     return cls(**data)
 
 
-TOP_LEVEL = ("model", "arch", "model_kwargs", "name", "steps", "eval", "bench", "calib")
+TOP_LEVEL = ("model", "arch", "model_kwargs", "name", "steps", "eval", "bench", "calib", "deploy")
 
 
 def parse_steps(steps: Any) -> tuple[TransformConfig, ...]:
@@ -142,6 +166,7 @@ def parse_recipe(data: Any) -> Recipe:
         eval=_section(EvalSpec, data.get("eval"), "eval"),
         bench=_section(BenchSpec, data.get("bench"), "bench"),
         calib=_section(CalibSpec, data.get("calib"), "calib"),
+        deploy=_section(DeploySpec, data.get("deploy"), "deploy"),
     )
 
 
@@ -155,6 +180,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
     from .api import apply_
     from .artifact import save_artifact
     from .bench import benchmark
+    from .bench.robustness import RobustnessSpec
     from .data import calibration_set, load_dataset
     from .models import load
 
@@ -168,9 +194,17 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
             load_dataset(recipe.calib.data, recipe.calib.split, model=baseline), recipe.calib.n, seed=recipe.calib.seed
         )
     say(f"applying {len(recipe.steps)} step(s)" if not dry_run else "planning steps (dry run)")
-    applied = apply_(candidate, list(recipe.steps), calib=calib, dry_run=dry_run)
     if dry_run:
-        return candidate, applied
+        return candidate, apply_(candidate, list(recipe.steps), calib=calib, dry_run=True)
+    apply_(candidate, list(recipe.steps), calib=None, dry_run=True)  # order and configs checked before any work
+    intermediate: list[tuple[str, Any]] = []
+    records = []
+    for i, step in enumerate(recipe.steps):
+        say(f"step {i + 1}/{len(recipe.steps)}: {get_step_name(step)}")
+        records += apply_(candidate, [step], calib=calib).steps
+        if recipe.bench.per_step and i < len(recipe.steps) - 1:
+            label = "+".join(get_step_name(s) for s in recipe.steps[: i + 1])
+            intermediate.append((label, copy.deepcopy(candidate)))
     data = load_dataset(recipe.eval.data, recipe.eval.split, model=baseline) if recipe.eval.data else None
     say("benchmarking (baseline and candidate interleaved)")
     b = recipe.bench
@@ -180,13 +214,39 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
         repeats=b.repeats,
         latency_runs=b.latency_runs,
         eval_limit=recipe.eval.limit,
+        robust=RobustnessSpec(limit=recipe.eval.limit or 500) if recipe.eval.robustness else None,
     )
-    if recipe.steps:
-        result = benchmark(candidate, data, baseline, name=recipe.label, **common)
-    else:
-        result = benchmark(baseline, data, name="baseline", **common)
-    report = result.to_dict()
-    report["steps"] = applied.to_dict()["steps"]
-    if out is not None:
-        save_artifact(candidate, recipe.to_dict(), report, out, title=f"vitkit: {recipe.label} on {recipe.model}")
+    with tempfile.TemporaryDirectory(prefix="vitkit-deploy-") as tmp:
+        extra_files = {}
+        if recipe.deploy.runtime and recipe.steps:
+            say("deploying to ONNX Runtime")
+            base_ort, cand_ort, mode = deploy_onnx(baseline, candidate, recipe.deploy, calib, Path(tmp))
+            extra_files["model.onnx"] = cand_ort.path
+            intermediate += [(recipe.label, candidate), ("baseline @ onnxruntime fp32", base_ort)]
+            result = benchmark(
+                cand_ort, data, baseline, name=f"{recipe.label} @ onnxruntime {mode}", candidates=intermediate, **common
+            )
+        elif recipe.steps:
+            result = benchmark(candidate, data, baseline, name=recipe.label, candidates=intermediate, **common)
+        else:
+            result = benchmark(baseline, data, name="baseline", **common)
+        report = result.to_dict()
+        report["steps"] = [r.to_dict() for r in records]
+        if out is not None:
+            title = f"vitkit: {recipe.label} on {recipe.model}"
+            save_artifact(candidate, recipe.to_dict(), report, out, title=title, extra_files=extra_files)
     return candidate, report
+
+
+def deploy_onnx(baseline, candidate, spec: DeploySpec, calib, tmp: Path):
+    """ONNX Runtime sessions of the original (fp32) and of the composed model (``spec.int8``)."""
+    from .export import write_onnx
+    from .quant.deploy import OrtModule
+    from .quant.modules import quantizers
+
+    example = calib[:2]
+    base_path, _ = write_onnx(baseline, example, tmp / "baseline.onnx", "float")
+    mode = {"dynamic": "dynamic", "qdq": "qdq", "none": "fake" if quantizers(candidate) else "float"}[spec.int8]
+    cand_path, mode = write_onnx(candidate, example, tmp / "model.onnx", mode, calib=calib)
+    label = {"dynamic": "int8 (dynamic)", "qdq": "int8 (QDQ)", "fake": "fake-quant", "float": "fp32"}[mode]
+    return OrtModule(base_path), OrtModule(cand_path), label

@@ -28,7 +28,9 @@ class TransformSpec:
     ``apply(model, cfg, *, calib, dry_run)`` changes ``model`` in place (unless ``dry_run``) and returns the
     decisions it took (JSON-able: kept heads, per-layer r, scales' file keys...). ``restore(model, cfg,
     decisions)`` replays it on a freshly built model when an artifact is loaded: structural and numeric
-    steps before the weights are loaded, runtime steps after.
+    steps before the weights are loaded, runtime steps after. ``prepare(model, cfg, decisions)`` (optional)
+    runs before the weights are loaded for a runtime step that owns parameters (early-exit heads), so their
+    keys exist for the strict load; its ``restore`` then runs after the weights, in step order.
     """
 
     name: str
@@ -37,6 +39,7 @@ class TransformSpec:
     kind: str
     paper: str
     restore: RestoreFn | None = None
+    prepare: RestoreFn | None = None
 
     @property
     def rank(self) -> int:
@@ -53,6 +56,7 @@ def register_transform(
     kind: str,
     paper: str = "",
     restore: RestoreFn | None = None,
+    prepare: RestoreFn | None = None,
 ) -> Callable[[ApplyFn], ApplyFn]:
     """Decorator registering ``fn(model, cfg, *, calib=None, dry_run=False) -> decisions`` under ``name``."""
     if kind not in KIND_ORDER:
@@ -64,7 +68,7 @@ def register_transform(
         existing = _REGISTRY.get(name)
         if existing is not None and existing.config_cls.__qualname__ != config_cls.__qualname__:
             raise ValueError(f"transform name {name!r} is already registered by {existing.config_cls.__name__}")
-        _REGISTRY[name] = TransformSpec(name, config_cls, fn, kind, paper, restore)
+        _REGISTRY[name] = TransformSpec(name, config_cls, fn, kind, paper, restore, prepare)
         return fn
 
     return decorator

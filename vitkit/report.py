@@ -55,8 +55,18 @@ COLUMNS = [
     ("params", "params M", "{:.3f}"),
     ("file_bytes", "file MB", "{:.2f}"),
     ("macs", "GMACs", "{:.4f}"),
+    ("patch_corrupt_top1", "patch-noise top-1 %", "{:.1f}"),
+    ("shift_consistency", "1-px shift cons. %", "{:.1f}"),
 ]
-_SCALE = {"top1": 100, "agreement": 100, "params": 1e-6, "file_bytes": 1 / 2**20, "macs": 1e-9}
+_SCALE = {
+    "top1": 100,
+    "agreement": 100,
+    "patch_corrupt_top1": 100,
+    "shift_consistency": 100,
+    "params": 1e-6,
+    "file_bytes": 1 / 2**20,
+    "macs": 1e-9,
+}
 
 
 def _cell(key: str, fmt: str, value: Any) -> str:

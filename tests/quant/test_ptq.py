@@ -185,6 +185,14 @@ def test_nan_activation_names_the_module():
         vitkit.apply_(model, PTQConfig(calib_images=4, method="minmax"), calib=_calib(4))
 
 
+def test_unsupported_layer_is_named():
+    model = make_tiny("vit")
+    model.blocks[1].mlp.fc2 = nn.Sequential(model.blocks[1].mlp.fc2)  # e.g. an unmerged adapter wrapper
+    with pytest.raises(UnsupportedModelError, match=r"blocks\.1\.mlp\.fc2 \(Sequential\)"):
+        vitkit.apply_(model, PTQConfig(calib_images=4), calib=_calib(4))
+    assert not quantizers(model)
+
+
 def test_unsupported_and_twice():
     with pytest.raises(UnsupportedModelError):
         vitkit.apply_(nn.Sequential(nn.Linear(3, 3)), PTQConfig(calib_images=1), calib=torch.randn(1, 3))

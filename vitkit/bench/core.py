@@ -17,6 +17,7 @@ from .env import environment
 from .flops import count_macs
 from .memory import peak_inference_mb
 from .metrics import agreement, classify, topk_accuracy
+from .robustness import RobustnessSpec, robustness
 
 _log = logging.getLogger(__name__)
 
@@ -37,9 +38,12 @@ class VariantResult:
     latency_p90_ms: float | None = None
     latency_ratio: float | None = None
     peak_mem_mb: float | None = None
-    params: int = 0
+    params: int | None = 0
     file_bytes: int = 0
     macs: int | None = None
+    patch_corrupt_top1: float | None = None
+    patch_consistency: float | None = None
+    shift_consistency: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,6 +69,11 @@ def check_finite(model: nn.Module) -> None:
         if t.is_floating_point() and not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise NumericsError(f"tensor {name!r} holds {bad} NaN/Inf value(s): fix or reload the weights first")
+
+
+def is_external(model: nn.Module) -> bool:
+    """A module wrapping another runtime (e.g. ``OrtModule``): it declares ``file_bytes`` and holds no parameters."""
+    return hasattr(type(model), "file_bytes") and next(model.parameters(), None) is None
 
 
 def param_count(model: nn.Module) -> int:
@@ -110,21 +119,28 @@ def benchmark(
     latency_runs: int = 30,
     eval_limit: int | None = None,
     measure_memory: bool = True,
+    robust: RobustnessSpec | None = None,
+    candidates: list[tuple[str, nn.Module]] | None = None,
 ) -> BenchResult:
     """Measure ``model`` (and ``baseline``, interleaved, in this process) on ``data``.
 
     Returns accuracy (top-1/top-5 when ``data`` has labels), agreement with the baseline (top-1 agreement
     and mean KL), throughput per batch size, batch-1 latency p50/p90, peak inference memory, params,
     safetensors size and analytic MACs per image. ``data`` is a dataset (or None for timing only).
+    ``robust`` adds patch-corruption and one-pixel-shift consistency (:mod:`vitkit.bench.robustness`).
+    ``candidates`` are more ``(name, model)`` rows (e.g. a recipe's intermediate steps), measured interleaved
+    with the others and listed between the baseline and ``model``.
     """
     if threads:
         torch.set_num_threads(threads)
-    models = [m for m in (baseline, model) if m is not None]
-    names = [baseline_name, name] if baseline is not None else [name]
+    extra = list(candidates or [])
+    models = ([baseline] if baseline is not None else []) + [m for _, m in extra] + [model]
+    names = ([baseline_name] if baseline is not None else []) + [n for n, _ in extra] + [name]
     for m in models:
         check_finite(m)
         m.eval()
-    shape = input_size(model)
+    internal = [m for m in models if not is_external(m)]
+    shape = input_size(internal[0] if internal else model)
     rows = [VariantResult(name=n) for n in names]
 
     if data is not None:
@@ -134,8 +150,15 @@ def benchmark(
             row.top5 = topk_accuracy(out, labels, 5)
             row.agreement, row.kl = 1.0, 0.0
         if baseline is not None:
-            agr = agreement(logits[1][0], logits[0][0])
-            rows[1].agreement, rows[1].kl = agr["agreement"], agr["kl"]
+            for row, (out, _) in zip(rows[1:], logits[1:], strict=True):
+                agr = agreement(out, logits[0][0])
+                row.agreement, row.kl = agr["agreement"], agr["kl"]
+
+    if data is not None and robust is not None:
+        for row, r in zip(rows, robustness(models, data, robust), strict=True):
+            row.patch_corrupt_top1 = r["patch_corrupt_top1"]
+            row.patch_consistency = r["patch_consistency"]
+            row.shift_consistency = r["shift_consistency"]
 
     for bs in batch_sizes:
         x = _example(data, bs, shape)
@@ -154,19 +177,27 @@ def benchmark(
             row.latency_p90_ms = round(1e3 * timing.percentile(s, 90), 3)
 
     for row, m in zip(rows, models, strict=True):
-        row.params = param_count(m)
-        row.file_bytes = file_bytes(m)
-        row.macs = count_macs(m, _example(data, 1, shape))
+        if is_external(m):  # an ONNX Runtime session: its file, no PyTorch parameters or MAC counter
+            row.file_bytes = int(m.file_bytes)
+            row.params = None
+            row.extra["runtime"] = type(m).__name__
+        else:
+            row.params = param_count(m)
+            row.file_bytes = file_bytes(m)
+            row.macs = count_macs(m, _example(data, 1, shape))
         if measure_memory:
             row.peak_mem_mb = peak_inference_mb(m, _example(data, big, shape))
     if baseline is not None:
-        base, cand = rows
-        cand.speedup = round(cand.throughput / base.throughput, 3) if base.throughput else None
-        if base.latency_p50_ms and cand.latency_p50_ms:
-            cand.latency_ratio = round(base.latency_p50_ms / cand.latency_p50_ms, 3)
+        base = rows[0]
+        for cand in rows[1:]:
+            cand.speedup = round(cand.throughput / base.throughput, 3) if base.throughput else None
+            if base.latency_p50_ms and cand.latency_p50_ms:
+                cand.latency_ratio = round(base.latency_p50_ms / cand.latency_p50_ms, 3)
         base.speedup = base.latency_ratio = 1.0
     settings = dict(batch_sizes=list(batch_sizes), repeats=repeats, warmup=warmup, latency_runs=latency_runs)
     if data is not None:
         settings["data"] = getattr(data, "name", type(data).__name__)
         settings["eval_images"] = len(data) if eval_limit is None else min(eval_limit, len(data))
+    if robust is not None:
+        settings["robustness"] = asdict(robust)
     return BenchResult(environment(), rows, settings)

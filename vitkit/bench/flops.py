@@ -29,7 +29,18 @@ for _name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_produc
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward of ``example`` (use batch 1 for "MACs per image")."""
-    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_CUSTOM) as counter:
-        model(example)
+    """Multiply-accumulates of one forward of ``example`` (use batch 1 for "MACs per image").
+
+    Parameters are marked ``requires_grad=False`` while counting: FlopCounterMode's module tracker crashes
+    under inference mode when a sub-module receives a parameter as input (fake-quant weight quantizers do).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=_CUSTOM) as counter:
+            model(example)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
     return int(counter.get_total_flops() // 2 // example.shape[0])

@@ -93,6 +93,18 @@ def fake_quant(
     return dequantize(quantize(x, scale, zero, bits, symmetric=symmetric, axis=axis), scale, zero, axis=axis)
 
 
+def fake_quant_ste(
+    x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, *, symmetric: bool, axis: int | None = None
+) -> torch.Tensor:
+    """:func:`fake_quant` with a straight-through round (LSQ, Esser et al., ICLR 2020): gradients reach ``x``
+    and ``scale`` (used by block reconstruction)."""
+    qmin, qmax = qrange(bits, symmetric)
+    s, z = _bcast(scale.clamp_min(1e-8), x, axis), _bcast(zero, x, axis)
+    v = x / s
+    q = torch.clamp(v + (torch.round(v) - v).detach() + z, qmin, qmax)
+    return (q - z) * s
+
+
 def _channels_last_2d(x: torch.Tensor, axis: int | None) -> torch.Tensor:
     """``x`` as ``[C, M]`` with the channel axis first (per-tensor: ``[1, numel]``)."""
     if axis is None:

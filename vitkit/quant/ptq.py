@@ -23,6 +23,7 @@ numerically zero in parallel calibration (hahnyuan/PTQ4ViT#23), and calibrated s
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ from ..adapters.timm_vit import block_parts, describe, input_size
 from ..configs import TransformConfig, select_names
 from ..errors import ConfigError, DataError, UnsupportedModelError
 from ..registry import register_transform
-from .modules import QuantAttention, make_quantizer, patch_module, quantized_size_bytes, quantizers
+from .modules import PATCHED, QuantAttention, make_quantizer, patch_module, quantized_size_bytes, quantizers
+from .reconstruct import reconstruct_blocks_
 from .reparam import fold_into_norm_linear, reparam_factors
 
 _log = logging.getLogger(__name__)
@@ -71,7 +73,9 @@ class PTQConfig(TransformConfig):
     papers); ``quantize_head``: quantize the classifier; ``layer_bits``: per-module ``{name: w_bits}``
     overrides (what :class:`MixedPrecisionConfig` produces); ``softmax``: post-softmax quantizer
     ``log_sqrt2`` | ``log2`` | ``twin`` | ``uniform`` (None = the method's own: log√2 for RepQ/DopQ, twin for
-    PTQ4ViT, uniform for the baselines); ``seed``: calibration draw from a dataset.
+    PTQ4ViT, uniform for the baselines); ``seed``: calibration draw from a dataset;
+    ``reconstruct_iters``: APHQ-ViT-style block reconstruction steps per block after calibration (0 = off,
+    :mod:`vitkit.quant.reconstruct`), ``reconstruct_lr`` its relative step size.
     ``targets``/``skip`` globs match the quantizable module names (``blocks.0.attn.qkv``, ``head`` ...).
     """
 
@@ -85,6 +89,8 @@ class PTQConfig(TransformConfig):
     layer_bits: dict | None = None
     softmax: str | None = None
     seed: int = 0
+    reconstruct_iters: int = 0
+    reconstruct_lr: float = 1e-3
 
     def validate(self) -> None:
         _check_bits(self.w_bits, "w_bits")
@@ -102,6 +108,11 @@ class PTQConfig(TransformConfig):
             )
         for name, bits in dict(self.layer_bits or {}).items():
             _check_bits(bits, f"layer_bits[{name!r}]")
+        it = self.reconstruct_iters
+        if isinstance(it, bool) or not isinstance(it, int) or not 0 <= it <= 100000:
+            raise ConfigError(f"PTQConfig.reconstruct_iters must be an int >= 0 (0 = off), got {it!r}")
+        if not 0.0 < float(self.reconstruct_lr) < 1.0:
+            raise ConfigError(f"PTQConfig.reconstruct_lr must be in (0, 1), got {self.reconstruct_lr}")
 
 
 # -- planning -----------------------------------------------------------------------------------------------
@@ -149,6 +160,12 @@ def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
         }
 
     plan: dict[str, dict[str, dict]] = {}
+    bad = [f"{n} ({type(modules[n]).__name__})" for n in names if not isinstance(modules[n], tuple(PATCHED))]
+    if bad:
+        raise UnsupportedModelError(
+            f"ptq cannot quantize the layer(s) {bad[:4]}: expected nn.Linear / nn.Conv2d / timm Attention there "
+            "(merge adapters first, or skip them with skip=[...])"
+        )
     for name in names:
         mod = modules[name]
         if name.endswith(".attn"):
@@ -303,6 +320,7 @@ def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = F
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
+    fp_model = copy.deepcopy(model) if cfg.reconstruct_iters else None  # reconstruction target
     install(model, plan, calibrated=False)
     with torch.no_grad():
         model(x)  # calibration pass 1 (sequential: upstream quantizers already active)
@@ -310,6 +328,9 @@ def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = F
         if cfg.method in ("repq", "dopq"):
             reparam, added = repq_reparameterize(model, plan, reduce="median" if cfg.method == "dopq" else "mean")
             model(x)  # calibration pass 2: re-fit the reparameterized linears' weight quantizers
+    recon = []
+    if fp_model is not None:
+        recon = reconstruct_blocks_(model, fp_model, x, iters=cfg.reconstruct_iters, lr=cfg.reconstruct_lr)
     seconds = time.perf_counter() - t0
     model.train(was_training)
     for name, q in quantizers(model).items():
@@ -326,4 +347,5 @@ def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = F
         "calib_seconds": round(seconds, 3),
         "weight_bits": n_bits,
         "packed_bytes": int(size),
+        **({"reconstruction": recon} if recon else {}),
     }

@@ -1,0 +1,325 @@
+"""The early-exit runtime patch: per-sample exiting inside a batch, exit histogram.
+
+What changes (``__class__`` swap of the model only; blocks and weights untouched, the exit heads are a new
+``exit_heads`` ModuleList, so their weights live in ``model.safetensors``):
+
+* ``EarlyExit<HostClass>.forward`` in eval mode runs the blocks one by one; after each exit block it
+  scores the exit head's prediction, writes the logits of samples that pass into the output, drops them
+  from the batch (row gather) and goes on with the rest; samples passing no exit get the model's own head.
+  In training mode, while tracing/exporting, or when disabled it is the host's own ``forward``.
+* A token-reduction patch applied *before* early exit is honoured (token sizes and masks follow the
+  samples); patching token reduction *after* early exit is refused (it would silently bypass the exits).
+
+Counting: ``exit_histogram(model)`` (samples per exit, since the last reset), ``last_exits(model)``
+(exit index of each sample of the last forward; ``len(exits)`` = the model's own head).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+from ..ops.early_exit import exit_score_row, exit_scores
+
+_log = logging.getLogger(__name__)
+
+STATE = "_vitkit_exit"
+HEADS = "exit_heads"
+ORIG_CLASS = "_vitkit_exit_orig_class"
+
+
+@dataclass
+class ExitState:
+    """Plain (non-tensor) settings of a patched model; not part of the state dict."""
+
+    exits: list[int]
+    heads: list[str]
+    thresholds: list[float]
+    criterion: str
+    enabled: bool = True
+    counts: list[int] = field(default_factory=list)
+    last: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.exits) + 1)
+
+
+def state(model: nn.Module) -> ExitState:
+    st = getattr(model, STATE, None)
+    if st is None:
+        raise ConfigError("model has no early exits: apply vitkit.early_exit.EarlyExitConfig first")
+    return st
+
+
+class _Runner:
+    """One forward's block loop, shared by exiting inference and the all-exits pass (training, calibration).
+
+    Knows whether the model carries a token-reduction patch and then keeps its :class:`TokenContext`
+    (sizes, masks, scratch) aligned with the surviving samples."""
+
+    def __init__(self, model: nn.Module, attn_mask: torch.Tensor | None, is_causal: bool) -> None:
+        from ..tokens.patch import PROP_ATTN, patched_method
+
+        self.model, self.mask, self.causal = model, attn_mask, bool(is_causal)
+        self.tokens = patched_method(model) is not None
+        self.prop_attn = bool(getattr(model, PROP_ATTN, False))
+        self.ctx = None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        if self.tokens:
+            from ..tokens.patch import TokenContext
+
+            grid = m.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
+            self.ctx = TokenContext(int(m.num_prefix_tokens), tuple(grid), self.prop_attn)
+        x = m.patch_embed(x)
+        x = m._pos_embed(x)
+        x = m.patch_drop(x)
+        return m.norm_pre(x)  # [B, N, C]
+
+    def block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        blk = self.model.blocks[i]
+        kw = {"attn_mask": self.mask, "is_causal": self.causal} if (self.mask is not None or self.causal) else {}
+        if self.ctx is not None:
+            kw["ctx"] = self.ctx
+        return blk(x, **kw)
+
+    @property
+    def size(self) -> torch.Tensor | None:
+        return None if self.ctx is None else self.ctx.size  # [B, N, 1] once tokens were merged
+
+    def take(self, keep: torch.Tensor, batch: int) -> None:
+        """Keep rows ``keep`` of every per-sample tensor (caller mask, token sizes/masks/scratch)."""
+
+        def sel(t):
+            return t.index_select(0, keep) if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == batch else t
+
+        self.mask = sel(self.mask)
+        if self.ctx is not None:
+            self.ctx.size, self.ctx.mask = sel(self.ctx.size), sel(self.ctx.mask)
+            self.ctx.store = {k: sel(v) for k, v in self.ctx.store.items()}
+
+    def final(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's own norm + head (size-weighted average pooling after token merging, as the token patch)."""
+        m = self.model
+        x = m.norm(x)
+        size = self.size
+        if size is None or m.global_pool != "avg":
+            return m.forward_head(x)
+        from .heads import pool_tokens
+
+        pooled = pool_tokens(x, "avg", int(m.num_prefix_tokens), size)  # [B, C]
+        return m.head(m.head_drop(m.fc_norm(pooled)))
+
+
+def all_exit_logits(
+    model: nn.Module, x: torch.Tensor, *, with_features: bool = False
+) -> list[torch.Tensor] | tuple[list, torch.Tensor]:
+    """Logits of every exit head and the final head for every sample (no exiting): ``E+1`` × ``[B, classes]``.
+
+    ``with_features=True`` returns ``(features, final_logits)`` instead, ``features`` = one ``(x [B, N, C],
+    size [B, N, 1] | None)`` per exit (what the heads read) — used to train the heads on a frozen backbone.
+    """
+    st = state(model)
+    run = _Runner(model, None, False)
+    h = run.embed(x)
+    at = {b: k for k, b in enumerate(st.exits)}
+    heads = getattr(model, HEADS)
+    outs, feats = [], []
+    for i in range(len(model.blocks)):
+        h = run.block(i, h)
+        if i in at:
+            if with_features:
+                feats.append((h, run.size))
+            else:
+                outs.append(heads[at[i]](h, run.size))
+    final = run.final(h)
+    return (feats, final) if with_features else outs + [final]
+
+
+def exiting_forward(model: nn.Module, x: torch.Tensor, attn_mask=None, is_causal: bool = False) -> torch.Tensor:
+    """Per-sample early exiting (see module docstring) → ``[B, classes]``; updates the histogram."""
+    st = state(model)
+    heads = getattr(model, HEADS)
+    run = _Runner(model, attn_mask, is_causal)
+    h = run.embed(x)
+    B = h.shape[0]
+    if B == 1:
+        return _exit_single(model, st, run, h, heads)
+    alive = torch.arange(B, device=h.device)  # original row of each surviving sample
+    exit_of = torch.full((B,), len(st.exits), dtype=torch.long, device=h.device)
+    out: torch.Tensor | None = None
+    at = {b: k for k, b in enumerate(st.exits)}
+    for i in range(len(model.blocks)):
+        h = run.block(i, h)
+        k = at.get(i)
+        if k is None:
+            continue
+        logits = heads[k](h, run.size)  # [b, classes]
+        done = exit_scores(logits, st.criterion) >= st.thresholds[k]  # [b]
+        n_done, b = int(done.sum()), h.shape[0]
+        if n_done == 0:
+            continue
+        if out is None:
+            out = logits.new_empty(B, logits.shape[-1])
+        if n_done == b:  # everyone left
+            out[alive] = logits
+            exit_of[alive] = k
+            return _record(st, exit_of, out)
+        gone = done.nonzero().squeeze(1)
+        out[alive[gone]] = logits[gone]
+        exit_of[alive[gone]] = k
+        keep = (~done).nonzero().squeeze(1)
+        h, alive = h.index_select(0, keep), alive.index_select(0, keep)
+        run.take(keep, b)
+    final = run.final(h)
+    if out is None:  # nobody exited: exactly the host model's output
+        return _record(st, exit_of, final)
+    out[alive] = final.to(out.dtype)
+    return _record(st, exit_of, out)
+
+
+def _exit_single(model: nn.Module, st: ExitState, run: _Runner, h: torch.Tensor, heads: nn.ModuleList):
+    """Batch-1 fast path: the same decisions with the score computed on Python floats (no gathers, one sync
+    per exit) — per-exit overhead matters most at batch 1."""
+    at = {b: k for k, b in enumerate(st.exits)}
+    for i in range(len(model.blocks)):
+        h = run.block(i, h)
+        k = at.get(i)
+        if k is None:
+            continue
+        logits = heads[k](h, run.size)  # [1, classes]
+        if exit_score_row(logits[0].tolist(), st.criterion) >= st.thresholds[k]:
+            return _record_one(st, k, logits)
+    return _record_one(st, len(st.exits), run.final(h))
+
+
+def _record_one(st: ExitState, k: int, out: torch.Tensor) -> torch.Tensor:
+    st.last = torch.tensor([k])
+    st.counts[k] += 1
+    return out
+
+
+def _record(st: ExitState, exit_of: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    st.last = exit_of
+    for k, c in enumerate(torch.bincount(exit_of, minlength=len(st.counts)).tolist()):
+        st.counts[k] += int(c)
+    return out
+
+
+class EarlyExitVisionTransformer(nn.Module):
+    """Mixin placed before the model's own class: ``forward`` exits per sample in eval mode."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
+        st = getattr(self, STATE, None)
+        if self.training or st is None or not st.enabled or _tracing():
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        return exiting_forward(self, x, attn_mask, is_causal)
+
+    def vitkit_onnx_module(self) -> nn.Module:
+        """What ``vitkit export`` traces: the exit decisions as a static graph (see ``onnx_graph``)."""
+        from .onnx_graph import ExitSelectGraph
+
+        return ExitSelectGraph(self)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # token reduction patches build subclasses of the model's current class: after early exit they
+        # would route every forward around the exits — refuse, naming the fix.
+        if not cls.__name__.startswith("EarlyExit"):
+            raise ConfigError(
+                "token reduction cannot be applied after early exit (it would bypass the exits): "
+                "apply the token step before early_exit, or call vitkit.early_exit.remove(model) first"
+            )
+
+
+def _tracing() -> bool:
+    tracing = torch.jit.is_tracing() or torch.jit.is_scripting()
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and hasattr(compiler, "is_exporting"):
+        tracing = tracing or compiler.is_exporting()
+    if tracing:
+        _log.warning("early exit is data-dependent: the traced/exported graph is the full model without exits")
+    return tracing
+
+
+_CLASS_CACHE: dict[type, type] = {}
+
+
+def patch(model: nn.Module, st: ExitState) -> None:
+    """Swap the model's class for ``EarlyExit<Class>`` and attach ``st`` (the heads must already be attached)."""
+    if getattr(model, STATE, None) is not None:
+        raise ConfigError("model already has early exits: call vitkit.early_exit.remove(model) first")
+    base = type(model)
+    if base not in _CLASS_CACHE:
+        name = f"EarlyExit{base.__name__}"
+        doc = f"{base.__name__} patched by vitkit for early exit. {EarlyExitVisionTransformer.__doc__}"
+        cls = type(name, (EarlyExitVisionTransformer, base), {"__doc__": doc, "__module__": __name__})
+        globals()[name] = cls
+        _CLASS_CACHE[base] = cls
+    model.__dict__[ORIG_CLASS] = base
+    model.__class__ = _CLASS_CACHE[base]
+    setattr(model, STATE, st)
+
+
+def remove(model: nn.Module) -> nn.Module:
+    """Undo early exit: original class back, exit heads and the early_exit step dropped."""
+    from ..artifact import HISTORY_ATTR
+
+    orig = model.__dict__.pop(ORIG_CLASS, None)
+    if orig is not None:
+        model.__class__ = orig
+    model.__dict__.pop(STATE, None)
+    if HEADS in model._modules:
+        del model._modules[HEADS]
+    steps = getattr(model, HISTORY_ATTR, None)
+    if steps:
+        setattr(model, HISTORY_ATTR, [s for s in steps if s.name != "early_exit"])
+    return model
+
+
+def exit_histogram(model: nn.Module) -> dict[str, int]:
+    """Samples that left at each exit since the last reset: ``{"blocks.3": n, ..., "final": n}``."""
+    st = state(model)
+    names = [f"blocks.{b}" for b in st.exits] + ["final"]
+    return dict(zip(names, st.counts, strict=True))
+
+
+def reset_histogram(model: nn.Module) -> None:
+    st = state(model)
+    st.counts = [0] * (len(st.exits) + 1)
+    st.last = None
+
+
+def last_exits(model: nn.Module) -> torch.Tensor | None:
+    """Exit index per sample of the last exiting forward (``len(exits)`` = the model's own head)."""
+    return state(model).last
+
+
+def set_threshold(model: nn.Module, threshold: float | list[float]) -> None:
+    """Change the exit threshold(s) in place (and in the recorded step, so a saved artifact keeps it)."""
+    st = state(model)
+    thr = [float(threshold)] * len(st.exits) if isinstance(threshold, int | float) else [float(t) for t in threshold]
+    if len(thr) != len(st.exits) or not all(0.0 < t < 1.0 for t in thr):
+        raise ConfigError(f"threshold must be one value or {len(st.exits)} values in (0, 1), got {threshold!r}")
+    st.thresholds = thr
+    _update_step(model, thresholds=thr)
+
+
+def set_enabled(model: nn.Module, enabled: bool) -> None:
+    """Switch exiting off (the host's forward, exits ignored) or back on."""
+    state(model).enabled = bool(enabled)
+
+
+def _update_step(model: nn.Module, **decisions) -> None:
+    from ..artifact import HISTORY_ATTR
+
+    for step in reversed(getattr(model, HISTORY_ATTR, []) or []):
+        if step.name == "early_exit":
+            step.decisions.update(decisions)
+            return

@@ -1,0 +1,137 @@
+"""The ``early_exit`` transform (runtime): attach exit heads, train them, calibrate, patch the forward.
+
+Artifacts: the heads' weights are saved in ``model.safetensors`` (keys ``exit_heads.*``); on load,
+:func:`prepare_early_exit` re-creates the heads before the weights are read and :func:`restore_early_exit`
+re-patches the forward with the recorded exits, heads and (calibrated) thresholds — no retraining.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch.nn as nn
+from torch.utils.data import Dataset
+
+from ..adapters.timm_vit import classifier_heads, describe
+from ..errors import ConfigError, UnsupportedModelError
+from ..registry import register_transform
+from .config import EarlyExitConfig
+from .heads import build_head, init_from_final
+from .runtime import HEADS, STATE, ExitState, patch
+
+_log = logging.getLogger(__name__)
+
+PAPER = "LGViT: Dynamic Early Exiting for Accelerating Vision Transformer (Xu et al., ACM MM 2023)"
+
+
+def _host(model: nn.Module) -> dict[str, Any]:
+    """What exit heads need from the host: width, classes, pooling, prefix tokens, final norm, classifier."""
+    info = describe(model)
+    if info.global_pool not in ("token", "avg"):
+        raise UnsupportedModelError(
+            f"early exit needs a pooled classifier (global_pool 'token' or 'avg'), got {info.global_pool!r}"
+        )
+    if getattr(model, "pool_include_prefix", False):
+        raise UnsupportedModelError("early exit does not handle pool_include_prefix=True: use the default pooling")
+    if info.num_classes <= 0:
+        raise UnsupportedModelError("early exit needs a classifier head (num_classes > 0)")
+    # the norm applied to the pooled feature: fc_norm for avg pooling, the final norm for [CLS] pooling
+    fc_norm = getattr(model, "fc_norm", None)
+    final_norm = fc_norm if isinstance(fc_norm, nn.LayerNorm) else getattr(model, "norm", None)
+    eps = float(getattr(final_norm, "eps", 1e-6))
+    return {"info": info, "final_norm": final_norm, "classifier": classifier_heads(model)[0], "eps": eps}
+
+
+def _build_heads(model: nn.Module, heads: list[str], *, init: bool) -> nn.ModuleList:
+    host = _host(model)
+    info = host["info"]
+    pool = "token" if info.global_pool == "token" else "avg"
+    mods = []
+    for kind in heads:
+        h = build_head(
+            kind,
+            dim=info.embed_dim,
+            num_classes=info.num_classes,
+            num_heads=info.num_heads[0],
+            pool=pool,
+            num_prefix=info.num_prefix_tokens,
+            eps=host["eps"],
+        )
+        if init:
+            init_from_final(h, host["final_norm"], host["classifier"])
+        mods.append(h)
+    ref = next(model.parameters())
+    return nn.ModuleList(mods).to(device=ref.device, dtype=ref.dtype).eval()
+
+
+def _check_fresh(model: nn.Module) -> None:
+    if getattr(model, STATE, None) is not None or HEADS in model._modules:
+        raise ConfigError("model already has early exits: call vitkit.early_exit.remove(model) before a new early_exit")
+
+
+@register_transform(
+    EarlyExitConfig,
+    name="early_exit",
+    kind="runtime",
+    paper=PAPER,
+    restore=lambda model, cfg, decisions: restore_early_exit(model, cfg, decisions),
+    prepare=lambda model, cfg, decisions: prepare_early_exit(model, cfg, decisions),
+)
+def apply_early_exit(model: nn.Module, cfg: EarlyExitConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
+    """Attach exit heads after ``cfg.exits``, train them (frozen backbone), optionally calibrate τ, patch."""
+    _check_fresh(model)
+    info = _host(model)["info"]
+    exits, heads, thresholds = cfg.resolve(info.depth)
+    decisions: dict[str, Any] = {"exits": exits, "heads": heads, "thresholds": thresholds, "criterion": cfg.criterion}
+    where = ", ".join(f"blocks.{b}:{h}" for b, h in zip(exits, heads, strict=True))
+    if dry_run:
+        decisions["summary"] = f"would add {len(exits)} exit head(s) ({where}), {cfg.epochs} epoch(s) of KD"
+        return decisions
+    model.add_module(HEADS, _build_heads(model, heads, init=True))
+    patch(model, ExitState(exits, heads, thresholds, cfg.criterion))
+    decisions["head_params"] = sum(p.numel() for p in getattr(model, HEADS).parameters())
+    from ..data import load_dataset
+    from .train import calibrate, train_exit_heads
+
+    if cfg.epochs > 0:
+        train_set = load_dataset(cfg.data, cfg.split, model=model)
+        decisions["training"] = train_exit_heads(
+            model,
+            train_set,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            temperature=cfg.temperature,
+            alpha=cfg.alpha,
+            shift=cfg.shift,
+            limit=cfg.limit,
+            seed=cfg.seed,
+            threads=cfg.threads,
+        )
+    if cfg.max_drop is not None:
+        val = calib if isinstance(calib, Dataset) else load_dataset(cfg.data, cfg.calib_split, model=model)
+        decisions["calibration"] = calibrate(model, val, cfg.max_drop)
+        decisions["thresholds"] = list(getattr(model, STATE).thresholds)
+    thr = decisions["thresholds"]
+    tau = f"τ={thr[0]:.4g}" if len(set(thr)) == 1 else f"τ={[round(t, 4) for t in thr]}"
+    decisions["summary"] = f"{len(exits)} exit head(s) ({where}), {cfg.criterion} {tau}"
+    return decisions
+
+
+def prepare_early_exit(model: nn.Module, cfg: EarlyExitConfig, decisions: dict[str, Any]) -> None:
+    """Before the artifact's weights are loaded: create the (untrained) heads so their keys exist."""
+    heads = list(decisions.get("heads") or cfg.resolve(describe(model).depth)[1])
+    model.add_module(HEADS, _build_heads(model, heads, init=False))
+
+
+def restore_early_exit(model: nn.Module, cfg: EarlyExitConfig, decisions: dict[str, Any]) -> None:
+    """After the weights: patch the forward with the recorded exits / heads / thresholds."""
+    exits, heads, thresholds = cfg.resolve(describe(model).depth)
+    exits = list(decisions.get("exits", exits))
+    heads = list(decisions.get("heads", heads))
+    thresholds = [float(t) for t in decisions.get("thresholds", thresholds)]
+    if HEADS not in model._modules:  # restored without the pre-weights hook: heads would be untrained
+        raise ConfigError("early_exit restore needs its heads created before the weights load (prepare hook)")
+    patch(model, ExitState(exits, heads, thresholds, decisions.get("criterion", cfg.criterion)))
