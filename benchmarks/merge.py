@@ -101,6 +101,58 @@ def memory_figures(quick: bool) -> list[dict]:
     return rows
 
 
+def pleas_figures(quick: bool, threads: int) -> dict:
+    """Two testbed-architecture classifiers trained on upright MNIST from *different init seeds*; merge them."""
+    from vitkit.data import TensorImageDataset, bundled, input_spec
+    from vitkit.merging.pleas import model_for
+    from vitkit.training import TrainConfig, train_classifier
+
+    spec = input_spec(None)
+    mx, my = bundled.split("mnist5k", "all")
+    train = TensorImageDataset(mx[:2000], my[:2000], spec, name="pleas/train")
+    test = TensorImageDataset(mx[4000:5000], my[4000:5000], spec, name="pleas/test")
+    arch = dict(tb.ARCH, num_classes=10)
+
+    def build(seed):
+        torch.manual_seed(seed)
+        return vitkit.load("vit_tiny_patch16_224", **arch)
+
+    def acc(m):
+        m.eval()
+        with torch.no_grad():
+            return float((m(test.transform(test.images)).argmax(-1) == test.labels).float().mean())
+
+    models, secs = [], 0.0
+    for seed in (0, 1):
+        m = build(seed)
+        cfg = TrainConfig(epochs=4 if quick else 8, lr=2e-3, weight_decay=0.05, seed=seed, threads=threads)
+        t0 = time.perf_counter()
+        train_classifier(m, train, cfg)
+        secs += time.perf_counter() - t0
+        models.append(m.eval())
+    sds = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+    naive = build(0)
+    naive.load_state_dict(vitkit.merge(sds, vitkit.AverageConfig()))
+    calib = train.transform(train.images[:512])  # unlabeled
+    hid = models[0].blocks[0].mlp.fc1.out_features
+    rows = [
+        ("model A (seed 0)", acc(models[0]), ""),
+        ("model B (seed 1)", acc(models[1]), ""),
+        ("naive average (no alignment)", acc(naive), ""),
+    ]
+    for label, cfg in (
+        ("permute + average (no least squares)", vitkit.PLeaSConfig(refit=False)),
+        (f"PLeaS, MLP width {hid} (same)", vitkit.PLeaSConfig()),
+        (f"PLeaS, MLP width {hid // 2} (½)", vitkit.PLeaSConfig(mlp_width=hid // 2)),
+        (f"PLeaS, MLP width {2 * hid} (2×, every neuron kept)", vitkit.PLeaSConfig(mlp_width=2 * hid)),
+    ):
+        info: dict = {}
+        t0 = time.perf_counter()
+        sd = vitkit.merge(sds, cfg, model=models[0], calib=calib, info=info)
+        rows.append((label, acc(model_for(models[0], sd)), f"{time.perf_counter() - t0:.1f} s"))
+    return {"rows": rows, "train_s": secs, "epochs": 4 if quick else 8}
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -113,20 +165,25 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny training, to check the script runs (numbers meaningless)")
     p.add_argument("--memory-child", nargs=3, default=None)
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    p.add_argument("--threads", type=int, default=2, help="torch threads (the testbed is deterministic per count)")
+    p.add_argument("--cache", default=None, help="folder to cache the trained testbed weights in (safetensors)")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory rows (accuracy-only run)")
+    p.add_argument("--contended", action="store_true", help="label timings as taken on a shared CPU")
     args = p.parse_args()
     if args.memory_child:
         n, mode, folder = args.memory_child
         memory_child(int(n), mode, folder)
         return
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     from vitkit.bench import environment
     from vitkit.bench.record import env_lines, write_section
 
     env = environment()
     cfg = tb.quick_config() if args.quick or args.smoke else tb.TestbedConfig()
+    cfg = dataclasses.replace(cfg, threads=args.threads)
     if args.smoke:
         cfg = dataclasses.replace(cfg, pretrain_epochs=1, finetune_epochs=1, n_task_train=200, n_test=200)
-    bed = tb.build_testbed(cfg)
+    bed = tb.build_testbed(cfg, cache_dir=args.cache)
     tasks = list(cfg.tasks)
     fts = [bed.finetuned[t] for t in tasks]
     base = bed.base
@@ -153,6 +210,15 @@ def main() -> None:
     run("DARE p=0.5 + TA λ=0.3", vitkit.DAREConfig(drop=0.5, scaling=0.3), base=base)
     run("DARE p=0.5 + TIES λ=1", vitkit.DAREConfig(drop=0.5, scaling=1.0, combine="ties"), base=base)
     run("RegMean α=0.95 (64 imgs/task)", vitkit.RegMeanConfig(), model=bed.model, calib=bed.calib(64))
+    run("RegMean α=0.95 (256 imgs/task)", vitkit.RegMeanConfig(), model=bed.model, calib=bed.calib(256))
+    run(
+        "RegMean α=0.95 + task arithmetic λ=0.3 for non-linear tensors",
+        vitkit.RegMeanConfig(others="task_arithmetic", scaling=0.3),
+        "extension",
+        base=base,
+        model=bed.model,
+        calib=bed.calib(256),
+    )
     fw_info: dict = {}
     run(
         "FW-Merging (10 iters, val objective)",
@@ -162,6 +228,16 @@ def main() -> None:
         objective=bed.objective(64),
         info=fw_info,
     )
+    s_n = round(0.3 * len(tasks), 2)
+    for label, fcfg in (
+        (f"FW-Merging, vertices θ0 + {s_n}·τ (hull reaches TA λ=0.3)", vitkit.FWMergingConfig(vertex_scaling=s_n)),
+        ("FW-Merging, per-tensor LMO", vitkit.FWMergingConfig(granularity="layer")),
+        (
+            f"FW-Merging, per-tensor LMO, vertices θ0 + {s_n}·τ",
+            vitkit.FWMergingConfig(granularity="layer", vertex_scaling=s_n),
+        ),
+    ):
+        run(label, fcfg, base=base, model=bed.model, objective=bed.objective(64))
 
     # order robustness: OPCM vs sequential task arithmetic over 3 orders
     g = torch.Generator().manual_seed(123)
@@ -227,19 +303,22 @@ def main() -> None:
         )
     max_diff = max(float((streamed[k] - sd_ta[k]).abs().max()) for k in sd_ta)
 
-    mem = memory_figures(args.quick)
+    mem = [] if args.no_memory else memory_figures(args.quick)
+    pleas = pleas_figures(args.quick or args.smoke, args.threads)
 
     # -- markdown --------------------------------------------------------------------------------------------
     n_t = len(tasks)
+    tnote = ", contended (rerun quietly)" if args.contended else ""
     lines = [
         "## Model merging (`benchmarks/merge.py" + (" --quick" if args.quick else "") + "`)",
         "",
         f"Offline testbed (`vitkit.merging.testbed`): tiny timm ViT (28×28, patch 7, width 96, depth 6) pretrained on "
         f"upright MNIST, fine-tuned on {n_t} derived tasks ({', '.join(tasks)}) with fixed random frozen heads; "
         f"backbones merged, every merge scored with each task's head on its test split. "
-        f"Pretraining {bed.seconds['pretrain']:.0f} s, fine-tuning {bed.seconds['finetune']:.0f} s on this machine.",
+        f"Pretraining {bed.seconds['pretrain']:.0f} s, fine-tuning {bed.seconds['finetune']:.0f} s on this machine "
+        f"(torch threads: {args.threads}; nan = weights from the --cache).",
         "",
-        f"| method | avg acc over {n_t} tasks (%) | merge time (s) | notes |",
+        f"| method | avg acc over {n_t} tasks (%) | merge time (s){tnote} | notes |",
         "|---|---|---|---|",
     ]
     for name, acc, secs, notes in rows:
@@ -253,11 +332,12 @@ def main() -> None:
         "",
         "**Order robustness** (3 task orders, final model):",
         "",
-        "| method | mean ± std (%) | per order |",
-        "|---|---|---|",
-        f"| OPCM α=0.5 | {100 * mean_o:.1f} ± {100 * sd_o:.2f} | {', '.join(f'{100 * a:.1f}' for a in opcm_accs)} |",
+        "| method | mean ± std (%) | max − min (pt) | per order |",
+        "|---|---|---|---|",
+        f"| OPCM α=0.5 | {100 * mean_o:.1f} ± {100 * sd_o:.2f} | {100 * (max(opcm_accs) - min(opcm_accs)):.1f} | "
+        f"{', '.join(f'{100 * a:.1f}' for a in opcm_accs)} |",
         f"| sequential task arithmetic λ=0.3 | {100 * mean_t:.1f} ± {100 * sd_t:.2f} | "
-        f"{', '.join(f'{100 * a:.1f}' for a in ta_accs)} |",
+        f"{100 * (max(ta_accs) - min(ta_accs)):.1f} | {', '.join(f'{100 * a:.1f}' for a in ta_accs)} |",
         "",
         "Sequential TA's *final* model is order-independent by construction (a sum), so its spread is float rounding;",
         "OPCM's spread is the real order sensitivity of the projection.",
@@ -274,16 +354,32 @@ def main() -> None:
         "",
         f"**Streaming vs in-memory** task arithmetic: max |difference| = {max_diff:g} (bit-identical when 0).",
         "",
-        f"**Peak anonymous memory** (RssAnon sampled every 5 ms, above the process's start), task arithmetic over N "
-        f"`{mem[0]['arch']}` checkpoints ({mem[0]['model_mib']:.0f} MiB each, fp32):",
+        f"**PLeaS across different bases**: two classifiers of the testbed architecture trained on upright MNIST "
+        f"(2000 images, {pleas['epochs']} epochs) from *different init seeds* ({pleas['train_s']:.0f} s); merged "
+        "with 512 unlabeled training images; MNIST test accuracy:",
         "",
-        "| N | streamed from .safetensors (MiB) | all in memory (MiB) | time streamed / in memory (s) |",
-        "|---|---|---|---|",
+        f"| model | test acc (%) | merge time{tnote} |",
+        "|---|---|---|",
+        *[f"| {name} | {100 * a:.1f} | {t} |" for name, a, t in pleas["rows"]],
+        "",
     ]
-    for n in (2, 4, 8):
-        s = next(r for r in mem if r["n"] == n and r["mode"] == "stream")
-        m = next(r for r in mem if r["n"] == n and r["mode"] == "memory")
-        lines.append(f"| {n} | {s['peak_mib']:.0f} | {m['peak_mib']:.0f} | {s['seconds']:.2f} / {m['seconds']:.2f} |")
+    if mem:
+        lines += [
+            f"**Peak anonymous memory** (RssAnon sampled every 5 ms, above the process's start), "
+            "task arithmetic over N "
+            f"`{mem[0]['arch']}` checkpoints ({mem[0]['model_mib']:.0f} MiB each, fp32):",
+            "",
+            "| N | streamed from .safetensors (MiB) | all in memory (MiB) | time streamed / in memory (s) |",
+            "|---|---|---|---|",
+        ]
+        for n in (2, 4, 8):
+            s = next(r for r in mem if r["n"] == n and r["mode"] == "stream")
+            m = next(r for r in mem if r["n"] == n and r["mode"] == "memory")
+            lines.append(
+                f"| {n} | {s['peak_mib']:.0f} | {m['peak_mib']:.0f} | {s['seconds']:.2f} / {m['seconds']:.2f} |"
+            )
+    else:
+        lines += ["Memory rows: not measured in this run (`--no-memory`); see the previous quiet run.", ""]
     lines += ["", "Environment:", "", env_lines(env)]
     write_section("merge", "\n".join(lines), args.out)
     print("\n".join(lines))

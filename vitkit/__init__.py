@@ -12,6 +12,7 @@ __version__ = "0.1.0"  # before the imports: submodules read it
 
 # ruff: noqa: E402
 from . import data
+from .adapt import AdapterConfig, FineTuneConfig, LoRAConfig, LoRAMergeConfig, PromptConfig, SlimFitConfig
 from .api import apply_
 from .artifact import load_artifact, save_artifact
 from .bench import BenchResult, benchmark
@@ -32,6 +33,7 @@ from .merging import (
     DAREConfig,
     FWMergingConfig,
     GreedySoupConfig,
+    MergeStepConfig,
     OPCMConfig,
     PLeaSConfig,
     RegMeanConfig,
@@ -47,6 +49,12 @@ from .report import Report
 from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig
 
 __all__ = [
+    "AdapterConfig",
+    "FineTuneConfig",
+    "LoRAConfig",
+    "LoRAMergeConfig",
+    "PromptConfig",
+    "SlimFitConfig",
     "AverageConfig",
     "BenchResult",
     "CheckpointError",
@@ -59,6 +67,7 @@ __all__ = [
     "FWMergingConfig",
     "GreedySoupConfig",
     "HiPruneConfig",
+    "MergeStepConfig",
     "MixedPrecisionConfig",
     "NumericsError",
     "OPCMConfig",

@@ -342,6 +342,7 @@ COMMAND_PLUGINS = (
     "vitkit.quant.cli",
     "vitkit.adapt.cli",
     "vitkit.early_exit.cli",
+    "vitkit.search.cli",
 )
 
 

@@ -8,7 +8,6 @@ from safetensors.torch import save_file
 import vitkit
 from vitkit.errors import CheckpointError, ConfigError
 from vitkit.merging import OPCMMerger, list_merge_methods
-from vitkit.merging.pleas import permute_state_dict
 
 from ..conftest import make_tiny
 
@@ -204,7 +203,8 @@ def _mse_objective(model_template, targets, x):
     return loss
 
 
-def test_fw_merging_ignores_distractors():
+@pytest.mark.parametrize("granularity", ["task", "layer"])
+def test_fw_merging_ignores_distractors(granularity):
     base, rel = finetunes(3, scale=0.02, seed=3)
     g = torch.Generator().manual_seed(9)
     # distractors: "anti-task" checkpoints (negated task vectors) and an unrelated fine-tune of the same size
@@ -213,7 +213,7 @@ def test_fw_merging_ignores_distractors():
     tmpl = make_tiny("vit")
     x = torch.randn(8, 3, 32, 32, generator=g)
     obj = _mse_objective(tmpl, rel, x)
-    cfg = vitkit.FWMergingConfig(max_iters=6)
+    cfg = vitkit.FWMergingConfig(max_iters=6, granularity=granularity)
     info = {}
     with_d = vitkit.merge(rel + distractors, cfg, base=base, model=tmpl, objective=obj, info=info)
     only = vitkit.merge(rel, cfg, base=base, model=tmpl, objective=obj)
@@ -223,7 +223,7 @@ def test_fw_merging_ignores_distractors():
         with torch.no_grad():
             return float(obj(tmpl))
 
-    assert info["selected"][0] < len(rel)  # the first (largest) step goes to a relevant model
+    assert info["selected"][0] < len(rel)  # the first (largest) step goes (mostly) to a relevant model
     # later steps may use an anti-task vertex to trim an overshoot (a legitimate FW move); the objective must not suffer
     assert value(with_d) <= 1.05 * value(only) and value(with_d) < value(base)
 
@@ -255,26 +255,18 @@ def test_regmean_of_identical_models():
     assert all(torch.allclose(out[k], ft[k], atol=1e-4) for k in ft)
 
 
-def test_pleas_permutation_preserves_function_and_merge_of_copies():
-    m = make_tiny("vit", seed=5)
-    s = sd(m)
-    x = torch.randn(3, 3, 32, 32)
-    g = torch.Generator().manual_seed(0)
-    res = torch.randperm(48, generator=g)
-    hid = [torch.randperm(192, generator=g) for _ in range(3)]
-    m2 = make_tiny("vit", seed=5)
-    m2.load_state_dict(permute_state_dict(s, res, hid))
-    with torch.no_grad():
-        assert torch.allclose(m(x), m2(x), atol=1e-5)
-    # a permuted copy from a "different base" is re-aligned: merging it with the original returns the original
-    out = vitkit.merge([s, sd(m2)], vitkit.PLeaSConfig(refit=False), model=m, calib=torch.randn(16, 3, 32, 32))
-    assert all(torch.allclose(out[k], s[k], atol=1e-5) for k in s)
-    with pytest.raises(ConfigError, match="exactly 2"):
-        vitkit.merge([s, s, s], vitkit.PLeaSConfig(), model=m, calib=x)
-
-
-def test_pleas_accepts_different_bases():
-    a, b = make_tiny("vit", seed=6), make_tiny("vit", seed=7)
-    x = torch.randn(16, 3, 32, 32)
-    out = vitkit.merge([sd(a), sd(b)], vitkit.PLeaSConfig(), model=a, calib=x)
-    assert set(out) == set(sd(a)) and all(torch.isfinite(v).all() for v in out.values())
+def test_regmean_task_arithmetic_for_other_tensors():
+    base, (ft,) = finetunes(1, seed=2)
+    tmpl = make_tiny("vit")
+    x = torch.randn(4, 3, 32, 32)
+    # two identical models: θ0 + 0.5·(τ + τ) = θ_ft for the non-linear tensors, RegMean = W_ft for the linears
+    cfg = vitkit.RegMeanConfig(others="task_arithmetic", scaling=0.5)
+    out = vitkit.merge([ft, ft], cfg, base=base, model=tmpl, calib=x)
+    assert all(torch.allclose(out[k], ft[k], atol=1e-4) for k in ft)
+    # linear_scaling scales the linear layers' merged update W* − W0
+    out2 = vitkit.merge([ft, ft], vitkit.RegMeanConfig(linear_scaling=2.0), base=base, model=tmpl, calib=x)
+    k = "blocks.0.mlp.fc1.weight"
+    assert torch.allclose(out2[k], base[k] + 2 * (ft[k] - base[k]), atol=1e-4)
+    assert torch.allclose(out2["pos_embed"], ft["pos_embed"])  # average of identical models
+    with pytest.raises(ConfigError, match="need base="):
+        vitkit.merge([ft, ft], cfg, model=tmpl, calib=x)

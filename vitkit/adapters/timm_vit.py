@@ -15,6 +15,10 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import UnsupportedModelError
 
+#: Visual-prompt tokens inserted by vitkit (``vitkit.adapt`` VPT) right after cls/dist/register tokens; they
+#: count as prefix tokens (``num_prefix_tokens`` includes them) so token reduction never merges or drops them.
+PROMPT_TOKENS_ATTR = "vitkit_prompt_tokens"
+
 _SUPPORTED_FAMILIES = "timm VisionTransformer models (ViT, DeiT, distilled DeiT, DeiT3, register/avg-pool variants)"
 
 
@@ -54,6 +58,7 @@ class ViTInfo:
     num_classes: int
     block_names: tuple[str, ...]
     features: frozenset[str]
+    num_prompt_tokens: int = 0
 
     @property
     def num_patches(self) -> int:
@@ -110,10 +115,13 @@ def describe(model: nn.Module) -> ViTInfo:
         features.add("no_class_token")
     if model.global_pool == "avg":
         features.add("avg_pool")
-    expected_prefix = int(model.has_class_token) + int(has_dist) + num_reg
+    num_prompts = int(getattr(model, PROMPT_TOKENS_ATTR, 0) or 0)
+    if num_prompts:
+        features.add("prompts")
+    expected_prefix = int(model.has_class_token) + int(has_dist) + num_reg + num_prompts
     if model.num_prefix_tokens != expected_prefix:
         raise UnsupportedModelError(
-            f"num_prefix_tokens={model.num_prefix_tokens} does not match cls+dist+registers={expected_prefix}"
+            f"num_prefix_tokens={model.num_prefix_tokens} does not match cls+dist+registers+prompts={expected_prefix}"
         )
     pe = model.patch_embed
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -136,6 +144,7 @@ def describe(model: nn.Module) -> ViTInfo:
         num_classes=int(model.num_classes),
         block_names=tuple(f"blocks.{i}" for i in range(len(model.blocks))),
         features=frozenset(features),
+        num_prompt_tokens=num_prompts,
     )
 
 

@@ -10,7 +10,7 @@ for ckpt in checkpoints:
 The CLI is ``vitkit merge merge.yaml -o out/`` (see :mod:`vitkit.merging.yaml_config`).
 """
 
-from . import data_methods, opcm  # noqa: F401  (register their methods)
+from . import data_methods, opcm, step  # noqa: F401  (register their methods and the recipe step)
 from .configs import (
     AverageConfig,
     DAREConfig,
@@ -24,6 +24,7 @@ from .configs import (
 )
 from .core import get_merge_method, list_merge_methods, merge, register_merge
 from .opcm import OPCMMerger
+from .step import MergeStepConfig
 
 try:  # PLeaS needs scipy
     from . import pleas  # noqa: F401
@@ -36,6 +37,7 @@ __all__ = [
     "DAREConfig",
     "FWMergingConfig",
     "GreedySoupConfig",
+    "MergeStepConfig",
     "OPCMConfig",
     "OPCMMerger",
     "PLeaSConfig",

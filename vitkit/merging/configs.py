@@ -104,11 +104,14 @@ class OPCMConfig(TransformConfig):
 @dataclass(frozen=True)
 class FWMergingConfig(TransformConfig):
     """FW-Merging (Chen et al. 2025), hard variant: ``max_iters`` Frank-Wolfe steps over the pool's vertices
-    θ0 + vertex_scaling·τ_i, chosen by the gradient of ``objective=`` (a calibration loss). γ_k = step_size·2/(k+2)."""
+    θ0 + vertex_scaling·τ_i, chosen by the gradient of ``objective=`` (a calibration loss). γ_k = step_size·2/(k+2).
+    ``granularity="layer"`` picks a vertex per tensor; ``init_scaling`` > 0 starts at task arithmetic."""
 
     max_iters: int = 10
     step_size: float = 1.0
     vertex_scaling: float = 1.0
+    granularity: str = "task"
+    init_scaling: float = 0.0
 
     def validate(self) -> None:
         if int(self.max_iters) < 1:
@@ -116,32 +119,51 @@ class FWMergingConfig(TransformConfig):
         _check_unit("FWMergingConfig", "step_size", self.step_size)
         if self.vertex_scaling <= 0:
             raise ConfigError(f"FWMergingConfig.vertex_scaling must be > 0, got {self.vertex_scaling}")
+        if self.granularity not in ("task", "layer"):
+            raise ConfigError(f"FWMergingConfig.granularity must be 'task' or 'layer', got {self.granularity!r}")
+        if self.init_scaling < 0:
+            raise ConfigError(f"FWMergingConfig.init_scaling must be >= 0, got {self.init_scaling}")
 
 
 @dataclass(frozen=True)
 class RegMeanConfig(TransformConfig):
     """RegMean (Jin et al. 2023): closed-form per-Linear merge from input Gram matrices on ``calib=`` data
-    (one batch of inputs per model); ``alpha`` scales the Gram matrices' off-diagonal. Other tensors averaged."""
+    (one batch of inputs per model); ``alpha`` scales the Gram matrices' off-diagonal. Other tensors averaged
+    (``others="average"``, the paper) or task arithmetic with ``scaling`` (needs a base)."""
 
     alpha: float = 0.95
     max_batch: int = 256
+    others: str = "average"
+    scaling: float = 0.3
+    linear_scaling: float = 1.0
 
     def validate(self) -> None:
         _check_unit("RegMeanConfig", "alpha", self.alpha, low_open=False)
+        if self.others not in ("average", "task_arithmetic"):
+            raise ConfigError(f"RegMeanConfig.others must be 'average' or 'task_arithmetic', got {self.others!r}")
 
 
 @dataclass(frozen=True)
 class PLeaSConfig(TransformConfig):
-    """PLeaS (Nasery et al. 2025) for two timm ViTs, possibly from different bases: permute model 2's residual
-    stream and MLP hidden units onto model 1's (Hungarian on activation correlations over ``calib=``), average,
-    then refit every block's ``mlp.fc2`` by least squares to the mean of both models' outputs. Same width only
-    (the paper's partial merging to a wider budget is not implemented)."""
+    """PLeaS (Nasery et al. 2025) for N ≥ 2 timm ViTs of one architecture, possibly from different bases: align
+    every model onto the first (Hungarian on activation correlations over ``calib=``: residual stream, attention
+    heads as units + dims within heads, MLP neurons), merge matched units (``weights``: per-model, normalised;
+    default uniform), then refit every block linear by layer-wise least squares on the merged model's own
+    inputs. ``mlp_width`` (default: unchanged) sets the merged MLP hidden width, up to N × the models' width;
+    build the module with :func:`vitkit.merging.pleas.model_for`. ``ridge`` is relative to the mean Gram diagonal."""
 
-    ridge: float = 1e-3
+    weights: tuple[float, ...] | None = None
+    mlp_width: int | None = None
     refit: bool = True
-    weight: float = 0.5
+    ridge: float = 1e-4
+    batch: int = 256
 
     def validate(self) -> None:
-        _check_unit("PLeaSConfig", "weight", self.weight, low_open=False)
+        if self.weights is not None and (any(float(w) < 0 for w in self.weights) or sum(self.weights) <= 0):
+            raise ConfigError(f"PLeaSConfig.weights must be >= 0 with a positive sum, got {list(self.weights)}")
+        if self.mlp_width is not None and int(self.mlp_width) < 1:
+            raise ConfigError(f"PLeaSConfig.mlp_width must be >= 1 (or None to keep the width), got {self.mlp_width}")
         if self.ridge < 0:
             raise ConfigError(f"PLeaSConfig.ridge must be >= 0, got {self.ridge}")
+        if int(self.batch) < 1:
+            raise ConfigError(f"PLeaSConfig.batch must be >= 1, got {self.batch}")

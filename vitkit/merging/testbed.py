@@ -184,8 +184,47 @@ class Testbed:
         return [self.train[t].transform(self.train[t].images[:n]) for t in self.cfg.tasks]
 
 
-def build_testbed(cfg: TestbedConfig = TestbedConfig(), *, progress=None) -> Testbed:
-    """Pretrain, then fine-tune one backbone per task. Deterministic for ``cfg.seed`` and ``cfg.threads``."""
+def _cache_name(cfg: TestbedConfig) -> str:
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    return "testbed-" + hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_testbed(cfg: TestbedConfig = TestbedConfig(), *, progress=None, cache_dir=None) -> Testbed:
+    """Pretrain, then fine-tune one backbone per task. Deterministic for ``cfg.seed`` and ``cfg.threads``.
+
+    ``cache_dir``: the trained weights are saved there (safetensors, keyed by a hash of ``cfg``) and reused on
+    the next call with the same config; data splits and heads are always rebuilt (they are deterministic).
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    cached = Path(cache_dir) / f"{_cache_name(cfg)}.safetensors" if cache_dir is not None else None
+    if cached is not None and cached.is_file():
+        flat = load_file(str(cached))
+        base = {k[5:]: v for k, v in flat.items() if k.startswith("base/")}
+        fts = {t: {k[len(t) + 4 :]: v for k, v in flat.items() if k.startswith(f"ft/{t}/")} for t in cfg.tasks}
+        bed = _build(cfg, progress, trained=(base, fts))
+        bed.seconds.update(pretrain=float("nan"), finetune=float("nan"))
+        return bed
+    bed = _build(cfg, progress)
+    if cached is not None:
+        from safetensors.torch import save
+
+        from ..artifact import atomic_write_bytes
+
+        flat = {f"base/{k}": v.contiguous() for k, v in bed.base.items()}
+        for t, sd in bed.finetuned.items():
+            flat.update({f"ft/{t}/{k}": v.contiguous() for k, v in sd.items()})
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(cached, save(flat))
+    return bed
+
+
+def _build(cfg: TestbedConfig, progress=None, trained=None) -> Testbed:
     torch.set_num_threads(cfg.threads)
     spec = input_spec(None)  # 1×28×28, mean 0.5, std 0.5
     mx, my = bundled.split("mnist5k", "all")
@@ -195,13 +234,16 @@ def build_testbed(cfg: TestbedConfig = TestbedConfig(), *, progress=None) -> Tes
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     backbone = make_backbone(cfg.seed)
-    pre = HeadModel(backbone, nn.Linear(ARCH["embed_dim"], 10))
-    pre_set = TensorImageDataset(mx[:a], my[:a], spec, name="testbed/pretrain")
-    train_classifier(
-        pre,
-        pre_set,
-        TrainConfig(epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, weight_decay=0.05, seed=cfg.seed),
-    )
+    if trained is None:
+        pre = HeadModel(backbone, nn.Linear(ARCH["embed_dim"], 10))
+        pre_set = TensorImageDataset(mx[:a], my[:a], spec, name="testbed/pretrain")
+        train_classifier(
+            pre,
+            pre_set,
+            TrainConfig(epochs=cfg.pretrain_epochs, lr=cfg.pretrain_lr, weight_decay=0.05, seed=cfg.seed),
+        )
+    else:
+        backbone.load_state_dict(trained[0])
     base = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
     seconds["pretrain"] = time.perf_counter() - t0
     train, val, test, heads, finetuned = {}, {}, {}, {}, {}
@@ -219,6 +261,9 @@ def build_testbed(cfg: TestbedConfig = TestbedConfig(), *, progress=None) -> Tes
         val[task] = TensorImageDataset(*imgs["val"], spec, name=f"{task}/val")
         test[task] = TensorImageDataset(*imgs["test"], spec, name=f"{task}/test")
         heads[task] = random_head(ARCH["embed_dim"], 10, i, cfg.head_scale)
+        if trained is not None:
+            finetuned[task] = trained[1][task]
+            continue
         model = HeadModel(copy.deepcopy(backbone), heads[task])
         train_classifier(
             model,

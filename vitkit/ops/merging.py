@@ -42,6 +42,8 @@ __all__ = [
     "frank_wolfe_step",
     "regmean_gram_reduce",
     "regmean_merge",
+    "feature_correlation",
+    "hungarian",
     "match_permutation",
     "least_squares_fit",
 ]
@@ -220,6 +222,29 @@ def regmean_solve(sum_g: torch.Tensor, sum_gw: torch.Tensor) -> torch.Tensor:
 
 
 # -- PLeaS ------------------------------------------------------------------------------------------------------
+def feature_correlation(feats_a: torch.Tensor, feats_b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of every unit of A with every unit of B: ``feats_*`` [samples, units] → [U_a, U_b]
+    (float64). Constant units get correlation 0."""
+    a, b = feats_a.double(), feats_b.double()
+    a = (a - a.mean(0)) / (a.std(0) + 1e-8)  # [S, U_a]
+    b = (b - b.mean(0)) / (b.std(0) + 1e-8)  # [S, U_b]
+    return (a.T @ b) / a.shape[0]
+
+
+def hungarian(score: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Maximum-score assignment of a square [U, U] score matrix (scipy ``linear_sum_assignment``).
+
+    Returns (perm [U], total score): row ``j`` is matched with column ``perm[j]``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    sc = score.detach().double().cpu().numpy()
+    rows, cols = linear_sum_assignment(sc, maximize=True)
+    perm = torch.empty(sc.shape[0], dtype=torch.long)
+    perm[torch.as_tensor(rows)] = torch.as_tensor(cols)
+    return perm, float(sc[rows, cols].sum())
+
+
 def match_permutation(feats_a: torch.Tensor, feats_b: torch.Tensor) -> torch.Tensor:
     """Permutation π of B's units that best matches A's (PLeaS §3.1 / Git Re-Basin activation matching).
 
@@ -227,17 +252,7 @@ def match_permutation(feats_a: torch.Tensor, feats_b: torch.Tensor) -> torch.Ten
     Maximises Σ_j corr(a_j, b_π(j)) with the Hungarian method (scipy ``linear_sum_assignment``).
     Returns an index tensor [units]: ``b[:, perm]`` is aligned with ``a``.
     """
-    from scipy.optimize import linear_sum_assignment
-
-    a = feats_a.double()
-    b = feats_b.double()
-    a = (a - a.mean(0)) / (a.std(0) + 1e-8)  # [S, U]
-    b = (b - b.mean(0)) / (b.std(0) + 1e-8)
-    corr = (a.T @ b) / a.shape[0]  # [U_a, U_b]
-    rows, cols = linear_sum_assignment(corr.numpy(), maximize=True)
-    perm = torch.empty(a.shape[1], dtype=torch.long)
-    perm[torch.as_tensor(rows)] = torch.as_tensor(cols)
-    return perm
+    return hungarian(feature_correlation(feats_a, feats_b))[0]
 
 
 def least_squares_fit(x: torch.Tensor, y: torch.Tensor, *, ridge: float = 1e-4, bias: bool = True):

@@ -37,7 +37,15 @@ from ..adapters.timm_vit import block_parts, describe, input_size
 from ..configs import TransformConfig, select_names
 from ..errors import ConfigError, DataError, UnsupportedModelError
 from ..registry import register_transform
-from .modules import PATCHED, QuantAttention, make_quantizer, patch_module, quantized_size_bytes, quantizers
+from .modules import (
+    PATCHED,
+    UNPATCHED,
+    QuantAttention,
+    make_quantizer,
+    patch_module,
+    quantized_size_bytes,
+    quantizers,
+)
 from .reconstruct import reconstruct_blocks_
 from .reparam import fold_into_norm_linear, reparam_factors
 
@@ -160,11 +168,16 @@ def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
         }
 
     plan: dict[str, dict[str, dict]] = {}
-    bad = [f"{n} ({type(modules[n]).__name__})" for n in names if not isinstance(modules[n], tuple(PATCHED))]
+    # exact classes: subclasses (LoRALinear, adapter-wrapped layers) would lose their extra branch when patched
+    bad = [
+        f"{n} ({type(modules[n]).__name__})"
+        for n in names
+        if UNPATCHED.get(type(modules[n]), type(modules[n])) not in PATCHED
+    ]
     if bad:
         raise UnsupportedModelError(
             f"ptq cannot quantize the layer(s) {bad[:4]}: expected nn.Linear / nn.Conv2d / timm Attention there "
-            "(merge adapters first, or skip them with skip=[...])"
+            "(fold LoRA first with a lora_merge step / vitkit.adapt.merge_back, or skip them with skip=[...])"
         )
     for name in names:
         mod = modules[name]

@@ -1,0 +1,137 @@
+"""LoRA: default targets, identity at init, folding back to a plain timm model, bad input, artifacts, order."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import vitkit
+from vitkit import ConfigError, OrderError
+from vitkit.adapt import AdapterConfig, LoRAConfig, LoRALinear, PromptConfig, lora_modules, merge_back
+from vitkit.adapt.lora import DEFAULT_TARGETS
+from vitkit.api import check_order
+
+from ..conftest import make_tiny
+
+
+def _randomize(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in lora_modules(model).values():
+            m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.1)
+
+
+def test_default_targets_are_attention_and_mlp_linears_only(tiny_model, images):
+    before = tiny_model(images)
+    vitkit.apply_(tiny_model, LoRAConfig(rank=4))
+    names = sorted(lora_modules(tiny_model))
+    expected = sorted(f"blocks.{i}.{m}" for i in range(3) for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"))
+    assert names == expected and len(DEFAULT_TARGETS) == 4
+    assert not isinstance(tiny_model.head, LoRALinear) and isinstance(tiny_model.patch_embed.proj, nn.Conv2d)
+    torch.testing.assert_close(tiny_model(images), before, rtol=0, atol=0)  # B = 0: identity at start
+    trainable = {n for n, p in tiny_model.named_parameters() if p.requires_grad}
+    assert trainable == {f"{n}.lora_{w}" for n in names for w in "AB"} | {"head.weight", "head.bias"}
+
+
+def test_merge_back_gives_plain_model_same_keys_same_outputs(tiny_variant, images):
+    _, model = tiny_variant
+    keys = list(model.state_dict())
+    classes = {n: type(m) for n, m in model.named_modules()}
+    vitkit.apply_(model, LoRAConfig(rank=4, alpha=8))
+    _randomize(model)
+    adapted = model(images).detach()
+    assert "blocks.0.attn.qkv.lora_A" in model.state_dict()
+    out = merge_back(model)
+    assert out is model and list(model.state_dict()) == keys
+    assert {n: type(m) for n, m in model.named_modules()} == classes
+    assert all(p.requires_grad for p in model.parameters())
+    torch.testing.assert_close(model(images), adapted, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(adapted, make_tiny(tiny_variant[0])(images), atol=1e-4)  # LoRA did change it
+    with pytest.raises(ConfigError, match="already merged back"):
+        merge_back(model)
+
+
+def test_targets_are_globs_over_linear_names(tiny_model):
+    vitkit.apply_(tiny_model, LoRAConfig(rank=2, targets=["blocks.1.attn.*", "head"]))
+    assert sorted(lora_modules(tiny_model)) == ["blocks.1.attn.proj", "blocks.1.attn.qkv", "head"]
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: LoRAConfig(rank=0), "rank must be a positive int"),
+        (lambda: LoRAConfig(rank=-2), "rank must be a positive int"),
+        (lambda: LoRAConfig(alpha=0), "alpha must be a positive"),
+        (lambda: LoRAConfig(dropout=1.0), "dropout must be in"),
+    ],
+)
+def test_bad_config(make, match):
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+def test_bad_input_on_a_model(tiny_model, images):
+    before = tiny_model(images)
+    with pytest.raises(ConfigError, match=r"rank=49 is larger than blocks.0.attn.qkv \(48→144\); use rank <= 48"):
+        vitkit.apply_(tiny_model, LoRAConfig(rank=49))
+    with pytest.raises(ConfigError, match="'blocks.9.attn.qkv' matches no linear layers"):
+        vitkit.apply_(tiny_model, LoRAConfig(targets=["blocks.9.attn.qkv"]))
+    with pytest.raises(ConfigError, match="matches no linear layers"):
+        vitkit.apply_(tiny_model, LoRAConfig(targets=["patch_embed.proj"]))  # a Conv2d, never a LoRA target
+    with pytest.raises(ConfigError, match="has no LoRA layers to merge"):
+        merge_back(tiny_model)
+    torch.testing.assert_close(tiny_model(images), before, rtol=0, atol=0)  # failures left it untouched
+    assert not lora_modules(tiny_model)
+
+
+def test_mixing_adapter_kinds_is_refused_naming_the_present_kind(tiny_model):
+    vitkit.apply_(tiny_model, LoRAConfig(rank=2))
+    with pytest.raises(ConfigError, match="model already has LoRA; cannot add AdaptFormer adapters"):
+        vitkit.apply_(tiny_model, AdapterConfig(bottleneck=4))
+    with pytest.raises(ConfigError, match="model already has LoRA; cannot add visual prompts"):
+        vitkit.apply_(tiny_model, PromptConfig(num_tokens=2))
+    with pytest.raises(ConfigError, match="adding LoRA twice"):
+        vitkit.apply_(tiny_model, LoRAConfig(rank=2))
+    other = make_tiny()
+    vitkit.apply_(other, PromptConfig(num_tokens=2))
+    with pytest.raises(ConfigError, match=r"model already has visual prompts \(VPT\); cannot add LoRA"):
+        vitkit.apply_(other, LoRAConfig(rank=2))
+
+
+def test_dry_run_changes_nothing(tiny_model):
+    report = vitkit.apply_(tiny_model, LoRAConfig(rank=4), dry_run=True)
+    assert len(report.steps[0].decisions["modules"]) == 12 and not lora_modules(tiny_model)
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_artifact_round_trip(tmp_path, images, merged):
+    model = make_tiny("registers")
+    keys = list(model.state_dict())
+    vitkit.apply_(model, LoRAConfig(rank=3, alpha=6))
+    _randomize(model, seed=3)
+    if merged:
+        merge_back(model)
+    ref = model(images).detach()
+    vitkit.save_artifact(model, None, None, tmp_path / "a")
+    loaded = vitkit.load(tmp_path / "a")
+    torch.testing.assert_close(loaded(images), ref, rtol=1e-6, atol=1e-6)
+    assert (list(loaded.state_dict()) == keys) is merged
+    assert bool(lora_modules(loaded)) is not merged
+
+
+def test_kinds_let_a_recipe_adapt_train_fold_then_quantize():
+    kinds = {s.name: s.kind for s in vitkit.list_transforms()}
+    assert kinds["lora"] == kinds["adapter"] == kinds["prompt"] == "structure"
+    assert kinds["finetune"] == kinds["lora_merge"] == "weights"
+    steps = ["lora", "finetune", "lora_merge", "ptq", "tome"]
+    check_order([(s, kinds.get(s, {"ptq": "numerics", "tome": "runtime"}.get(s))) for s in steps])
+    with pytest.raises(OrderError, match="'lora_merge' \\(weights\\) cannot come after 'ptq'"):
+        check_order([("lora", "structure"), ("ptq", "numerics"), ("lora_merge", "weights")])
+
+
+def test_quantizing_unfolded_lora_names_the_fix():
+    from vitkit.errors import UnsupportedModelError
+
+    model = make_tiny()
+    vitkit.apply_(model, vitkit.LoRAConfig(rank=2))
+    with pytest.raises(UnsupportedModelError, match=r"LoRALinear.*fold LoRA first"):
+        vitkit.apply_(model, vitkit.PTQConfig(calib_images=4), calib=torch.randn(4, 3, 32, 32))

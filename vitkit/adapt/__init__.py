@@ -1,0 +1,47 @@
+"""Cheap adaptation of a pretrained ViT: LoRA (folded back to plain weights), AdaptFormer adapters, visual
+prompts, SlimFit freezing, LoRA-FAIR aggregation and peft-format LoRA files.
+
+Registered steps and their kinds (order: structure → weights → numerics → runtime):
+
+* ``lora`` / ``adapter`` / ``prompt`` — *structure* (they add parameters; artifacts replay them before
+  loading the weights). One kind per model: adding another is refused, naming the one present.
+* ``finetune`` — *weights* (trains what the adaptation left trainable, on a bundled/imagefolder dataset).
+* ``lora_merge`` — *weights* (folds LoRA into the weights: a plain timm model, same state-dict keys).
+
+So a recipe runs ``lora → finetune → lora_merge → ptq → tome``; AdaptFormer adapters and prompts are not
+linear-foldable and stay modules (saved and restored with the artifact).
+"""
+
+from .adapter import AdapterConfig, AdaptFormerMlp
+from .aggregate import aggregate_lora, load_lora_state_dict, lora_state_dict
+from .common import adapter_kind, adapter_kinds, trainable_summary
+from .lora import DEFAULT_TARGETS, LoRAConfig, LoRALinear, LoRAMergeConfig, lora_modules, merge_back
+from .peft_io import export_peft, import_peft
+from .prompt import PromptConfig
+from .train import FineTuneConfig, FineTuneResult, MemoryMeter, SlimFitConfig, SlimFitFreezer, finetune
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "AdaptFormerMlp",
+    "AdapterConfig",
+    "FineTuneConfig",
+    "FineTuneResult",
+    "LoRAConfig",
+    "LoRALinear",
+    "LoRAMergeConfig",
+    "MemoryMeter",
+    "PromptConfig",
+    "SlimFitConfig",
+    "SlimFitFreezer",
+    "adapter_kind",
+    "adapter_kinds",
+    "aggregate_lora",
+    "export_peft",
+    "finetune",
+    "import_peft",
+    "load_lora_state_dict",
+    "lora_modules",
+    "lora_state_dict",
+    "merge_back",
+    "trainable_summary",
+]

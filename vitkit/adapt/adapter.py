@@ -1,0 +1,131 @@
+"""AdaptFormer — Chen et al., "AdaptFormer: Adapting Vision Transformers for Scalable Visual Recognition"
+(NeurIPS 2022), §3.2, Eqs. 4–5: a bottleneck ("AdaptMLP") in parallel with each block's MLP,
+
+    x̃ = ReLU(LN(x') · W_down) · W_up,      x_out = MLP(LN(x')) + s · x̃ + x'
+
+with ``W_down [d → d̂]``, ``W_up [d̂ → d]``, scale ``s`` (0.1 in the paper), ``W_up`` zero-initialised so the
+adapted model starts as the base model. Only the adapters (and by default the head) are trained.
+
+What changes (``__class__`` swap): each targeted block's ``mlp`` (timm ``Mlp``) becomes
+:class:`AdaptFormerMlp`, which adds ``adapter_down`` / ``adapter_up`` Linears and returns
+``mlp(h) + s · up(ReLU(down(h)))`` for the block's normed input ``h = norm2(x')`` (the LN is shared, as in
+Eq. 4). Deliberate differences: with LayerScale/drop-path the adapter branch goes through the block's
+``ls2``/``drop_path2`` together with the MLP (the paper's ViT has neither).
+
+Not foldable: the branch has a ReLU, so it cannot be merged into ``fc1``/``fc2``; the adapter stays a
+module. It is a *structure* step with a restore hook, so artifacts rebuild the adapters before the
+weights are loaded (state-dict keys ``blocks.i.mlp.adapter_down.weight`` etc.).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Mlp
+
+from ..adapters.timm_vit import block_parts, describe
+from ..configs import TransformConfig, select_names
+from ..errors import ConfigError, UnsupportedModelError
+from ..registry import register_transform
+from .common import check_can_add, freeze_base, trainable_summary
+
+
+@dataclass(frozen=True)
+class AdapterConfig(TransformConfig):
+    """AdaptFormer bottleneck of width ``bottleneck`` and scale ``scale`` beside the MLP of each block in
+    ``targets`` (globs over block names, None = all). ``dropout`` inside the bottleneck; ``train_also`` as
+    in :class:`~vitkit.adapt.LoRAConfig`."""
+
+    bottleneck: int = 64
+    scale: float = 0.1
+    dropout: float = 0.0
+    train_also: tuple[str, ...] | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck <= 0:
+            raise ConfigError(f"AdapterConfig.bottleneck must be a positive int, got {self.bottleneck!r}")
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or self.scale == 0:
+            raise ConfigError(f"AdapterConfig.scale must be a non-zero number, got {self.scale!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+
+class AdaptFormerMlp(Mlp):
+    """timm ``Mlp`` + parallel AdaptMLP: ``mlp(h) + s · up(drop(ReLU(down(h))))`` (AdaptFormer Eq. 4–5)."""
+
+    vitkit_adapt_kind = "adapter"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = super().forward(x)  # [B, N, C]
+        low = self.adapter_drop(F.relu(self.adapter_down(x)))  # [B, N, d̂]
+        return base + self.adapter_scale * self.adapter_up(low)  # [B, N, C]
+
+
+def add_adapter(mlp: Mlp, dim: int, bottleneck: int, scale: float, dropout: float, generator: torch.Generator):
+    """Turn a timm ``Mlp`` into :class:`AdaptFormerMlp` in place (``up`` zero ⇒ identity at start)."""
+    dev, dt = mlp.fc1.weight.device, mlp.fc1.weight.dtype
+    down, up = nn.Linear(dim, bottleneck), nn.Linear(bottleneck, dim)
+    with torch.no_grad():  # AdaptFormer's "lora" init: down Kaiming-uniform, biases and up zero
+        bound = 1.0 / math.sqrt(dim)
+        down.weight.copy_((torch.rand(bottleneck, dim, generator=generator) * 2 - 1) * bound)
+        down.bias.zero_()
+        up.weight.zero_()
+        up.bias.zero_()
+    mlp.__class__ = AdaptFormerMlp
+    mlp.adapter_down = down.to(dev, dt)
+    mlp.adapter_up = up.to(dev, dt)
+    mlp.adapter_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+    mlp.adapter_scale = float(scale)
+
+
+def plan_adapter(model: nn.Module, cfg: AdapterConfig) -> list[str]:
+    info = describe(model)
+    names = select_names(info.block_names, cfg.targets, cfg.skip, what="blocks")
+    if cfg.bottleneck > info.embed_dim:
+        raise ConfigError(
+            f"AdapterConfig.bottleneck={cfg.bottleneck} is wider than the model (embed_dim {info.embed_dim}); "
+            f"use bottleneck <= {info.embed_dim}"
+        )
+    for name in names:
+        mlp = block_parts(model.get_submodule(name), index=int(name.split(".")[1])).mlp
+        if type(mlp) is not Mlp:
+            raise UnsupportedModelError(f"{name}.mlp is a {type(mlp).__name__}; AdaptFormer needs timm's plain Mlp")
+    return names
+
+
+def _add_adapters(model: nn.Module, cfg: AdapterConfig, names: list[str]) -> None:
+    dim = describe(model).embed_dim
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    params = []
+    for name in names:
+        add_adapter(model.get_submodule(name).mlp, dim, cfg.bottleneck, cfg.scale, float(cfg.dropout), gen)
+        params += [f"{name}.mlp.adapter_{w}.{p}" for w in ("down", "up") for p in ("weight", "bias")]
+    freeze_base(model, params, cfg.train_also)
+
+
+@register_transform(
+    AdapterConfig,
+    name="adapter",
+    kind="structure",
+    paper="AdaptFormer (Chen et al., NeurIPS 2022)",
+    restore=lambda model, cfg, decisions: _add_adapters(model, cfg, decisions["blocks"]),
+)
+def adapter(model: nn.Module, cfg: AdapterConfig, *, calib=None, dry_run: bool = False) -> dict:
+    check_can_add(model, "adapter")
+    names = plan_adapter(model, cfg)
+    dim = describe(model).embed_dim
+    added = len(names) * (2 * dim * cfg.bottleneck + dim + cfg.bottleneck)
+    decisions = {
+        "blocks": names,
+        "adapter_params": int(added),
+        "summary": f"bottleneck {cfg.bottleneck} (scale {cfg.scale:g}) in {len(names)} blocks, +{added} params",
+    }
+    if not dry_run:
+        _add_adapters(model, cfg, names)
+        decisions["trainable"] = trainable_summary(model)
+    return decisions

@@ -1,0 +1,227 @@
+"""LoRA on a timm ViT's linear layers, folded back into plain weights for deployment.
+
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models" (ICLR 2022), Eq. 3, as LoRAT (Lin et
+al., "Tracking Meets LoRA", CVPR 2024) applies it to ViTs: each targeted ``nn.Linear`` computes
+``y = W0 x + b + (α/r) · B A dropout(x)``; ``A`` Kaiming-uniform, ``B`` zero, so the adapted model starts
+exactly as the base model. Only ``A``, ``B`` (and by default the classifier head) are trained.
+
+What changes (``__class__`` swap, ToMe-style): a targeted ``nn.Linear`` becomes :class:`LoRALinear` (a
+subclass) with two extra parameters ``lora_A [r, in]`` / ``lora_B [out, r]``; its ``weight``/``bias`` keys
+are untouched. :func:`merge_back` folds ``W0 + (α/r) B A`` into ``weight``, deletes the factors and swaps
+the class back, leaving a plain timm model with the original state-dict keys.
+
+Default targets: ``blocks.*.attn.qkv``, ``blocks.*.attn.proj``, ``blocks.*.mlp.fc1``, ``blocks.*.mlp.fc2`` —
+never ``patch_embed.proj`` (a Conv2d) or the classifier unless asked (peft's ``target_modules=["proj"]``
+would also wrap ``patch_embed.proj``; ``"all-linear"`` wraps the head). ``targets`` are globs over the
+names of the model's ``nn.Linear`` modules.
+
+Kinds: ``lora`` is a *structure* step (it adds parameters; an artifact replays it before loading the
+weights); ``lora_merge`` (folding) is a *weights* step, so a recipe runs ``lora → finetune → lora_merge →
+ptq → tome`` and the order check refuses folding after quantization.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..adapters.timm_vit import describe
+from ..configs import TransformConfig, select_names
+from ..errors import ConfigError
+from ..ops.lora import fold_lora, init_lora
+from ..registry import register_transform
+from .common import KIND_NAMES, adapter_kinds, check_can_add, freeze_base, trainable_summary, unfreeze_base
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2")
+
+
+@dataclass(frozen=True)
+class LoRAConfig(TransformConfig):
+    """LoRA of rank ``rank`` and scale ``alpha / rank`` on ``targets`` (globs over ``nn.Linear`` names;
+    None = attention qkv/proj + MLP fc1/fc2 of every block). ``dropout`` on the LoRA branch input.
+    ``train_also``: parameter-name globs left trainable besides the factors (None = the classifier
+    head(s), ``[]`` = nothing). ``seed`` fixes the initialisation of ``A``."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    train_also: tuple[str, ...] | None = None
+    seed: int = 0
+
+    def validate(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+            raise ConfigError(f"LoRAConfig.rank must be a positive int, got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or self.alpha <= 0:
+            raise ConfigError(f"LoRAConfig.alpha must be a positive number, got {self.alpha!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha) / int(self.rank)
+
+
+class LoRALinear(nn.Linear):
+    """``nn.Linear`` + LoRA branch: ``y = x Wᵀ + b + s · (dropout(x) Aᵀ) Bᵀ`` (LoRA Eq. 3, ``s = α/r``).
+
+    What changed vs ``nn.Linear``: parameters ``lora_A [r, in]``, ``lora_B [out, r]``, a float
+    ``lora_scale`` and a ``lora_dropout`` module; ``weight``/``bias`` are the frozen base weights.
+    """
+
+    vitkit_adapt_kind = "lora"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)  # [..., out]
+        low = F.linear(self.lora_dropout(x), self.lora_A)  # [..., r]
+        return out + self.lora_scale * F.linear(low, self.lora_B)  # [..., out]
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, lora_rank={self.lora_A.shape[0]}, lora_scale={self.lora_scale:g}"
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    """Names of every ``nn.Linear`` in ``model`` (what LoRA targets are matched against)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
+
+
+def plan_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
+    """The linear layers ``cfg`` adapts, checked (rank not above the layer's smaller side)."""
+    describe(model)  # refuses models vitkit does not handle, naming the feature
+    names = select_names(
+        linear_names(model), cfg.targets or DEFAULT_TARGETS, cfg.skip, what="linear layers (LoRA targets)"
+    )
+    for name in names:
+        lin = model.get_submodule(name)
+        limit = min(lin.in_features, lin.out_features)
+        if cfg.rank > limit:
+            raise ConfigError(
+                f"LoRAConfig.rank={cfg.rank} is larger than {name} ({lin.in_features}→{lin.out_features}); "
+                f"use rank <= {limit} or skip that layer"
+            )
+    return names
+
+
+def inject_lora(
+    lin: nn.Linear, rank: int, scale: float, dropout: float = 0.0, *, generator: torch.Generator | None = None
+) -> LoRALinear:
+    """Turn ``lin`` into a :class:`LoRALinear` in place (ΔW = 0 at start)."""
+    a, b = init_lora(rank, lin.in_features, lin.out_features, generator=generator)
+    dev, dt = lin.weight.device, lin.weight.dtype
+    lin.__class__ = LoRALinear
+    lin.lora_A = nn.Parameter(a.to(dev, dt))  # [r, in]
+    lin.lora_B = nn.Parameter(b.to(dev, dt))  # [out, r]
+    lin.lora_scale = float(scale)
+    lin.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+    return lin
+
+
+def fold_module(lin: LoRALinear) -> nn.Linear:
+    """Fold ``W0 + s·BA`` into ``lin.weight`` and turn it back into a plain ``nn.Linear`` in place."""
+    with torch.no_grad():
+        lin.weight.copy_(fold_lora(lin.weight, lin.lora_A, lin.lora_B, lin.lora_scale))
+    for attr in ("lora_A", "lora_B", "lora_dropout"):
+        delattr(lin, attr)
+    lin.__dict__.pop("lora_scale", None)
+    lin.__class__ = nn.Linear
+    return lin
+
+
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@register_transform(
+    LoRAConfig,
+    name="lora",
+    kind="structure",
+    paper="LoRA (Hu et al., ICLR 2022); LoRAT — Tracking Meets LoRA (CVPR 2024)",
+    restore=lambda model, cfg, decisions: _add_lora(model, cfg, decisions["modules"]),
+)
+def lora(model: nn.Module, cfg: LoRAConfig, *, calib=None, dry_run: bool = False) -> dict:
+    """Inject LoRA into the target linears and freeze the rest (see module docstring)."""
+    check_can_add(model, "lora")
+    names = plan_lora(model, cfg)
+    added = sum(cfg.rank * (m.in_features + m.out_features) for m in map(model.get_submodule, names))
+    decisions = {
+        "modules": names,
+        "lora_params": int(added),
+        "summary": f"rank {cfg.rank} (scale {cfg.scale:g}) on {len(names)} linears, +{added} params",
+    }
+    if not dry_run:
+        _add_lora(model, cfg, names)
+        decisions["trainable"] = trainable_summary(model)
+    return decisions
+
+
+def _add_lora(model: nn.Module, cfg: LoRAConfig, names: list[str]) -> None:
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    params = []
+    for name in names:
+        inject_lora(model.get_submodule(name), cfg.rank, cfg.scale, float(cfg.dropout), generator=gen)
+        params += [f"{name}.lora_A", f"{name}.lora_B"]
+    freeze_base(model, params, cfg.train_also)
+
+
+# -- folding back ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoRAMergeConfig(TransformConfig):
+    """Fold every LoRA update into its base weight (``W ← W0 + (α/r) B A``) and drop the factors."""
+
+
+def _check_mergeable(model: nn.Module) -> dict[str, LoRALinear]:
+    mods = lora_modules(model)
+    others = [k for k in adapter_kinds(model) if k != "lora"]
+    if others:
+        names = ", ".join(KIND_NAMES[k] for k in others)
+        raise ConfigError(
+            f"model has {names}, which cannot be folded into the weights (non-linear branch or extra tokens): "
+            "keep them as modules — artifacts save and restore them"
+        )
+    if not mods:
+        steps = [s.name for s in getattr(model, "vitkit_steps", [])]
+        if "lora_merge" in steps:
+            raise ConfigError("LoRA was already merged back into the weights; there is nothing left to merge")
+        raise ConfigError("model has no LoRA layers to merge back: add them with LoRAConfig first")
+    return mods
+
+
+def _fold_all(model: nn.Module) -> list[str]:
+    mods = _check_mergeable(model)
+    for mod in mods.values():
+        fold_module(mod)
+    unfreeze_base(model)
+    return list(mods)
+
+
+@register_transform(
+    LoRAMergeConfig,
+    name="lora_merge",
+    kind="weights",
+    paper="LoRA (Hu et al., ICLR 2022) §4.1: merged weights, no inference latency",
+    restore=lambda model, cfg, decisions: _fold_all(model),
+)
+def lora_merge(model: nn.Module, cfg: LoRAMergeConfig, *, calib=None, dry_run: bool = False) -> dict:
+    if dry_run:  # earlier steps of the same dry run have not added their LoRA layers: plan, do not check
+        mods = lora_modules(model)
+        return {"modules": list(mods), "summary": "fold the LoRA updates (added by the lora step) into the weights"}
+    mods = _check_mergeable(model)
+    names = _fold_all(model)
+    return {"modules": names, "summary": f"folded {len(names)} LoRA updates into their weights"}
+
+
+def merge_back(model: nn.Module) -> nn.Module:
+    """Fold every LoRA update into the weights (in place) and return the now plain timm model.
+
+    The result has exactly the state-dict keys of the model before LoRA was added, and the same outputs.
+    Recorded as a ``lora_merge`` step, so artifacts replay it. Merging twice raises :class:`ConfigError`.
+    """
+    from ..api import apply_
+
+    apply_(model, LoRAMergeConfig())
+    return model

@@ -1,0 +1,145 @@
+"""Pure tensor math of low-rank adaptation (no nn.Module, no timm): LoRA updates and their aggregation.
+
+Papers:
+
+* LoRA — Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022, Eq. 3:
+  ``h = W0 x + ΔW x = W0 x + (α/r) · B A x`` with ``A ∈ R^{r×in}`` (random init), ``B ∈ R^{out×r}`` (zero
+  init), so the adapted layer starts as the base layer; after training ``W = W0 + (α/r) B A`` (§4.1, "no
+  additional inference latency"). LoRAT (Lin et al., "Tracking Meets LoRA", CVPR 2024) applies the same
+  update to ViT linear layers and merges it back for deployment.
+* LoRA-FAIR — Bian et al., "LoRA-FAIR: Federated LoRA Fine-Tuning with Aggregation and Initialization
+  Refinement", arXiv 2411.14961, §4: averaging the factors of K clients separately,
+  ``B̄ Ā = (Σ p_k B_k)(Σ p_k A_k)``, is not the average update ``ΔW = Σ p_k B_k A_k`` (server-side
+  aggregation bias). LoRA-FAIR keeps ``Ā`` and adds a residual correction ``ΔB`` to ``B̄`` so that
+  ``(B̄ + ΔB) Ā ≈ ΔW`` while ``ΔB`` stays small (Eq. 6: maximise a similarity S(ΔW, (B̄+ΔB)Ā) − λ‖ΔB‖).
+
+Deliberate difference from LoRA-FAIR: we solve the refinement in closed form as ridge least squares,
+``min_B' ‖ΔW − B' Ā‖_F² + λ‖B' − B̄‖_F²`` ⇒ ``B' = (ΔW Āᵀ + λ B̄)(Ā Āᵀ + λ I)⁻¹`` (the paper runs gradient
+steps on a cosine-similarity objective); the Frobenius residual is what we test and report.
+
+Every function takes plain tensors and never modifies its inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "init_lora",
+    "lora_delta",
+    "fold_lora",
+    "mean_factors",
+    "mean_delta",
+    "fair_correction",
+    "aggregate_lora_factors",
+    "relative_error",
+]
+
+
+def init_lora(
+    rank: int, in_features: int, out_features: int, *, generator: torch.Generator | None = None, dtype=torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA's initialisation (§4.1): ``A`` Kaiming-uniform (a=√5, as ``nn.Linear``), ``B`` zeros ⇒ ΔW = 0.
+
+    Returns ``(A [r, in], B [out, r])``.
+    """
+    bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform(a=√5) on a [r, in] matrix: gain·√(3/fan_in) = 1/√in
+    a = (torch.rand(rank, in_features, generator=generator, dtype=dtype) * 2 - 1) * bound  # [r, in]
+    b = torch.zeros(out_features, rank, dtype=dtype)  # [out, r]
+    return a, b
+
+
+def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``ΔW = scale · B A`` — ``a [r, in]``, ``b [out, r]`` → ``[out, in]`` (LoRA Eq. 3, scale = α/r)."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+        raise ValueError(f"LoRA factors must be A [r, in] and B [out, r], got {tuple(a.shape)} and {tuple(b.shape)}")
+    return float(scale) * (b @ a)
+
+
+def fold_lora(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """The merged weight ``W0 + scale · B A`` (a new tensor, in ``weight``'s dtype)."""
+    delta = lora_delta(a.to(torch.float32), b.to(torch.float32), scale)  # [out, in], summed in fp32
+    if delta.shape != weight.shape:
+        raise ValueError(f"ΔW {tuple(delta.shape)} does not match the weight {tuple(weight.shape)}")
+    return (weight.to(torch.float32) + delta).to(weight.dtype)
+
+
+def _weights(n: int, weights: Sequence[float] | None) -> list[float]:
+    if n == 0:
+        raise ValueError("need at least one LoRA update to aggregate")
+    if weights is None:
+        return [1.0 / n] * n
+    w = [float(x) for x in weights]
+    if len(w) != n or any(x < 0 for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights must be {n} non-negative numbers with a positive sum, got {list(weights)}")
+    total = sum(w)
+    return [x / total for x in w]
+
+
+def mean_factors(
+    a_list: Sequence[torch.Tensor], b_list: Sequence[torch.Tensor], weights: Sequence[float] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FedAvg of the factors: ``(Ā, B̄) = (Σ p_k A_k, Σ p_k B_k)`` — the naive (biased) aggregation."""
+    if len(a_list) != len(b_list):
+        raise ValueError(f"{len(a_list)} A factors but {len(b_list)} B factors")
+    p = _weights(len(a_list), weights)
+    a_bar = sum(pk * a.to(torch.float32) for pk, a in zip(p, a_list, strict=True))  # [r, in]
+    b_bar = sum(pk * b.to(torch.float32) for pk, b in zip(p, b_list, strict=True))  # [out, r]
+    return a_bar, b_bar
+
+
+def mean_delta(
+    a_list: Sequence[torch.Tensor], b_list: Sequence[torch.Tensor], weights: Sequence[float] | None = None
+) -> torch.Tensor:
+    """The ideal aggregated update ``ΔW = Σ p_k B_k A_k`` ``[out, in]`` (scale not applied)."""
+    p = _weights(len(a_list), weights)
+    return sum(pk * (b.to(torch.float32) @ a.to(torch.float32)) for pk, a, b in zip(p, a_list, b_list, strict=True))
+
+
+def fair_correction(delta: torch.Tensor, a_bar: torch.Tensor, b_bar: torch.Tensor, lam: float = 1e-5) -> torch.Tensor:
+    """LoRA-FAIR's residual correction ``ΔB`` (closed-form ridge version, see module docstring).
+
+    ``B' = (ΔW Āᵀ + λ B̄)(Ā Āᵀ + λ I)⁻¹`` minimises ``‖ΔW − B'Ā‖² + λ‖B' − B̄‖²``; returns ``ΔB = B' − B̄``
+    ``[out, r]``. ``lam`` is relative to the mean diagonal of ``Ā Āᵀ`` so it does not depend on the scale.
+    """
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    gram = a_bar @ a_bar.T  # [r, r]
+    r = gram.shape[0]
+    reg = float(lam) * float(gram.diagonal().mean().clamp_min(1e-12))
+    rhs = delta @ a_bar.T + reg * b_bar  # [out, r]
+    eye = torch.eye(r, dtype=gram.dtype, device=gram.device)
+    # B' (G + reg I) = rhs  ⇔  (G + reg I) B'ᵀ = rhsᵀ   (G symmetric)
+    b_new = torch.linalg.solve(gram + reg * eye, rhs.T).T  # [out, r]
+    return b_new - b_bar
+
+
+def aggregate_lora_factors(
+    a_list: Sequence[torch.Tensor],
+    b_list: Sequence[torch.Tensor],
+    weights: Sequence[float] | None = None,
+    *,
+    method: str = "fair",
+    lam: float = 1e-5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``(A, B)`` pair from K client updates: ``method="mean"`` (FedAvg of factors) or ``"fair"``
+    (FedAvg + LoRA-FAIR residual correction on B). Rank is kept; all clients must share it."""
+    ranks = {int(a.shape[0]) for a in a_list} | {int(b.shape[1]) for b in b_list}
+    if len(ranks) != 1:
+        raise ValueError(f"all LoRA updates must have the same rank to be aggregated, got ranks {sorted(ranks)}")
+    a_bar, b_bar = mean_factors(a_list, b_list, weights)
+    if method == "mean":
+        return a_bar, b_bar
+    if method == "fair":
+        return a_bar, b_bar + fair_correction(mean_delta(a_list, b_list, weights), a_bar, b_bar, lam)
+    raise ValueError(f"method must be 'mean' or 'fair', got {method!r}")
+
+
+def relative_error(approx: torch.Tensor, target: torch.Tensor) -> float:
+    """``‖approx − target‖_F / ‖target‖_F`` (0 when both are zero)."""
+    denom = float(target.norm())
+    diff = float((approx - target).norm())
+    return diff / denom if denom > 0 else diff
