@@ -127,7 +127,8 @@ def test_taylor_sums_gradients_over_batches(tiny_model, images):
         {"ratio": -0.1},
         {"importance": "oracle"},
         {"groups": ("heads", "embed")},
-        {"target": "latency"},
+        {"target": "flops"},
+        {"latency_batch": 0},
         {"allocation": "uniform", "groups": ("blocks",)},
         {"round_to": 0},
     ],
@@ -195,3 +196,63 @@ def test_recipe_prune_then_distill_parses_and_dry_runs():
     _, report = run_recipe(recipe, None, dry_run=True)
     assert [s.name for s in report.steps] == ["prune", "distill"]
     assert report.steps[0].decisions["pruned_heads"] or report.steps[0].decisions["pruned_mlp_count"]
+
+
+def test_latency_target_uses_measured_costs(tiny_model, images, tmp_path):
+    rep = vitkit.apply_(tiny_model, PruneConfig(target="latency", ratio=0.3, importance="l1", latency_repeats=2))
+    dec = rep.steps[0].decisions
+    lat = dec["latency"]
+    assert set(lat["unit_costs_s"]) == {f"blocks.{i}" for i in range(3)}
+    assert all(c["head"] > 0 and c["neuron"] > 0 and c["fixed"] >= 0 for c in lat["unit_costs_s"].values())
+    assert lat["after_s"] > 0
+    assert lat["estimated_after_s"] <= 0.7 * lat["before_s"] * 1.001  # the plan removed the budget it priced
+    assert dec["pruned_heads"] or dec["pruned_mlp_count"]
+    vitkit.save_artifact(tiny_model, None, rep, tmp_path / "art")
+    torch.testing.assert_close(vitkit.load(tmp_path / "art")(images), tiny_model(images))
+
+
+def test_global_never_empties_a_block_unless_blocks_are_a_group(tiny_model):
+    m = copy.deepcopy(tiny_model)
+    vitkit.apply_(m, PruneConfig(ratio=0.5, importance="l1", groups=("heads", "mlp")))
+    assert all(b["num_heads"] >= 1 for b in structure(m).values()) and len(m.blocks) == 3
+    m = copy.deepcopy(tiny_model)
+    rep = vitkit.apply_(m, PruneConfig(ratio=0.6, importance="l1", groups=("heads", "mlp", "blocks")))
+    removed = rep.steps[0].decisions["pruned_blocks"]
+    assert len(m.blocks) == 3 - len(removed) and all(b["num_heads"] >= 1 for b in structure(m).values())
+
+
+@pytest.mark.parametrize("variant", ["vit", "layerscale", "registers", "distilled"])
+def test_pruning_head_dims_equals_zeroing_them(variant, images):
+    from vitkit.adapters.timm_vit_surgery import prune_head_dims
+
+    model = make_tiny(variant)
+    zeroed = copy.deepcopy(model)
+    attn = zeroed.blocks[0].attn
+    h, d = attn.num_heads, attn.head_dim
+    drop = [1, 5, 7]
+    with torch.no_grad():
+        for t in range(3):
+            for head in range(h):
+                for j in drop:
+                    attn.qkv.weight[t * h * d + head * d + j] = 0
+                    attn.qkv.bias[t * h * d + head * d + j] = 0
+    prune_head_dims(model.blocks[0], [j for j in range(d) if j not in drop], index=0)
+    a = model.blocks[0].attn
+    assert a.head_dim == d - 3 and a.attn_dim == h * (d - 3) and a.scale == pytest.approx((d - 3) ** -0.5)
+    torch.testing.assert_close(model(images), zeroed(images), atol=1e-5, rtol=1e-5)
+    for b in model.blocks:
+        b.attn.fused_attn = False
+    torch.testing.assert_close(model(images), zeroed(images), atol=1e-5, rtol=1e-5)
+
+
+def test_head_dim_pruning_with_qk_norm_keeps_fused_and_manual_equal(images):
+    from vitkit.adapters.timm_vit_surgery import prune_head_dims
+
+    model = make_tiny("qknorm")
+    prune_head_dims(model.blocks[1], range(0, 16, 2), index=1)
+    assert model.blocks[1].attn.q_norm.weight.shape == (8,)
+    fused = model(images)
+    model.blocks[1].attn.fused_attn = False
+    torch.testing.assert_close(model(images), fused, atol=1e-5, rtol=1e-5)
+    with pytest.raises(UnsupportedModelError, match="every dim"):
+        prune_head_dims(model.blocks[1], [], index=1)

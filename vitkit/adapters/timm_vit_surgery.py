@@ -6,6 +6,11 @@ head is exactly the model with that head's ``proj`` input columns zeroed, and pr
 Bookkeeping after head removal (timm 1.0.x ``Attention``): ``num_heads`` and ``attn_dim`` (used by the output
 reshape) change; ``head_dim`` and ``scale`` do not — whole-head pruning keeps ``d``, so the fused
 ``scaled_dot_product_attention`` default scale ``1/sqrt(d)`` still equals ``attn.scale`` (checked).
+
+Head-*dim* pruning (:func:`prune_head_dims`) changes ``d`` → ``d′``: fused SDPA would silently switch to
+``1/sqrt(d′)``. Instead of patching timm's forward to pass ``scale=`` we fold the original temperature into
+the weights: q rows (or, with qk-norm, the q-norm affine) are multiplied by ``sqrt(d′/d)`` and ``attn.scale``
+is set to ``1/sqrt(d′)``, so the fused and the manual path both compute ``q·k/sqrt(d)`` exactly as before.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch.nn as nn
 from timm.layers import Mlp
 
 from ..errors import UnsupportedModelError
-from ..ops.pruning import head_cols, qkv_rows
+from ..ops.pruning import head_cols, head_dim_cols, head_dim_rows, qkv_rows
 from .timm_vit import block_parts, describe
 
 
@@ -89,6 +94,58 @@ def prune_heads(block: nn.Module, keep: Sequence[int], *, index: int | None = No
     attn.attn_dim = len(keep) * d
     if abs(float(attn.scale) - d**-0.5) > 1e-12:  # SDPA's default scale must still equal attn.scale
         raise UnsupportedModelError(f"{where}.attn.scale={attn.scale} differs from 1/sqrt(head_dim={d})")
+
+
+def prune_head_dims(block: nn.Module, keep_dims: Sequence[int], *, index: int | None = None) -> None:
+    """Keep dims ``keep_dims`` of every head (q, k and v alike): qkv rows, proj columns, q/k-norm slices.
+
+    The softmax temperature ``1/sqrt(d)`` of the unpruned head is kept by folding ``sqrt(d′/d)`` into q (see
+    the module docstring), so zeroing a dim's q/k/v rows and proj columns equals removing it.
+    """
+    attn = block_parts(block, index=index).attn
+    keep = sorted(int(k) for k in keep_dims)
+    h, d = int(attn.num_heads), int(attn.head_dim)
+    where = f"blocks.{index}" if index is not None else "block"
+    if not keep:
+        raise UnsupportedModelError(f"{where}: cannot remove every dim of the heads; remove the heads instead")
+    if keep[0] < 0 or keep[-1] >= d or len(set(keep)) != len(keep):
+        raise UnsupportedModelError(f"{where}: kept head dims {keep} are not distinct indices below {d}")
+    if len(keep) == d:
+        return
+    if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
+        raise UnsupportedModelError(f"{where}.attn has scale_norm or a gate: head-dim pruning is not supported")
+    scale_now = float(attn.scale)
+    rows = head_dim_rows(h, d, keep).to(attn.qkv.weight.device)  # [3·H·d′]
+    cols = head_dim_cols(h, d, keep).to(attn.qkv.weight.device)  # [H·d′]
+    attn.qkv = _slice_linear(attn.qkv, rows=rows)
+    attn.proj = _slice_linear(attn.proj, cols=cols)
+    d_new = len(keep)
+    fold = scale_now * d_new**0.5  # SDPA will use 1/sqrt(d′); q·fold restores the old temperature
+    idx = torch.as_tensor(keep, dtype=torch.long)
+    with torch.no_grad():
+        for name in ("q_norm", "k_norm"):
+            norm = getattr(attn, name)
+            if hasattr(norm, "normalized_shape"):  # LayerNorm / RMSNorm over head_dim: slice its affine
+                for pname in ("weight", "bias"):
+                    p = getattr(norm, pname, None)
+                    if p is not None:
+                        setattr(norm, pname, nn.Parameter(p.detach()[idx].clone(), requires_grad=p.requires_grad))
+                norm.normalized_shape = (d_new,)
+        qn = attn.q_norm
+        if isinstance(qn, nn.Identity):
+            n_q = h * d_new
+            attn.qkv.weight[:n_q].mul_(fold)
+            if attn.qkv.bias is not None:
+                attn.qkv.bias[:n_q].mul_(fold)
+        else:
+            if getattr(qn, "weight", None) is None:
+                raise UnsupportedModelError(f"{where}.attn.q_norm has no affine weight to fold the scale into")
+            qn.weight.mul_(fold)
+            if getattr(qn, "bias", None) is not None:
+                qn.bias.mul_(fold)
+    attn.head_dim = d_new
+    attn.attn_dim = h * d_new
+    attn.scale = d_new**-0.5
 
 
 def prune_mlp(block: nn.Module, keep: Sequence[int], *, index: int | None = None) -> None:

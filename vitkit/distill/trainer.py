@@ -7,8 +7,11 @@ term, and TinyViT cached top-k teacher targets instead of a live teacher.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,24 @@ from ..training import TrainConfig, fit
 from . import losses as L
 
 _log = logging.getLogger(__name__)
+
+#: Progress callback for distill steps run inside :func:`vitkit.apply_` / recipes (see :func:`progress_to`).
+_PROGRESS: contextvars.ContextVar[Callable[[dict], None] | None] = contextvars.ContextVar(
+    "distill_progress", default=None
+)
+
+
+@contextlib.contextmanager
+def progress_to(fn: Callable[[dict], None] | None) -> Iterator[None]:
+    """Within the block, ``distill`` steps report each training step to ``fn`` (the library is silent otherwise).
+
+    ``fn`` gets ``{"epoch", "step", "total", "loss", "train_acc", "stage"}`` — the CLI drives a rich bar with it.
+    """
+    token = _PROGRESS.set(fn)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,9 @@ class DistillConfig(TransformConfig):
     split: str = "train"
     limit: int | None = None
     shift: float = 2.0
+    rotate: float = 0.0
+    scale: float = 0.0
+    generic_epochs: int = 0
     cache_dir: str | None = None
     topk: int = 10
     optimizer: str = "adamw"
@@ -71,6 +95,9 @@ class DistillConfig(TransformConfig):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{n}.{f} must be a positive int, got {v!r}")
+        g = self.generic_epochs
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise ConfigError(f"{n}.generic_epochs must be an int >= 0 (G2SD feature stage), got {g!r}")
         if not 0.0 <= float(self.alpha) <= 1.0:
             raise ConfigError(f"{n}.alpha must be in [0, 1], got {self.alpha}")
         if float(self.temperature) <= 0 or float(self.lr) <= 0:
@@ -91,6 +118,8 @@ class DistillConfig(TransformConfig):
             warmup_epochs=self.warmup_epochs,
             label_smoothing=0.0,
             shift=self.shift,
+            rotate=self.rotate,
+            scale=self.scale,
             seed=self.seed,
             threads=self.threads,
         )
@@ -148,16 +177,67 @@ def make_loss(cfg: DistillConfig, teacher: nn.Module | None, cache=None):
     return loss_fn
 
 
+def _with_stage(progress, stage: str):
+    if progress is None:
+        return None
+    return lambda s: progress(dict(s, stage=stage))
+
+
+def generic_feature_loss(teacher: nn.Module):
+    """G2SD stage 1 (generic): MSE between student and teacher hidden features of *every* token.
+
+    G2SD (Huang et al., CVPR 2023, §3.2) predicts the MAE teacher's features of visible and masked tokens with a
+    decoder; we match the final-norm token features ``forward_features`` → ``[B, N, D]`` directly (no masking,
+    no decoder: the pruned student keeps the teacher's embedding width, so no projector is needed).
+    """
+
+    def loss_fn(net, x, y, where):
+        with torch.no_grad():
+            t_feat = teacher.forward_features(x)  # [B, N, D]
+        if isinstance(net, nn.parallel.DistributedDataParallel):
+            raise ConfigError("generic_epochs > 0 is not supported under DDP yet: set generic_epochs: 0")
+        s_feat = net.forward_features(x)
+        if s_feat.shape != t_feat.shape:
+            raise ConfigError(
+                f"student features {tuple(s_feat.shape)} differ from the teacher's {tuple(t_feat.shape)}: "
+                "generic (feature) distillation needs the same token count and width; set generic_epochs: 0"
+            )
+        out = net.forward_head(s_feat)
+        cls, dist = _split_outputs(out)
+        return L.feature_kd(s_feat, t_feat), (cls + dist) / 2 if dist is not cls else cls
+
+    return loss_fn
+
+
+def _stage_dir(checkpoint_dir: str | None, stage: str, two_stage: bool) -> str | None:
+    if not checkpoint_dir or not two_stage:
+        return checkpoint_dir
+    from pathlib import Path
+
+    return str(Path(checkpoint_dir) / stage)
+
+
 def distill(
     student: nn.Module, teacher: nn.Module | None, train_set, cfg: DistillConfig, *, progress=None
 ) -> dict[str, Any]:
-    """Train ``student`` in place against ``teacher`` (or ``cfg.cache_dir``); returns a JSON-able summary."""
+    """Train ``student`` in place against ``teacher`` (or ``cfg.cache_dir``); returns a JSON-able summary.
+
+    With ``cfg.generic_epochs`` > 0 it runs G2SD's two stages: first ``generic_epochs`` of feature
+    distillation on all tokens (:func:`generic_feature_loss`, own warm-up/cosine schedule), then ``epochs`` of
+    the task-specific KD. ``progress`` (or the callback installed by :func:`progress_to`) gets every step.
+    """
+    from pathlib import Path
+
     from ..training import epoch_batches
     from .cache import LogitCache, fingerprint
 
+    progress = progress or _PROGRESS.get()
     tcfg = cfg.train_config()
     if teacher is not None:  # runs under no_grad in the loss; its parameters' flags are left untouched
         teacher.eval()
+    two_stage = cfg.generic_epochs > 0
+    if two_stage and teacher is None:
+        raise ConfigError("generic_epochs > 0 needs a live teacher (features are not cached): pass the teacher")
     cache, cache_seconds = None, 0.0
     if cfg.cache_dir:
         if cfg.feature_weight > 0:
@@ -176,31 +256,63 @@ def distill(
     distilled = hasattr(student, "set_distilled_training") and getattr(student, "dist_token", None) is not None
     if distilled:
         student.set_distilled_training(True)
+    generic_seconds = 0.0
     try:
+        resume_specific = cfg.resume
+        if two_stage:
+            gdir = _stage_dir(cfg.checkpoint_dir, "generic", True)
+            sdir = _stage_dir(cfg.checkpoint_dir, "specific", True)
+            from .checkpoint import META
+
+            resume_specific = cfg.resume and sdir is not None and (Path(sdir) / META).is_file()
+            g = fit(
+                student,
+                train_set,
+                replace_epochs(tcfg, cfg.generic_epochs),
+                loss_fn=generic_feature_loss(teacher),
+                optimizer=cfg.optimizer,
+                progress=_with_stage(progress, "generic"),
+                checkpoint_dir=gdir,
+                checkpoint_every=cfg.checkpoint_every,
+                resume=cfg.resume and not resume_specific,
+                limit=cfg.limit,
+            )
+            generic_seconds = g.seconds
+            if distilled:
+                student.set_distilled_training(True)  # fit() leaves the model in eval mode
         res = fit(
             student,
             train_set,
             tcfg,
             loss_fn=make_loss(cfg, teacher, cache),
             optimizer=cfg.optimizer,
-            progress=progress,
-            checkpoint_dir=cfg.checkpoint_dir,
+            progress=_with_stage(progress, "specific" if two_stage else "kd"),
+            checkpoint_dir=_stage_dir(cfg.checkpoint_dir, "specific", two_stage),
             checkpoint_every=cfg.checkpoint_every,
-            resume=cfg.resume,
+            resume=resume_specific,
             limit=cfg.limit,
         )
     finally:
         if distilled:
             student.set_distilled_training(False)
-    images = cfg.epochs * (len(train_set) if cfg.limit is None else min(cfg.limit, len(train_set)))
+    per_epoch = len(train_set) if cfg.limit is None else min(cfg.limit, len(train_set))
+    epochs = cfg.epochs + cfg.generic_epochs
     return {
         "epochs": cfg.epochs,
-        "images_seen": images,
-        "steps": cfg.epochs * -(-(images // cfg.epochs) // cfg.batch_size),
-        "seconds": round(res.seconds, 2),
+        "generic_epochs": cfg.generic_epochs,
+        "images_seen": epochs * per_epoch,
+        "steps": epochs * -(-per_epoch // cfg.batch_size),
+        "seconds": round(res.seconds + generic_seconds, 2),
+        "generic_seconds": round(generic_seconds, 2),
         "cache_seconds": round(cache_seconds, 2),
         "final_loss": float(res.final_loss),
     }
+
+
+def replace_epochs(tcfg: TrainConfig, epochs: int) -> TrainConfig:
+    import dataclasses
+
+    return dataclasses.replace(tcfg, epochs=epochs)
 
 
 def resolve_teacher(model: nn.Module, cfg: DistillConfig) -> nn.Module | None:

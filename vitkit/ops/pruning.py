@@ -147,6 +147,19 @@ def head_cols(head_dim: int, keep: Sequence[int]) -> torch.Tensor:
     return (keep_t[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)  # [K·d]
 
 
+def head_dim_rows(num_heads: int, head_dim: int, keep_dims: Sequence[int]) -> torch.Tensor:
+    """Row indices of ``qkv.weight`` ``[3·H·d, C]`` keeping dims ``keep_dims`` (same set) in every head."""
+    j = torch.as_tensor(list(keep_dims), dtype=torch.long)
+    per_t = (torch.arange(num_heads)[:, None] * head_dim + j[None, :]).reshape(-1)  # [H·d′]
+    return torch.cat([t * num_heads * head_dim + per_t for t in range(3)])  # [3·H·d′]
+
+
+def head_dim_cols(num_heads: int, head_dim: int, keep_dims: Sequence[int]) -> torch.Tensor:
+    """Column indices of ``proj.weight`` ``[C, H·d]`` keeping dims ``keep_dims`` in every head → ``[H·d′]``."""
+    j = torch.as_tensor(list(keep_dims), dtype=torch.long)
+    return (torch.arange(num_heads)[:, None] * head_dim + j[None, :]).reshape(-1)
+
+
 # -- costs -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BlockGeometry:
@@ -160,10 +173,20 @@ class BlockGeometry:
     qkv_bias: bool = True
     fc1_bias: bool = True
     gated: bool = False
+    #: ``(seconds per head, per neuron, fixed per block)`` measured on this CPU, for ``target="latency"``
+    latency: tuple[float, float, float] | None = None
+
+
+def _latency(g: BlockGeometry) -> tuple[float, float, float]:
+    if g.latency is None:
+        raise ValueError("target 'latency' needs measured per-unit costs in BlockGeometry.latency")
+    return g.latency
 
 
 def head_cost(g: BlockGeometry, target: str) -> float:
     """Params or MACs per image of one head: qkv rows + proj cols (+ gate); MACs add QKᵀ and AV (2·N²·d)."""
+    if target == "latency":
+        return _latency(g)[0]
     d, c, n = g.head_dim, g.dim, g.tokens
     lin = 4 * d * c + (d * c if g.gated else 0)
     if target == "params":
@@ -172,7 +195,9 @@ def head_cost(g: BlockGeometry, target: str) -> float:
 
 
 def neuron_cost(g: BlockGeometry, target: str) -> float:
-    """Params or MACs per image of one MLP hidden neuron (fc1 row + fc2 column)."""
+    """Params or MACs per image of one MLP hidden neuron (fc1 row + fc2 column); or its measured seconds."""
+    if target == "latency":
+        return _latency(g)[1]
     if target == "params":
         return 2 * g.dim + (1 if g.fc1_bias else 0)
     return g.tokens * 2 * g.dim
@@ -185,6 +210,8 @@ def block_cost(g: BlockGeometry, target: str, *, heads: int | None = None, hidde
     cost = heads * head_cost(g, target) + hidden * neuron_cost(g, target)
     if target == "params":
         cost += 4 * g.dim + 2 * g.dim  # two LayerNorms (weight + bias) + proj/fc2 biases
+    elif target == "latency":
+        cost += _latency(g)[2]  # norms, residual adds: measured remainder of the block
     return cost
 
 

@@ -9,7 +9,7 @@ from ..errors import ConfigError
 from ..ops.pruning import IMPORTANCES, NORMALIZERS
 
 GROUPS = ("heads", "mlp", "blocks")
-TARGETS = ("macs", "params")
+TARGETS = ("macs", "params", "latency")
 ALLOCATIONS = ("global", "uniform")
 
 
@@ -28,6 +28,9 @@ class PruneConfig(TransformConfig):
     removed per block in multiples of this. ``calib_images`` / ``calib_batch_size``: images and batch size
     for the data-driven criteria (gradients of the cross-entropy to the labels if the calibration set has
     them, else to the model's own predictions). ``targets``/``skip`` globs match block names (``blocks.3``).
+    ``target="latency"``: the ratio is of the whole model's seconds per image measured on this CPU at
+    ``latency_batch`` (median of ``latency_repeats``); units are priced by measured per-head / per-neuron
+    costs (:mod:`vitkit.prune.latency`) — valid for this machine and thread count, noisy on a busy CPU.
     """
 
     target: str = "macs"
@@ -40,14 +43,12 @@ class PruneConfig(TransformConfig):
     round_to: int = 1
     calib_images: int = 32
     calib_batch_size: int = 8
+    latency_batch: int = 1
+    latency_repeats: int = 5
     seed: int = 0
 
     def validate(self) -> None:
         name = type(self).__name__
-        if self.target == "latency":
-            raise ConfigError(
-                f"{name}.target='latency' is not implemented; use target='macs' (CPU speed follows MACs ~1:1)"
-            )
         if self.target not in TARGETS:
             raise ConfigError(f"{name}.target must be one of {list(TARGETS)}, got {self.target!r}")
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, int | float) or not 0.0 <= self.ratio < 1.0:
@@ -67,7 +68,8 @@ class PruneConfig(TransformConfig):
             raise ConfigError(f"{name}: groups with 'blocks' need allocation='global' (blocks compete globally)")
         if self.normalize not in NORMALIZERS:
             raise ConfigError(f"{name}.normalize must be one of {list(NORMALIZERS)}, got {self.normalize!r}")
-        for field_name in ("min_heads", "round_to", "calib_images", "calib_batch_size"):
+        positive = ("min_heads", "round_to", "calib_images", "calib_batch_size", "latency_batch", "latency_repeats")
+        for field_name in positive:
             v = getattr(self, field_name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"{name}.{field_name} must be a positive int, got {v!r}")

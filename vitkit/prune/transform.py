@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from typing import Any
 
@@ -24,10 +25,11 @@ _log = logging.getLogger(__name__)
 TEACHER_ATTR = "_vitkit_unpruned"
 
 
-def geometry(model: nn.Module) -> list[P.BlockGeometry]:
+def geometry(model: nn.Module, latency: list | None = None) -> list[P.BlockGeometry]:
+    """Per-block sizes for the cost model; ``latency``: measured :class:`~.latency.LatencyCosts` per block."""
     info = describe(model)
     out = []
-    for blk in model.blocks:
+    for i, blk in enumerate(model.blocks):
         attn, mlp = blk.attn, blk.mlp
         out.append(
             P.BlockGeometry(
@@ -39,6 +41,7 @@ def geometry(model: nn.Module) -> list[P.BlockGeometry]:
                 qkv_bias=attn.qkv.bias is not None,
                 fc1_bias=mlp.fc1.bias is not None,
                 gated=getattr(attn, "gate", None) is not None,
+                latency=None if latency is None else (latency[i].head, latency[i].neuron, latency[i].fixed),
             )
         )
     return out
@@ -78,13 +81,22 @@ def score_model(model: nn.Module, cfg: PruneConfig, calib) -> tuple[list, str]:
     return gradient_scores(model, cfg.importance, batches), cfg.importance
 
 
-def make_plan(model: nn.Module, cfg: PruneConfig, scores: list) -> tuple[P.Plan, float]:
+def measure_latency(model: nn.Module, cfg: PruneConfig) -> dict[str, Any]:
+    """Per-block unit costs and the whole-model seconds per image on this CPU (``target="latency"``)."""
+    from .latency import measure_block_costs, measure_model
+
+    costs = measure_block_costs(model, batch_size=cfg.latency_batch, repeats=cfg.latency_repeats)
+    total = measure_model(model, batch_size=cfg.latency_batch, repeats=cfg.latency_repeats)
+    return {"costs": costs, "total": total}
+
+
+def make_plan(model: nn.Module, cfg: PruneConfig, scores: list, lat: dict | None = None) -> tuple[P.Plan, float]:
     """Choose the units to remove; returns the plan and the budget (cost to remove)."""
     info = describe(model)
     chosen = select_names(info.block_names, cfg.targets, cfg.skip, what="blocks")
     idx = [info.block_names.index(n) for n in chosen]
-    geoms = geometry(model)
-    total = model_cost(model, cfg.target)
+    geoms = geometry(model, None if lat is None else lat["costs"])
+    total = lat["total"] if cfg.target == "latency" and lat else model_cost(model, cfg.target)
     budget = cfg.ratio * total
     if cfg.ratio == 0:
         return P.Plan({}, {}, [], 0.0), 0.0
@@ -203,14 +215,29 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool
         scores, used = data_free_scores(model, "l1"), "l1 (dry run without calibration data)"
     else:
         scores, used = score_model(model, cfg, calib)
-    plan, _ = make_plan(model, cfg, scores)
+    lat = measure_latency(model, cfg) if cfg.target == "latency" else None
+    plan, _ = make_plan(model, cfg, scores, lat)
     decisions = _decisions(model, cfg, plan, used)
+    if lat is not None:
+        geoms = geometry(model, lat["costs"])
+        decisions["latency"] = {
+            "batch_size": cfg.latency_batch,
+            "before_s": lat["total"],
+            "estimated_after_s": lat["total"] - _removed(model, plan, "latency", geoms),
+            "unit_costs_s": {f"blocks.{i}": dataclasses.asdict(c) for i, c in enumerate(lat["costs"])},
+        }
     if dry_run:
         after = {t: before[t] - _removed(model, plan, t) for t in before}
     else:
         _stash_teacher(model)
         replay(model, decisions)
         after = {t: model_cost(model, t) for t in before}
+        if lat is not None:
+            from .latency import measure_model
+
+            decisions["latency"]["after_s"] = measure_model(
+                model, batch_size=cfg.latency_batch, repeats=cfg.latency_repeats
+            )
     decisions["structure"] = structure(model) if not dry_run else None
     decisions["params"] = {"before": before["params"], "after": after["params"]}
     decisions["macs"] = {"before": before["macs"], "after": after["macs"]}
@@ -223,8 +250,8 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool
     return decisions
 
 
-def _removed(model: nn.Module, plan: P.Plan, target: str) -> float:
-    geoms = geometry(model)
+def _removed(model: nn.Module, plan: P.Plan, target: str, geoms: list | None = None) -> float:
+    geoms = geoms or geometry(model)
     cost = sum(len(v) * P.head_cost(geoms[b], target) for b, v in plan.heads.items())
     cost += sum(len(v) * P.neuron_cost(geoms[b], target) for b, v in plan.mlp.items())
     cost += sum(P.block_cost(geoms[b], target) for b in plan.blocks)
