@@ -37,6 +37,8 @@ def test_recipe_really_runs(path, tmp_path):
         ((_, cfg),) = step.items()
         if isinstance(cfg, dict) and "epochs" in cfg:  # training steps: one epoch is enough to exercise them
             cfg["epochs"] = 1
+            if "teacher" in cfg:  # distillation: a few hundred images
+                cfg["limit"] = 512
         if "merge" in step:  # the listed fine-tuned checkpoints: tiny stand-ins of the same architecture
             cfg = step["merge"]
             cfg["models"] = [m if m == "self" else _tiny_file(tmp_path, m, i + 1) for i, m in enumerate(cfg["models"])]

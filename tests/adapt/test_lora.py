@@ -135,3 +135,13 @@ def test_quantizing_unfolded_lora_names_the_fix():
     vitkit.apply_(model, vitkit.LoRAConfig(rank=2))
     with pytest.raises(UnsupportedModelError, match=r"LoRALinear.*fold LoRA first"):
         vitkit.apply_(model, vitkit.PTQConfig(calib_images=4), calib=torch.randn(4, 3, 32, 32))
+
+
+def test_pruning_unfolded_lora_is_refused():
+    from vitkit.errors import UnsupportedModelError
+
+    model = make_tiny()
+    vitkit.apply_(model, vitkit.LoRAConfig(rank=2))
+    with pytest.raises(UnsupportedModelError, match=r"LoRALinear.*prune before adapting"):
+        vitkit.apply_(model, vitkit.PruneConfig(ratio=0.3, importance="l1"))
+    assert lora_modules(model)  # rolled back: the LoRA layers are still there

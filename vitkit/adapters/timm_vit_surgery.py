@@ -32,6 +32,17 @@ def check_prunable(model: nn.Module, groups: Sequence[str]) -> None:
     for i, blk in enumerate(model.blocks):
         parts = block_parts(blk, index=i)
         attn, mlp = parts.attn, parts.mlp
+        for name, lin in (
+            ("attn.qkv", attn.qkv),
+            ("attn.proj", attn.proj),
+            ("mlp.fc1", getattr(mlp, "fc1", None)),
+            ("mlp.fc2", getattr(mlp, "fc2", None)),
+        ):
+            if isinstance(lin, nn.Linear) and type(lin) is not nn.Linear:  # LoRA / fake-quant subclasses
+                raise UnsupportedModelError(
+                    f"blocks.{i}.{name} is a {type(lin).__name__}: slicing it would drop its extra branch; "
+                    "prune before adapting, or fold it first (lora_merge step / vitkit.adapt.merge_back)"
+                )
         if "heads" in groups:
             if not isinstance(attn.norm, nn.Identity):
                 raise UnsupportedModelError(
