@@ -173,6 +173,8 @@ def _kept_speed_rows(path: str) -> list[str]:
     """The deit_small speed subsection already in BENCHMARKS.md (kept verbatim by ``--part accuracy``)."""
     p = Path(path)
     text = p.read_text() if p.exists() else ""
+    if "<!-- BEGIN prune -->" in text:  # search inside the prune section only (other sections have deit_small rows)
+        text = text.split("<!-- BEGIN prune -->", 1)[1].split("<!-- END prune -->", 1)[0]
     begin, end = "### deit_small", "### Reference model"
     if begin not in text or end not in text:
         return ["(no earlier speed rows recorded: run `benchmarks/prune.py --part speed` on a quiet machine)", ""]
