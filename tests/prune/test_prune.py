@@ -198,14 +198,18 @@ def test_recipe_prune_then_distill_parses_and_dry_runs():
     assert report.steps[0].decisions["pruned_heads"] or report.steps[0].decisions["pruned_mlp_count"]
 
 
-def test_latency_target_uses_measured_costs(tiny_model, images, tmp_path):
-    rep = vitkit.apply_(tiny_model, PruneConfig(target="latency", ratio=0.3, importance="l1", latency_repeats=2))
+def test_latency_target_uses_measured_costs(tmp_path):
+    # wide enough that heads and neurons carry most of the measured time: on the 48-wide tiny model fixed
+    # per-block costs dominate and the removable share itself varies with load (8-30 % seen)
+    tiny_model = make_tiny("vit", img_size=64, embed_dim=192, num_heads=6)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    rep = vitkit.apply_(tiny_model, PruneConfig(target="latency", ratio=0.2, importance="l1", latency_repeats=3))
     dec = rep.steps[0].decisions
     lat = dec["latency"]
     assert set(lat["unit_costs_s"]) == {f"blocks.{i}" for i in range(3)}
     assert all(c["head"] > 0 and c["neuron"] > 0 and c["fixed"] >= 0 for c in lat["unit_costs_s"].values())
     assert lat["after_s"] > 0
-    assert lat["estimated_after_s"] <= 0.7 * lat["before_s"] * 1.001  # the plan removed the budget it priced
+    assert lat["estimated_after_s"] <= 0.8 * lat["before_s"] * 1.001  # the plan removed the budget it priced
     assert dec["pruned_heads"] or dec["pruned_mlp_count"]
     vitkit.save_artifact(tiny_model, None, rep, tmp_path / "art")
     torch.testing.assert_close(vitkit.load(tmp_path / "art")(images), tiny_model(images))
