@@ -113,8 +113,7 @@ def reference_part(quick: bool, timing: bool, tmp: Path) -> tuple[list[str], dic
         steps = [s.replace(epochs=1, limit=800) if type(s).__name__ == "DistillConfig" else s for s in steps]
     m = copy.deepcopy(ref)
 
-    def macs(model) -> str:  # FlopCounterMode needs frozen params to trace fake-quant weights
-        model.requires_grad_(False)
+    def macs(model) -> str:
         return f"{count_macs(model, test[0][0][None]) / 1e6:.2f}"
 
     rows = [
@@ -127,7 +126,7 @@ def reference_part(quick: bool, timing: bool, tmp: Path) -> tuple[list[str], dic
     ]
     for cfg in steps:
         t0 = time.perf_counter()
-        rep = vitkit.apply_(m.requires_grad_(True), cfg, calib=calib)
+        rep = vitkit.apply_(m, cfg, calib=calib)
         secs = time.perf_counter() - t0
         lo, _ = classify(m, test)
         acc = topk_accuracy(lo, labels)

@@ -83,16 +83,21 @@ def _slice_linear(lin: nn.Linear, *, rows: torch.Tensor | None = None, cols: tor
     return new
 
 
+def _check_kept(keep: list[int], n: int, where: str, what: str, if_empty: str) -> None:
+    """``keep`` (sorted) must be non-empty distinct indices below ``n``."""
+    if not keep:
+        raise UnsupportedModelError(f"{where}: {if_empty}")
+    if keep[0] < 0 or keep[-1] >= n or len(set(keep)) != len(keep):
+        raise UnsupportedModelError(f"{where}: kept {what} {keep} are not distinct indices below {n}")
+
+
 def prune_heads(block: nn.Module, keep: Sequence[int], *, index: int | None = None) -> None:
     """Keep only heads ``keep`` of ``block.attn``: slice qkv rows, gate rows and proj columns; update counts."""
     attn = block_parts(block, index=index).attn
     keep = sorted(int(k) for k in keep)
     h, d = int(attn.num_heads), int(attn.head_dim)
     where = f"blocks.{index}" if index is not None else "block"
-    if not keep:
-        raise UnsupportedModelError(f"{where}: cannot remove every head of a block; remove the block instead")
-    if keep[0] < 0 or keep[-1] >= h or len(set(keep)) != len(keep):
-        raise UnsupportedModelError(f"{where}: kept heads {keep} are not distinct indices below {h}")
+    _check_kept(keep, h, where, "heads", "cannot remove every head of a block; remove the block instead")
     if len(keep) == h:
         return
     rows = qkv_rows(h, d, keep).to(attn.qkv.weight.device)  # [3·K·d]
@@ -117,10 +122,7 @@ def prune_head_dims(block: nn.Module, keep_dims: Sequence[int], *, index: int | 
     keep = sorted(int(k) for k in keep_dims)
     h, d = int(attn.num_heads), int(attn.head_dim)
     where = f"blocks.{index}" if index is not None else "block"
-    if not keep:
-        raise UnsupportedModelError(f"{where}: cannot remove every dim of the heads; remove the heads instead")
-    if keep[0] < 0 or keep[-1] >= d or len(set(keep)) != len(keep):
-        raise UnsupportedModelError(f"{where}: kept head dims {keep} are not distinct indices below {d}")
+    _check_kept(keep, d, where, "head dims", "cannot remove every dim of the heads; remove the heads instead")
     if len(keep) == d:
         return
     if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:

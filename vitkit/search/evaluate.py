@@ -58,7 +58,7 @@ class RecipeEvaluator:
         t0 = time.perf_counter()
         model = copy.deepcopy(self.baseline)
         report = apply_(model, list(parse_steps(resolved_steps(cand, self.data))), calib=self.calib)
-        model.eval().requires_grad_(False)  # inference only; also lets FlopCounterMode trace fake-quant weights
+        model.eval().requires_grad_(False)  # inference only from here on
         packed = [s.decisions.get("packed_bytes") for s in report.steps if s.name in ("ptq", "mixed_ptq")]
         size = int(packed[-1]) if packed and packed[-1] else file_bytes(model)
         runner: nn.Module = model
