@@ -292,3 +292,52 @@ def test_onnx_export_makes_the_same_exit_decisions(head, tmp_path):
     data = TensorImageDataset(x, torch.zeros(8, dtype=torch.long), input_spec(model))
     res = export_model(model, tmp_path / "onnx", data=data, images=8, bench=False)
     assert res.agreement == 1.0 and res.max_abs_diff <= 1e-4
+
+
+# -- cost-aware per-exit calibration -------------------------------------------------------------------
+def test_switched_off_exit_is_never_taken_and_survives_save_load(tmp_path):
+    from vitkit.early_exit.onnx_graph import ExitSelectGraph
+
+    model = _exit_model("vit", exits=(0, 1))
+    x = _x(8)
+    t = _spread_threshold(model, x)
+    set_threshold(model, [t, t], active=[False, True])
+    with torch.no_grad():
+        out = model(x)
+        exits = last_exits(model).clone()
+        alone = torch.cat([model(x[i : i + 1]) for i in range(8)])
+        torch.testing.assert_close(ExitSelectGraph(model)(x), out, rtol=1e-5, atol=1e-5)
+    assert 0 not in exits.tolist()
+    torch.testing.assert_close(alone, out, rtol=1e-5, atol=1e-5)
+    vitkit.save_artifact(model, None, None, tmp_path / "art")
+    loaded = vitkit.load(tmp_path / "art")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), out)
+    assert torch.equal(last_exits(loaded), exits)
+    with pytest.raises(ConfigError, match="one entry per exit"):
+        set_threshold(model, t, active=[True])
+
+
+@pytest.mark.parametrize("cost", ["macs", "latency"])
+def test_per_exit_calibration_on_a_model_fits_the_budget(cost):
+    from vitkit.data import TensorImageDataset, input_spec
+    from vitkit.early_exit import calibrate, evaluate_exits
+
+    model = _exit_model("vit", exits=(0, 1))
+    x = _x(32, seed=4)
+    with torch.no_grad():
+        y = model(x).argmax(-1)  # labels = the model's own predictions: the final head is 100 % right
+    data = TensorImageDataset(x, y, input_spec(model))
+    single = calibrate(model, data, 10.0)
+    info = calibrate(model, data, 10.0, per_exit=True, cost=cost)
+    ev = evaluate_exits(model, data)
+    assert info["mode"] == "per-exit" and info["drop_pts"] <= 10.0 + 1e-6
+    assert abs(ev["drop_pts"] - info["drop_pts"]) < 1e-4  # the recorded thresholds reproduce the calibration
+    if cost == "macs":
+        assert info["macs_ratio"] >= single["macs_ratio"] - 1e-9
+    else:
+        assert len(info["measured_ms"]["blocks"]) == 3 and info["latency_ratio_estimate"] > 0
+    with pytest.raises(ConfigError, match="'macs' or 'latency'"):
+        calibrate(model, data, 1.0, per_exit=True, cost="flops")
+    with pytest.raises(ConfigError, match="calibration must be"):
+        EarlyExitConfig(calibration="greedy")

@@ -7,8 +7,9 @@ import math
 import torch
 
 from vitkit.ops.early_exit import (
+    ExitCosts,
+    calibrate_per_exit,
     calibrate_threshold,
-    compute_ratio,
     exit_score_row,
     exit_scores,
     first_exit,
@@ -32,7 +33,9 @@ def test_first_exit_and_simulate():
     correct = torch.tensor([[True, False, False], [False, True, False], [False, False, True]])
     _, hit = simulate(scores, correct, torch.tensor([0.5, 0.5]))
     assert hit.tolist() == [True, True, True]
-    assert compute_ratio(idx, torch.tensor([1.0, 2.0, 4.0])) == 4.0 / (7.0 / 3)
+    costs = ExitCosts(embed=1.0, blocks=(1.0, 1.0, 1.0), exits=(0, 1), heads=(0.5, 0.5), final=0.5)
+    assert costs.path().tolist() == [2.5, 4.0, 5.5] and costs.full == 4.5
+    assert costs.path([False, True]).tolist() == [2.0, 3.5, 5.0]  # an inactive head is not paid
 
 
 def test_calibration_respects_the_drop_budget():
@@ -61,3 +64,37 @@ def test_row_score_matches_tensor_score():
         ref = exit_scores(logits, crit)
         row = torch.tensor([exit_score_row(r, crit) for r in logits.tolist()])
         torch.testing.assert_close(row, ref, rtol=1e-5, atol=1e-6)
+
+
+def _table(seed: int = 0, E: int = 3, N: int = 400):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.rand(E, N, generator=g)
+    correct = torch.cat([torch.rand(E, N, generator=g) < scores, torch.rand(1, N, generator=g) < 0.95])
+    return scores, correct
+
+
+def test_per_exit_calibration_fits_the_budget_and_never_costs_more_than_one_threshold():
+    scores, correct = _table()
+    costs = ExitCosts(embed=2.0, blocks=(1.0,) * 6, exits=(1, 2, 3), heads=(0.3, 0.3, 0.3), final=0.2)
+    for budget in (0.0, 1.0, 3.0):
+        t, _ = calibrate_threshold(scores, correct, budget)
+        single_idx, _ = simulate(scores, correct, torch.full((3,), t))
+        single_cost = costs.path()[single_idx].mean().item()
+        thr, active, info = calibrate_per_exit(scores, correct, budget, costs)
+        eff = torch.tensor([x if a else 2.0 for x, a in zip(thr, active, strict=True)])
+        idx, hit = simulate(scores, correct, eff)
+        drop = 100 * (correct[-1].float().mean() - hit.float().mean()).item()
+        assert drop <= budget + 1e-9 and abs(drop - info["drop_pts"]) < 1e-6
+        assert all(0 < x < 1 for x in thr)
+        cost = costs.path(active)[idx].mean().item()
+        assert cost <= single_cost + 1e-9
+        assert abs(info["cost_ratio"] - costs.full / cost) < 1e-6
+        assert sum(info["exits"]) == scores.shape[1]
+
+
+def test_per_exit_calibration_switches_off_an_exit_that_never_pays():
+    scores, correct = _table(1)
+    scores[1] = 0.0  # the middle exit is never confident: evaluating its head is pure cost
+    costs = ExitCosts(embed=0.0, blocks=(1.0,) * 5, exits=(0, 1, 2), heads=(0.5, 0.5, 0.5), final=0.0)
+    _, active, info = calibrate_per_exit(scores, correct, 2.0, costs)
+    assert active[1] is False and info["exits"][1] == 0

@@ -22,6 +22,10 @@ def add_commands(sub) -> None:
     s.add_argument("--head", default="linear", help="linear | attention-pool (or one per exit, comma-separated)")
     s.add_argument("--criterion", default="confidence", help="confidence | entropy")
     s.add_argument("--max-drop", type=float, default=1.0, help="top-1 drop budget in points for calibration")
+    s.add_argument(
+        "--calibration", default="single", choices=["single", "per-exit"], help="one τ, or cost-aware τ per exit"
+    )
+    s.add_argument("--cost", default="macs", choices=["macs", "latency"], help="what per-exit calibration minimises")
     s.add_argument("--epochs", type=int, default=3, help="KD epochs for the exit heads (0 = untrained)")
     s.add_argument("--data", default="mnist5k", help="dataset: mnist5k | digits | imagefolder:/path")
     s.set_defaults(func=cmd_early_exit)
@@ -51,6 +55,8 @@ def cmd_early_exit(args) -> int:
         head=heads,
         criterion=args.criterion,
         max_drop=args.max_drop,
+        calibration=args.calibration,
+        cost=args.cost,
         epochs=args.epochs,
         data=args.data,
     )

@@ -28,7 +28,9 @@ class EarlyExitConfig(TransformConfig):
     whose score reaches τ; ``criterion``: ``"confidence"`` (max softmax) or ``"entropy"`` (score
     ``1 − H/log C``), see :mod:`vitkit.ops.early_exit`. ``max_drop`` (accuracy points, e.g. 1.0): after
     training, calibrate one τ on ``data``/``calib_split`` (or the ``calib`` dataset given to ``apply_``)
-    for at most that drop vs the final head, overriding ``threshold``.
+    for at most that drop vs the final head, overriding ``threshold``: ``calibration="single"`` (LGViT: one τ,
+    the most exits) or ``"per-exit"`` (cost-aware: one τ per exit, exits that do not pay switched off,
+    minimising the mean ``cost`` — ``"macs"`` or ``"latency"`` measured at batch 1 on this machine).
 
     Training (backbone frozen, only the heads learn; :func:`vitkit.training.fit`): ``epochs`` (0 = keep the
     heads at their initialisation, copied from the final norm/head), ``batch_size``, ``lr``,
@@ -41,6 +43,8 @@ class EarlyExitConfig(TransformConfig):
     threshold: float | tuple[float, ...] = 0.9
     criterion: str = "confidence"
     max_drop: float | None = None
+    calibration: str = "single"
+    cost: str = "macs"
     calib_split: str = "val"
     epochs: int = 3
     batch_size: int = 64
@@ -85,6 +89,12 @@ class EarlyExitConfig(TransformConfig):
                 )
         if self.criterion not in CRITERIA:
             raise ConfigError(f"{n}.criterion must be one of {list(CRITERIA)}, got {self.criterion!r}")
+        if self.calibration not in ("single", "per-exit"):
+            raise ConfigError(f"{n}.calibration must be 'single' or 'per-exit', got {self.calibration!r}")
+        if self.cost not in ("macs", "latency"):
+            raise ConfigError(
+                f"{n}.cost must be 'macs' or 'latency' (what per-exit calibration minimises), got {self.cost!r}"
+            )
         if self.max_drop is not None and (not _number(self.max_drop) or self.max_drop < 0):
             raise ConfigError(f"{n}.max_drop must be >= 0 accuracy points (or null), got {self.max_drop!r}")
         if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:

@@ -24,7 +24,8 @@ class ExitSelectGraph(nn.Module):
         self.model = model
         st = state(model)
         self.criterion = st.criterion
-        self.register_buffer("thresholds", torch.tensor(st.thresholds, dtype=torch.float32), persistent=False)
+        thr = [t if on else 2.0 for t, on in zip(st.thresholds, st.active, strict=True)]  # 2.0: switched off
+        self.register_buffer("thresholds", torch.tensor(thr, dtype=torch.float32), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = all_exit_logits(self.model, x)  # E+1 × [B, C], the final head last

@@ -40,13 +40,20 @@ class ExitState:
     heads: list[str]
     thresholds: list[float]
     criterion: str
+    active: list[bool] = field(default_factory=list)  # False: exit switched off (head never evaluated)
     enabled: bool = True
     counts: list[int] = field(default_factory=list)
-    last: torch.Tensor | None = None
+    last: torch.Tensor | int | None = None
 
     def __post_init__(self) -> None:
         if not self.counts:
             self.counts = [0] * (len(self.exits) + 1)
+        if not self.active:
+            self.active = [True] * len(self.exits)
+
+    def checked(self) -> dict[int, int]:
+        """Block index → exit index, for the exits that are evaluated (switched-off exits left out)."""
+        return {b: k for k, b in enumerate(self.exits) if self.active[k]}
 
 
 def state(model: nn.Module) -> ExitState:
@@ -154,7 +161,7 @@ def exiting_forward(model: nn.Module, x: torch.Tensor, attn_mask=None, is_causal
     alive = torch.arange(B, device=h.device)  # original row of each surviving sample
     exit_of = torch.full((B,), len(st.exits), dtype=torch.long, device=h.device)
     out: torch.Tensor | None = None
-    at = {b: k for k, b in enumerate(st.exits)}
+    at = st.checked()
     for i in range(len(model.blocks)):
         h = run.block(i, h)
         k = at.get(i)
@@ -187,9 +194,10 @@ def exiting_forward(model: nn.Module, x: torch.Tensor, attn_mask=None, is_causal
 def _exit_single(model: nn.Module, st: ExitState, run: _Runner, h: torch.Tensor, heads: nn.ModuleList):
     """Batch-1 fast path: the same decisions with the score computed on Python floats (no gathers, one sync
     per exit) — per-exit overhead matters most at batch 1."""
-    at = {b: k for k, b in enumerate(st.exits)}
-    for i in range(len(model.blocks)):
-        h = run.block(i, h)
+    at = st.checked()
+    plain = run.ctx is None and run.mask is None and not run.causal  # host blocks called as they are
+    for i, blk in enumerate(model.blocks):
+        h = blk(h) if plain else run.block(i, h)
         k = at.get(i)
         if k is None:
             continue
@@ -200,7 +208,7 @@ def _exit_single(model: nn.Module, st: ExitState, run: _Runner, h: torch.Tensor,
 
 
 def _record_one(st: ExitState, k: int, out: torch.Tensor) -> torch.Tensor:
-    st.last = torch.tensor([k])
+    st.last = k  # an int; last_exits() makes the tensor only when asked
     st.counts[k] += 1
     return out
 
@@ -298,17 +306,24 @@ def reset_histogram(model: nn.Module) -> None:
 
 def last_exits(model: nn.Module) -> torch.Tensor | None:
     """Exit index per sample of the last exiting forward (``len(exits)`` = the model's own head)."""
-    return state(model).last
+    last = state(model).last
+    return torch.tensor([last]) if isinstance(last, int) else last
 
 
-def set_threshold(model: nn.Module, threshold: float | list[float]) -> None:
-    """Change the exit threshold(s) in place (and in the recorded step, so a saved artifact keeps it)."""
+def set_threshold(model: nn.Module, threshold: float | list[float], *, active: list[bool] | None = None) -> None:
+    """Change the exit threshold(s) in place (and in the recorded step, so a saved artifact keeps it).
+
+    ``active`` (one bool per exit, default: unchanged) switches exits off: an inactive exit's head is not
+    evaluated and no sample leaves there."""
     st = state(model)
     thr = [float(threshold)] * len(st.exits) if isinstance(threshold, int | float) else [float(t) for t in threshold]
     if len(thr) != len(st.exits) or not all(0.0 < t < 1.0 for t in thr):
         raise ConfigError(f"threshold must be one value or {len(st.exits)} values in (0, 1), got {threshold!r}")
-    st.thresholds = thr
-    _update_step(model, thresholds=thr)
+    act = list(st.active) if active is None else [bool(a) for a in active]
+    if len(act) != len(st.exits):
+        raise ConfigError(f"active must have one entry per exit ({len(st.exits)}), got {len(act)}")
+    st.thresholds, st.active = thr, act
+    _update_step(model, thresholds=thr, active=act)
 
 
 def set_enabled(model: nn.Module, enabled: bool) -> None:

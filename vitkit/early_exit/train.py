@@ -20,9 +20,10 @@ import torch.nn.functional as F
 
 from ..data import iterate_batches
 from ..distill.losses import soft_kd
-from ..ops.early_exit import calibrate_threshold, compute_ratio, exit_scores, simulate
+from ..errors import ConfigError
+from ..ops.early_exit import ExitCosts, calibrate_per_exit, calibrate_threshold, exit_scores, simulate
 from ..training import TrainConfig, fit
-from .runtime import HEADS, all_exit_logits, set_threshold, state
+from .runtime import HEADS, _Runner, all_exit_logits, set_threshold, state
 
 _log = logging.getLogger(__name__)
 
@@ -96,64 +97,162 @@ def exit_table(model: nn.Module, dataset, *, batch_size: int = 256) -> tuple[tor
     return torch.cat(scores, 1), torch.cat(correct, 1), torch.cat(preds, 1)
 
 
-def exit_costs(model: nn.Module) -> list[float]:
-    """Analytic MACs a sample pays when leaving at each exit (last entry: passing every exit to the end)."""
+def mac_costs(model: nn.Module) -> ExitCosts:
+    """Analytic MACs of each part of an early-exit forward (see :class:`~vitkit.ops.early_exit.ExitCosts`)."""
     from ..adapters.timm_vit import describe
 
     st = state(model)
     info = describe(model)
     n, d, c = info.num_tokens, info.embed_dim, info.num_classes
-    blocks = [4 * n * d * d + 2 * n * n * d + 2 * n * d * h for h in info.mlp_hidden]
-    embed = info.num_patches * d * info.in_chans * info.patch_size[0] * info.patch_size[1]
-    head = [d * c if kind == "linear" else 2 * n * d * d + d * d + 2 * n * d + d * c for kind in st.heads]
-    costs, spent = [], embed
-    done_blocks, heads_paid = 0, 0
-    for k, b in enumerate(st.exits):
-        spent += sum(blocks[done_blocks : b + 1]) + head[k]
-        done_blocks, heads_paid = b + 1, heads_paid + head[k]
-        costs.append(float(spent))
-    costs.append(float(spent + sum(blocks[done_blocks:]) + d * c))
-    return costs
+    blocks = tuple(float(4 * n * d * d + 2 * n * n * d + 2 * n * d * h) for h in info.mlp_hidden)
+    embed = float(info.num_patches * d * info.in_chans * info.patch_size[0] * info.patch_size[1])
+    heads = tuple(float(d * c if k == "linear" else 2 * n * d * d + d * d + 2 * n * d + d * c) for k in st.heads)
+    return ExitCosts(embed, blocks, tuple(st.exits), heads, float(d * c))
+
+
+@torch.no_grad()
+def measured_costs(model: nn.Module, example: torch.Tensor, *, repeats: int = 30) -> ExitCosts:
+    """Seconds each part of a batch-1 early-exit forward takes on this machine (medians of ``repeats``
+    interleaved runs of ``example[:1]``): embedding, every block, every head with its score, final head.
+
+    These are what an exiting sample really pays; MACs miss the fixed costs of small layers (a 1-channel
+    patch-embedding conv, LayerNorms, the per-exit score) that dominate at batch 1."""
+    import statistics
+    import time
+
+    from ..ops.early_exit import exit_score_row
+
+    st = state(model)
+    heads = getattr(model, HEADS)
+    was = model.training
+    model.eval()
+    run = _Runner(model, None, False)
+    x = example[:1]
+    at = {b: k for k, b in enumerate(st.exits)}
+    times: dict[str, list[float]] = {}
+
+    def clock(key, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        times.setdefault(key, []).append(time.perf_counter() - t0)
+        return out
+
+    def head_and_score(k, h):
+        return exit_score_row(heads[k](h, run.size)[0].tolist(), st.criterion)
+
+    try:
+        for r in range(repeats + 3):
+            if r == 3:
+                times.clear()  # the first rounds warm up
+            h = clock("embed", run.embed, x)
+            for i in range(len(model.blocks)):
+                h = clock(f"b{i}", run.block, i, h)
+                if i in at:
+                    clock(f"h{at[i]}", head_and_score, at[i], h)
+            clock("final", run.final, h)
+    finally:
+        model.train(was)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return ExitCosts(
+        med["embed"],
+        tuple(med[f"b{i}"] for i in range(len(model.blocks))),
+        tuple(st.exits),
+        tuple(med[f"h{k}"] for k in range(len(st.exits))),
+        med["final"],
+    )
+
+
+def _effective(thresholds: list[float], active: list[bool]) -> torch.Tensor:
+    return torch.tensor([t if a else 2.0 for t, a in zip(thresholds, active, strict=True)])  # 2.0: never exits
+
+
+def _ratio(idx: torch.Tensor, costs: ExitCosts, active: list[bool]) -> float:
+    """The model without exits over the mean cost per sample with exiting."""
+    return costs.full / costs.path(active)[idx].mean().item()
 
 
 def evaluate_exits(model: nn.Module, dataset, thresholds: float | list[float] | None = None) -> dict[str, Any]:
     """Accuracy of the full model vs with exiting at ``thresholds`` (default: the model's) on ``dataset``,
-    exit histogram and analytic MACs ratio — from one all-exits pass (no timing)."""
+    exit histogram and analytic MACs ratio — from one all-exits pass (no timing). Switched-off exits stay off."""
     st = state(model)
     scores, correct, _ = exit_table(model, dataset)
     thr = st.thresholds if thresholds is None else thresholds
-    thr = torch.tensor([float(thr)] * len(st.exits) if isinstance(thr, int | float) else [float(t) for t in thr])
-    idx, hit = simulate(scores, correct, thr)
-    costs = torch.tensor(exit_costs(model), dtype=torch.float64)
+    thr = [float(thr)] * len(st.exits) if isinstance(thr, int | float) else [float(t) for t in thr]
+    idx, hit = simulate(scores, correct, _effective(thr, st.active))
     hist = torch.bincount(idx, minlength=len(st.exits) + 1).tolist()
     return {
-        "thresholds": thr.tolist(),
+        "thresholds": thr,
+        "active": list(st.active),
         "top1_full": correct[-1].float().mean().item(),
         "top1_exit": hit.float().mean().item(),
         "drop_pts": 100 * (correct[-1].float().mean().item() - hit.float().mean().item()),
         "per_exit_top1": correct.float().mean(1).tolist(),
         "histogram": dict(zip([f"blocks.{b}" for b in st.exits] + ["final"], hist, strict=True)),
-        "macs_ratio": compute_ratio(idx, costs),
+        "macs_ratio": _ratio(idx, mac_costs(model), st.active),
     }
 
 
-def calibrate(model: nn.Module, val_set, max_drop: float = 1.0) -> dict[str, Any]:
-    """Set the single exit threshold with the most exits whose top-1 drop on ``val_set`` is ≤ ``max_drop``
-    points vs the model's own head (recorded in the early_exit step, so a saved artifact keeps it)."""
+def calibrate(
+    model: nn.Module,
+    val_set,
+    max_drop: float = 1.0,
+    *,
+    per_exit: bool = False,
+    cost: str = "macs",
+    example: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Calibrate the exits on ``val_set`` for a top-1 drop ≤ ``max_drop`` points vs the model's own head, and
+    record the result in the early_exit step (a saved artifact keeps it).
+
+    Default (LGViT): the single threshold with the most exits. ``per_exit=True``: one threshold per exit and
+    exits switched off where they do not pay, minimising the mean ``cost`` per sample — ``"macs"``
+    (analytic) or ``"latency"`` (batch-1 seconds measured here on ``example``, default the first val
+    image; see :func:`measured_costs`) — with :func:`vitkit.ops.early_exit.calibrate_per_exit`."""
+    if cost not in ("macs", "latency"):
+        raise ConfigError(f"calibration cost must be 'macs' or 'latency', got {cost!r}")
     st = state(model)
     scores, correct, _ = exit_table(model, val_set)
-    t, info = calibrate_threshold(scores, correct, float(max_drop))
-    set_threshold(model, t)
-    idx, _ = simulate(scores, correct, torch.full((len(st.exits),), t))
+    E = len(st.exits)
+    if cost == "latency":
+        if example is None:
+            example = next(iter(iterate_batches(val_set, 1)))[0]
+        costs = measured_costs(model, example)
+    else:
+        costs = mac_costs(model)
+    if per_exit:
+        thr, active, raw = calibrate_per_exit(scores, correct, float(max_drop), costs)
+    else:
+        t, raw = calibrate_threshold(scores, correct, float(max_drop))
+        thr, active = [t] * E, [True] * E
+    set_threshold(model, thr, active=active)
+    idx, _ = simulate(scores, correct, _effective(thr, active))
     info = {
-        "threshold": t,
+        "threshold": thr[0] if len(set(thr)) == 1 and all(active) else [round(t, 6) for t in thr],
+        "active": active,
+        "mode": "per-exit" if per_exit else "single",
+        "cost": cost,
         "max_drop": float(max_drop),
         "images": int(scores.shape[1]),
-        "top1_full": info["top1_full"],
-        "top1_exit": info["top1_exit"],
-        "drop_pts": round(info["drop_pts"], 4),
-        "histogram": dict(zip([f"blocks.{b}" for b in st.exits] + ["final"], info["exits"], strict=True)),
-        "macs_ratio": round(compute_ratio(idx, torch.tensor(exit_costs(model), dtype=torch.float64)), 4),
+        "top1_full": raw["top1_full"],
+        "top1_exit": raw["top1_exit"],
+        "drop_pts": round(raw["drop_pts"], 4),
+        "histogram": dict(zip([f"blocks.{b}" for b in st.exits] + ["final"], raw["exits"], strict=True)),
+        "macs_ratio": round(_ratio(idx, mac_costs(model), active), 4),
     }
-    _log.info("calibrated exit threshold %.4f: drop %.2f pts, histogram %s", t, info["drop_pts"], info["histogram"])
+    if cost == "latency":
+        info["latency_ratio_estimate"] = round(_ratio(idx, costs, active), 4)
+        info["measured_ms"] = {
+            "embed": round(1e3 * costs.embed, 4),
+            "blocks": [round(1e3 * b, 4) for b in costs.blocks],
+            "heads": [round(1e3 * h, 4) for h in costs.heads],
+            "final": round(1e3 * costs.final, 4),
+        }
+    _log.info(
+        "calibrated exits (%s, %s): τ %s, drop %.2f pts, histogram %s",
+        info["mode"],
+        cost,
+        info["threshold"],
+        info["drop_pts"],
+        info["histogram"],
+    )
     return info

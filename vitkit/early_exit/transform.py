@@ -112,11 +112,17 @@ def apply_early_exit(model: nn.Module, cfg: EarlyExitConfig, *, calib=None, dry_
         )
     if cfg.max_drop is not None:
         val = calib if isinstance(calib, Dataset) else load_dataset(cfg.data, cfg.calib_split, model=model)
-        decisions["calibration"] = calibrate(model, val, cfg.max_drop)
+        decisions["calibration"] = calibrate(
+            model, val, cfg.max_drop, per_exit=cfg.calibration == "per-exit", cost=cfg.cost
+        )
         decisions["thresholds"] = list(getattr(model, STATE).thresholds)
+        decisions["active"] = list(getattr(model, STATE).active)
     thr = decisions["thresholds"]
     tau = f"τ={thr[0]:.4g}" if len(set(thr)) == 1 else f"τ={[round(t, 4) for t in thr]}"
-    decisions["summary"] = f"{len(exits)} exit head(s) ({where}), {cfg.criterion} {tau}"
+    off = [f"blocks.{b}" for b, a in zip(exits, decisions.get("active") or [True] * len(exits), strict=True) if not a]
+    decisions["summary"] = f"{len(exits)} exit head(s) ({where}), {cfg.criterion} {tau}" + (
+        f", switched off: {', '.join(off)}" if off else ""
+    )
     return decisions
 
 
@@ -134,4 +140,5 @@ def restore_early_exit(model: nn.Module, cfg: EarlyExitConfig, decisions: dict[s
     thresholds = [float(t) for t in decisions.get("thresholds", thresholds)]
     if HEADS not in model._modules:  # restored without the pre-weights hook: heads would be untrained
         raise ConfigError("early_exit restore needs its heads created before the weights load (prepare hook)")
-    patch(model, ExitState(exits, heads, thresholds, decisions.get("criterion", cfg.criterion)))
+    active = [bool(a) for a in decisions.get("active") or [True] * len(exits)]
+    patch(model, ExitState(exits, heads, thresholds, decisions.get("criterion", cfg.criterion), active=active))
