@@ -10,6 +10,8 @@ from vitkit.recipe import parse_recipe, run_recipe
 
 from .conftest import make_tiny
 
+STAND_IN_DEPTH = 6  # as deep as the reference model, so recipes may name its blocks
+
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 
 
@@ -21,7 +23,7 @@ def test_there_are_recipes():
 def test_recipe_dry_runs(path, tmp_path):
     data = yaml.safe_load(path.read_text())
     parse_recipe(data)  # the file as shipped is valid
-    data["model"] = str(save_artifact(make_tiny(), None, None, tmp_path / "model"))
+    data["model"] = str(save_artifact(make_tiny(depth=STAND_IN_DEPTH), None, None, tmp_path / "model"))
     _, planned = run_recipe(parse_recipe(data), None, dry_run=True)
     assert len(planned.steps) == len(data.get("steps") or [])
 
@@ -32,7 +34,7 @@ def test_recipe_really_runs(path, tmp_path):
     """The real run (steps applied, benchmarked, artifact written and reloaded) on a tiny stand-in model, with
     evaluation and timing scaled down; a recipe that needs a real trained model still exercises every step."""
     data = yaml.safe_load(path.read_text())
-    data["model"] = str(save_artifact(make_tiny(), None, None, tmp_path / "model"))
+    data["model"] = str(save_artifact(make_tiny(depth=STAND_IN_DEPTH), None, None, tmp_path / "model"))
     for step in data.get("steps") or []:
         ((_, cfg),) = step.items()
         if isinstance(cfg, dict) and "epochs" in cfg:  # training steps: one epoch is enough to exercise them
@@ -60,5 +62,6 @@ def _tiny_file(tmp_path, name: str, seed: int) -> str:
     from safetensors.torch import save_file
 
     path = tmp_path / Path(name).name
-    save_file({k: v.contiguous() for k, v in make_tiny(seed=seed).state_dict().items()}, str(path))
+    tiny = make_tiny(seed=seed, depth=STAND_IN_DEPTH)
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))
     return str(path)
