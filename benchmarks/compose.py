@@ -5,9 +5,10 @@ Usage: .venv/bin/python benchmarks/compose.py [--quick] [--part all|accuracy]
 1. deit_small_patch16_224, **random init** (speed only: its accuracy is meaningless), 224², batch 16: PyTorch fp32
    eager vs pruning (-50 % MACs, l1), ToMe r=13, both composed (PyTorch), and the composed model deployed with
    vitkit's int8 path (RepQ reparameterization + ONNX Runtime dynamic int8), all timed interleaved in one loop.
-2. Reference model (vitkit_mnist_tiny, MNIST-5k): ``recipes/compose_reference.yaml`` applied step by step, test
-   top-1 after each step, then the composed model deployed as ORT int8: accuracy and batch-64 throughput against
-   the original in PyTorch fp32 (and ORT fp32, to show the runtime's own share).
+2. Reference model (vitkit_mnist_tiny, MNIST-5k): ``recipes/compose_reference.yaml`` (prune 65 % → KD → W8A8)
+   applied step by step, test top-1 after each step, then the composed model deployed as ORT int8: accuracy and
+   batch-64 throughput against the original in PyTorch fp32 (and ORT fp32, to show the runtime's own share), and
+   the same model with ToMe r=4 added before deployment (why the recipe leaves token merging out).
 3. ``vitkit search`` on the reference model (default space, objective throughput, max drop 1 pt): search time,
    evaluations, Pareto front table and plot (``benchmarks/compose_pareto.png``).
 
@@ -142,13 +143,28 @@ def reference_part(quick: bool, timing: bool, tmp: Path) -> tuple[list[str], dic
         f"| **deployed: ORT int8** | **{100 * acc8:.2f}** | **{100 * (acc8 - base):+.2f}** | "
         f"{100 * agreement(lo, base_logits)['agreement']:.2f} | – | – |"
     )
+    # the same composed model with ToMe r=4 on top, deployed the same way: what token merging does in ORT here
+    with_tome = copy.deepcopy(m)
+    vitkit.apply_(with_tome, ToMeConfig(r=4))
+    int8_tome = deploy_int8(with_tome, tmp / "ref_int8_tome", calib=calib)
+    lo, _ = classify(int8_tome, test)
+    acc8_tome = topk_accuracy(lo, labels)
+    rows.append(
+        f"| *for comparison: + ToMe r=4, ORT int8* | {100 * acc8_tome:.2f} | {100 * (acc8_tome - base):+.2f} | "
+        f"{100 * agreement(lo, base_logits)['agreement']:.2f} | {macs(with_tome)} | – |"
+    )
     result = {"base": base, "int8": acc8}
     if timing:
         batch, repeats = (16, 3) if quick else (64, 9)
         x = torch.stack([test[i][0] for i in range(batch)])
         ort_fp32 = OrtModule(export_onnx(ref, tmp / "ref_fp32.onnx"))
-        names = ["PyTorch fp32 eager (original)", "ORT fp32 (original)", "**ORT int8 composed recipe**"]
-        times = interleaved_times([ref, ort_fp32, int8], x, repeats=repeats)
+        names = [
+            "PyTorch fp32 eager (original)",
+            "ORT fp32 (original)",
+            "**ORT int8 composed recipe**",
+            "ORT int8 composed recipe + ToMe r=4",
+        ]
+        times = interleaved_times([ref, ort_fp32, int8, int8_tome], x, repeats=repeats)
         label = " — contended (rerun quietly)" if quick else ""
         rows += [
             "",

@@ -243,6 +243,25 @@ def test_token_reduction_before_early_exit_is_honoured(tmp_path):
         assert torch.equal(loaded(x), batched)
 
 
+def test_removing_token_reduction_keeps_the_exits():
+    model = make_tiny("avgpool")
+    plain = copy.deepcopy(model)
+    vitkit.apply_(model, vitkit.ToMeConfig(r=3))
+    vitkit.apply_(model, EarlyExitConfig(exits=[0, 1], head="linear", threshold=1 - 1e-6, epochs=0))
+    vitkit.tokens.remove(model)
+    x = _x(8)
+    assert isinstance(model, EarlyExitVisionTransformer)
+    assert [s.name for s in model.vitkit_steps] == ["early_exit"]
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))  # τ≈1: the host model, now without token merging
+    set_threshold(model, _spread_threshold(model, x))
+    with torch.no_grad():
+        batched = model(x)
+        assert len(set(last_exits(model).tolist())) >= 2
+        alone = torch.cat([model(x[i : i + 1]) for i in range(8)])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_token_reduction_after_early_exit_is_refused():
     model = _exit_model()
     with pytest.raises(ConfigError, match="token reduction cannot be applied after early exit"):

@@ -291,6 +291,18 @@ def remove(model: nn.Module) -> nn.Module:
     return model
 
 
+def detach_class(model: nn.Module) -> ExitState | None:
+    """Take the ``EarlyExit<Class>`` off (heads and the recorded step stay) and return the state to hand back to
+    :func:`patch` — for a caller that changes the class underneath (``vitkit.tokens.remove``)."""
+    st = model.__dict__.pop(STATE, None)
+    if st is None:
+        return None
+    orig = model.__dict__.pop(ORIG_CLASS, None)
+    if orig is not None:
+        model.__class__ = orig
+    return st
+
+
 def exit_histogram(model: nn.Module) -> dict[str, int]:
     """Samples that left at each exit since the last reset: ``{"blocks.3": n, ..., "final": n}``."""
     st = state(model)

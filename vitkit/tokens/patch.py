@@ -275,7 +275,13 @@ def patch_model(model: nn.Module, method: str, reducers: Sequence[Reducer | None
 
 
 def remove(model: nn.Module) -> nn.Module:
-    """Undo any vitkit token-reduction patch: original classes back, reducers and token steps dropped."""
+    """Undo any vitkit token-reduction patch: original classes back, reducers and token steps dropped.
+
+    Early exits applied after the token step stay: their class is taken off and put back on the restored host."""
+    from ..early_exit.runtime import detach_class
+    from ..early_exit.runtime import patch as patch_exits
+
+    exits = detach_class(model)
     for module in model.modules():
         orig = module.__dict__.pop(ORIG_CLASS, None)
         if orig is not None:
@@ -285,6 +291,8 @@ def remove(model: nn.Module) -> nn.Module:
     steps = getattr(model, HISTORY_ATTR, None)
     if steps:
         setattr(model, HISTORY_ATTR, [s for s in steps if s.name not in TOKEN_TRANSFORMS])
+    if exits is not None:
+        patch_exits(model, exits)
     return model
 
 
