@@ -118,11 +118,12 @@ def apply_early_exit(model: nn.Module, cfg: EarlyExitConfig, *, calib=None, dry_
         decisions["thresholds"] = list(getattr(model, STATE).thresholds)
         decisions["active"] = list(getattr(model, STATE).active)
     thr = decisions["thresholds"]
-    tau = f"τ={thr[0]:.4g}" if len(set(thr)) == 1 else f"τ={[round(t, 4) for t in thr]}"
-    off = [f"blocks.{b}" for b, a in zip(exits, decisions.get("active") or [True] * len(exits), strict=True) if not a]
-    decisions["summary"] = f"{len(exits)} exit head(s) ({where}), {cfg.criterion} {tau}" + (
-        f", switched off: {', '.join(off)}" if off else ""
-    )
+    active = decisions.get("active") or [True] * len(exits)
+    if len(set(thr)) == 1 and all(active):
+        tau = f"τ={thr[0]:.4g}"
+    else:
+        tau = "τ=[" + ", ".join(f"{t:.4g}" if a else "off" for t, a in zip(thr, active, strict=True)) + "]"
+    decisions["summary"] = f"{len(exits)} exit head(s) ({where}), {cfg.criterion} {tau}"
     return decisions
 
 
