@@ -136,23 +136,23 @@ def reference_part(quick: bool, timing: bool, tmp: Path) -> tuple[list[str], dic
             f"{100 * agreement(lo, base_logits)['agreement']:.2f} | {macs(m)} | "
             f"{secs:.1f} |"
         )
-    int8 = deploy_int8(m, tmp / "ref_int8", calib=calib)
-    lo, _ = classify(int8, test)
-    acc8 = topk_accuracy(lo, labels)
-    rows.append(
-        f"| **deployed: ORT int8** | **{100 * acc8:.2f}** | **{100 * (acc8 - base):+.2f}** | "
-        f"{100 * agreement(lo, base_logits)['agreement']:.2f} | – | – |"
-    )
+
+    def deployed(model, name: str, label: str, mac_col: str) -> tuple[torch.nn.Module, float]:
+        """Deploy ``model`` as ORT int8, append its accuracy row; returns (session, top-1)."""
+        session = deploy_int8(model, tmp / name, calib=calib)
+        lo, _ = classify(session, test)
+        acc = topk_accuracy(lo, labels)
+        rows.append(
+            f"| {label} | {100 * acc:.2f} | {100 * (acc - base):+.2f} | "
+            f"{100 * agreement(lo, base_logits)['agreement']:.2f} | {mac_col} | – |"
+        )
+        return session, acc
+
+    int8, acc8 = deployed(m, "ref_int8", "**deployed: ORT int8**", "–")
     # the same composed model with ToMe r=4 on top, deployed the same way: what token merging does in ORT here
     with_tome = copy.deepcopy(m)
     vitkit.apply_(with_tome, ToMeConfig(r=4))
-    int8_tome = deploy_int8(with_tome, tmp / "ref_int8_tome", calib=calib)
-    lo, _ = classify(int8_tome, test)
-    acc8_tome = topk_accuracy(lo, labels)
-    rows.append(
-        f"| *for comparison: + ToMe r=4, ORT int8* | {100 * acc8_tome:.2f} | {100 * (acc8_tome - base):+.2f} | "
-        f"{100 * agreement(lo, base_logits)['agreement']:.2f} | {macs(with_tome)} | – |"
-    )
+    int8_tome, _ = deployed(with_tome, "ref_int8_tome", "*for comparison: + ToMe r=4, ORT int8*", macs(with_tome))
     result = {"base": base, "int8": acc8}
     if timing:
         batch, repeats = (16, 3) if quick else (64, 9)
