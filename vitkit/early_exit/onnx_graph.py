@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops.early_exit import exit_scores
+from ..ops.early_exit import effective_thresholds, exit_scores
 from .runtime import all_exit_logits, state
 
 
@@ -24,8 +24,7 @@ class ExitSelectGraph(nn.Module):
         self.model = model
         st = state(model)
         self.criterion = st.criterion
-        thr = [t if on else 2.0 for t, on in zip(st.thresholds, st.active, strict=True)]  # 2.0: switched off
-        self.register_buffer("thresholds", torch.tensor(thr, dtype=torch.float32), persistent=False)
+        self.register_buffer("thresholds", effective_thresholds(st.thresholds, st.active), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outs = all_exit_logits(self.model, x)  # E+1 × [B, C], the final head last

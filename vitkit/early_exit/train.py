@@ -21,7 +21,14 @@ import torch.nn.functional as F
 from ..data import iterate_batches
 from ..distill.losses import soft_kd
 from ..errors import ConfigError
-from ..ops.early_exit import ExitCosts, calibrate_per_exit, calibrate_threshold, exit_scores, simulate
+from ..ops.early_exit import (
+    ExitCosts,
+    calibrate_per_exit,
+    calibrate_threshold,
+    effective_thresholds,
+    exit_scores,
+    simulate,
+)
 from ..training import TrainConfig, fit
 from .runtime import HEADS, _Runner, all_exit_logits, set_threshold, state
 
@@ -162,10 +169,6 @@ def measured_costs(model: nn.Module, example: torch.Tensor, *, repeats: int = 30
     )
 
 
-def _effective(thresholds: list[float], active: list[bool]) -> torch.Tensor:
-    return torch.tensor([t if a else 2.0 for t, a in zip(thresholds, active, strict=True)])  # 2.0: never exits
-
-
 def _ratio(idx: torch.Tensor, costs: ExitCosts, active: list[bool]) -> float:
     """The model without exits over the mean cost per sample with exiting."""
     return costs.full / costs.path(active)[idx].mean().item()
@@ -178,7 +181,7 @@ def evaluate_exits(model: nn.Module, dataset, thresholds: float | list[float] | 
     scores, correct, _ = exit_table(model, dataset)
     thr = st.thresholds if thresholds is None else thresholds
     thr = [float(thr)] * len(st.exits) if isinstance(thr, int | float) else [float(t) for t in thr]
-    idx, hit = simulate(scores, correct, _effective(thr, st.active))
+    idx, hit = simulate(scores, correct, effective_thresholds(thr, st.active))
     hist = torch.bincount(idx, minlength=len(st.exits) + 1).tolist()
     return {
         "thresholds": thr,
@@ -225,7 +228,7 @@ def calibrate(
         t, raw = calibrate_threshold(scores, correct, float(max_drop))
         thr, active = [t] * E, [True] * E
     set_threshold(model, thr, active=active)
-    idx, _ = simulate(scores, correct, _effective(thr, active))
+    idx, _ = simulate(scores, correct, effective_thresholds(thr, active))
     info = {
         "threshold": thr[0] if len(set(thr)) == 1 and all(active) else [round(t, 6) for t in thr],
         "active": active,

@@ -61,6 +61,12 @@ def first_exit(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
     return passed.to(torch.int8).argmax(dim=0)  # first True along exits
 
 
+def effective_thresholds(thresholds: list[float], active: list[bool] | None = None) -> torch.Tensor:
+    """``[E]`` thresholds with switched-off exits set to 2.0, a score no sample reaches (scores lie in [0, 1])."""
+    active = [True] * len(thresholds) if active is None else active
+    return torch.tensor([float(t) if a else 2.0 for t, a in zip(thresholds, active, strict=True)])
+
+
 def simulate(
     scores: torch.Tensor, correct: torch.Tensor, thresholds: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,8 +172,7 @@ def calibrate_per_exit(
     active = [True] * E
 
     def evaluate(t: list[float], act: list[bool]) -> tuple[float, float, torch.Tensor]:
-        eff = torch.tensor([ti if a else 2.0 for ti, a in zip(t, act, strict=True)])  # 2.0: never passes
-        idx, hit = simulate(scores, correct, eff)
+        idx, hit = simulate(scores, correct, effective_thresholds(t, act))
         return costs.path(act)[idx].mean().item(), 100.0 * (base - hit.float().mean().item()), idx
 
     best, drop, idx = evaluate(thr, active)
