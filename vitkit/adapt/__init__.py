@@ -1,5 +1,5 @@
 """Cheap adaptation of a pretrained ViT: LoRA (folded back to plain weights), AdaptFormer adapters, visual
-prompts, SlimFit freezing, LoRA-FAIR aggregation and peft-format LoRA files.
+prompts, SlimFit freezing, LoRA-FAIR aggregation, peft-format LoRA files, and the rank a full fine-tuning used.
 
 Registered steps and their kinds (order: structure → weights → numerics → runtime):
 
@@ -18,6 +18,7 @@ from .common import adapter_kind, adapter_kinds, trainable_summary
 from .lora import DEFAULT_TARGETS, LoRAConfig, LoRALinear, LoRAMergeConfig, lora_modules, merge_back
 from .peft_io import export_peft, import_peft
 from .prompt import PromptConfig
+from .rank import truncate_to_rank, update_spectrum
 from .train import FineTuneConfig, FineTuneResult, MemoryMeter, SlimFitConfig, SlimFitFreezer, finetune
 
 __all__ = [
@@ -44,4 +45,6 @@ __all__ = [
     "lora_state_dict",
     "merge_back",
     "trainable_summary",
+    "truncate_to_rank",
+    "update_spectrum",
 ]

@@ -17,6 +17,11 @@ Deliberate difference from LoRA-FAIR: we solve the refinement in closed form as 
 ``min_B' ‖ΔW − B' Ā‖_F² + λ‖B' − B̄‖_F²`` ⇒ ``B' = (ΔW Āᵀ + λ B̄)(Ā Āᵀ + λ I)⁻¹`` (the paper runs gradient
 steps on a cosine-similarity objective); the Frobenius residual is what we test and report.
 
+How much rank a full fine-tuning used (:func:`update_energy`, :func:`truncate_update`): by Eckart–Young the
+best rank-r approximation of an update ``ΔW = U Σ Vᵀ`` is ``U_r Σ_r V_rᵀ``, and it keeps the fraction
+``Σ_{i≤r} σ_i² / Σ_i σ_i²`` of ``‖ΔW‖_F²`` — the LoRA paper's §7.2 question ("what is the optimal rank?"),
+asked of the update full fine-tuning found.
+
 Every function takes plain tensors and never modifies its inputs.
 """
 
@@ -36,6 +41,8 @@ __all__ = [
     "fair_correction",
     "aggregate_lora_factors",
     "relative_error",
+    "update_energy",
+    "truncate_update",
 ]
 
 
@@ -143,3 +150,23 @@ def relative_error(approx: torch.Tensor, target: torch.Tensor) -> float:
     denom = float(target.norm())
     diff = float((approx - target).norm())
     return diff / denom if denom > 0 else diff
+
+
+def update_energy(delta: torch.Tensor, ranks: Sequence[int]) -> list[float]:
+    """Fraction of ``‖ΔW‖_F²`` in the top-``r`` singular directions, for each ``r`` in ``ranks`` (1.0 for
+    ``r ≥ min(out, in)``; 0-update → 1.0). ``delta [out, in]``."""
+    s2 = torch.linalg.svdvals(delta.to(torch.float32)) ** 2  # [min(out, in)], descending
+    total = float(s2.sum())
+    if total == 0.0:
+        return [1.0 for _ in ranks]
+    cum = torch.cumsum(s2, 0) / total
+    return [float(cum[min(int(r), len(cum)) - 1]) if int(r) > 0 else 0.0 for r in ranks]
+
+
+def truncate_update(delta: torch.Tensor, rank: int) -> torch.Tensor:
+    """The best rank-``rank`` approximation of ``delta [out, in]`` (truncated SVD), in ``delta``'s dtype."""
+    if int(rank) <= 0:
+        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    u, s, vh = torch.linalg.svd(delta.to(torch.float32), full_matrices=False)  # [out, k], [k], [k, in]
+    r = min(int(rank), s.numel())
+    return ((u[:, :r] * s[:r]) @ vh[:r]).to(delta.dtype)
