@@ -1,6 +1,6 @@
 """Cheap adaptation benchmark → the "adapt" section of BENCHMARKS.md.
 
-Usage: .venv/bin/python benchmarks/adapt.py [--quick] [--threads N]
+Usage: .venv/bin/python benchmarks/adapt.py [--quick] [--threads N] [--part table|rank|all]
 
 New task: scikit-learn's 8×8 digits (1,257 train / 270 val / 270 test), upsampled to the reference model's
 28×28 input, with a freshly initialised 10-way classifier (a new task and a new head for every variant).
@@ -11,6 +11,12 @@ attention only, AdaptFormer adapters, shallow and deep visual prompts — all tr
 back into plain weights), trainable parameters (% of the 456k-parameter reference model), training memory
 counted tensor by tensor at the peak step (weights + grads + AdamW state + saved activations; allocator
 independent), and wall-clock training time (only meaningful on a quiet machine).
+
+``--part rank`` → the "adapt_rank" section: how much LoRA rank this task needs. 5-fold cross-validation over
+all 1,797 digits (every image is a test image once), full fine-tuning against LoRA at growing rank, and the
+spectrum of full fine-tuning's own update (``vitkit.adapt.update_spectrum``): the fraction of ``‖ΔW‖²`` in
+the top-r singular directions and the accuracy of the full-FT model with each update cut to rank r
+(``truncate_to_rank``). Runs two single-threaded worker processes (2 cores).
 """
 
 from __future__ import annotations
@@ -26,10 +32,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vitkit  # noqa: E402
-from vitkit.adapt import AdapterConfig, LoRAConfig, PromptConfig, SlimFitConfig, finetune, merge_back  # noqa: E402
+from vitkit.adapt import (  # noqa: E402
+    AdapterConfig,
+    LoRAConfig,
+    PromptConfig,
+    SlimFitConfig,
+    finetune,
+    merge_back,
+    truncate_to_rank,
+    update_spectrum,
+)
 from vitkit.bench.env import environment  # noqa: E402
 from vitkit.bench.record import env_lines, write_section  # noqa: E402
-from vitkit.data import load_dataset  # noqa: E402
+from vitkit.data import bundled, input_spec, load_dataset  # noqa: E402
+from vitkit.data.core import TensorImageDataset  # noqa: E402
 from vitkit.demo import reference_artifact  # noqa: E402
 from vitkit.training import TrainConfig, evaluate_top1  # noqa: E402
 
@@ -84,6 +100,134 @@ def run_variant(ref, name, spec, data, epochs, seed, threads):
     }
 
 
+RANK_LORAS = (2, 3, 4, 8, 16, 32)
+SPECTRUM_RANKS = (1, 2, 3, 4, 8, 16, 32)
+FOLDS = 5
+
+
+def fold_data(ref, fold: int, k: int = FOLDS) -> dict:
+    """Fold ``fold`` of a k-fold split of all 1,797 digits (contiguous slices of the fixed shuffled order)."""
+    x, y = bundled.split("digits", "all")
+    n = len(y)
+    test = torch.zeros(n, dtype=torch.bool)
+    test[fold * n // k : (fold + 1) * n // k] = True
+    spec = input_spec(ref)
+    return {
+        "train": TensorImageDataset(x[~test], y[~test], spec, name=f"digits/cv{fold}-train"),
+        "test": TensorImageDataset(x[test], y[test], spec, name=f"digits/cv{fold}-test"),
+    }
+
+
+def rank_job(job):
+    """One (variant, fold) run in a worker process: test accuracy, and for full FT the update spectrum."""
+    variant, fold, epochs = job
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    ref = vitkit.load(reference_artifact())
+    data = fold_data(ref, fold)
+    model = fresh_task_model(ref, seed=fold)
+    base = copy.deepcopy(model).eval()
+    lr = 1e-3 if variant in ("full", "linears") else 3e-3
+    if variant == "linears":  # full-rank updates of exactly the LoRA targets (+ the new head), nothing else
+        targets = ("attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight")
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith("head") or (n.startswith("blocks.") and n.endswith(targets)))
+    elif variant != "full":
+        vitkit.apply_(model, LoRAConfig(rank=variant, alpha=2 * variant))
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, weight_decay=0.05, warmup_epochs=1.0, seed=fold, threads=1)
+    res = finetune(model, data["train"], cfg)
+    if isinstance(variant, int):
+        merge_back(model)
+    out = {"variant": variant, "fold": fold, "correct": round(evaluate_top1(model, data["test"]) * len(data["test"]))}
+    out.update(n=len(data["test"]), trainable=res.trainable["trainable"])
+    if variant == "full":
+        spec = update_spectrum(base, model, SPECTRUM_RANKS)
+        out["energy"] = {
+            kind: [
+                sum(v["energy"][r] for n, v in spec["layers"].items() if n.endswith(kind))
+                / sum(n.endswith(kind) for n in spec["layers"])
+                for r in SPECTRUM_RANKS
+            ]
+            for kind in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+        }
+        out["relative_norm"] = spec["mean"]["relative_norm"]
+        out["truncated"] = {r: evaluate_top1(truncate_to_rank(base, model, r), data["test"]) for r in SPECTRUM_RANKS}
+    return out
+
+
+def rank_section(epochs: int, base_params: int, out_path: str) -> None:
+    import multiprocessing as mp
+
+    variants = ("full", "linears", *RANK_LORAS)
+    jobs = [(v, f, epochs) for v in variants for f in range(FOLDS)]
+    with mp.get_context("spawn").Pool(2) as pool:
+        results = pool.map(rank_job, jobs, chunksize=1)
+    by = {}
+    for r in results:
+        by.setdefault(r["variant"], []).append(r)
+
+    def acc(v):
+        return sum(r["correct"] for r in by[v]) / sum(r["n"] for r in by[v])
+
+    def folds(v):
+        return ", ".join(f"{100 * r['correct'] / r['n']:.1f}" for r in sorted(by[v], key=lambda r: r["fold"]))
+
+    full = acc("full")
+    lines = [
+        "## How much LoRA rank the digits task needs (`benchmarks/adapt.py --part rank`)",
+        "",
+        env_lines(environment()),
+        "",
+        f"5-fold cross-validation over all 1,797 digits (train 4/5, test the held-out 1/5; every image is tested "
+        f"once, so a row is scored on 1,797 images), {epochs} epochs, batch 32, AdamW, the reference ViT with a new "
+        "10-way head; full fine-tuning lr 1e-3, LoRA (attention+MLP, α = 2r) lr 3e-3, as in the table above; the "
+        "second row trains the same 24 weight matrices LoRA adapts, at full rank, and freezes everything else. "
+        "Two single-threaded worker processes.",
+        "",
+        "| variant | CV top-1 (1,797 images) | Δ vs full FT (pt) | per fold | trainable params | % of model |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = {"full": "full fine-tune", "linears": "full-rank ΔW on the LoRA targets only (+ head)"}
+    for v in variants:
+        name = names.get(v, f"LoRA r={v}")
+        tr = by[v][0]["trainable"]
+        lines.append(
+            f"| {name} | {100 * acc(v):.2f}% | {100 * (acc(v) - full):+.2f} | {folds(v)} | {tr:,} "
+            f"| {100 * tr / base_params:.2f}% |"
+        )
+    fulls = by["full"]
+    lines += [
+        "",
+        "The update full fine-tuning made (mean over the 5 folds' models; `update_spectrum`): ‖ΔW‖/‖W0‖ = "
+        f"{sum(r['relative_norm'] for r in fulls) / len(fulls):.2f} on average over the 24 block linears. Share "
+        "of ‖ΔW‖² in the top-r singular directions, and CV accuracy of the full-FT models with every block-linear "
+        "update cut to its best rank-r approximation (`truncate_to_rank`; everything else as fine-tuned):",
+        "",
+        "| rank r | " + " | ".join(str(r) for r in SPECTRUM_RANKS) + " |",
+        "|---|" + "---|" * len(SPECTRUM_RANKS),
+    ]
+    for kind in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+        vals = [sum(r["energy"][kind][i] for r in fulls) / len(fulls) for i in range(len(SPECTRUM_RANKS))]
+        lines.append(f"| energy in rank r, {kind} | " + " | ".join(f"{100 * x:.0f}%" for x in vals) + " |")
+    trunc = [sum(r["truncated"][k] * r["n"] for r in fulls) / sum(r["n"] for r in fulls) for k in SPECTRUM_RANKS]
+    lines.append("| full FT cut to rank r, CV top-1 | " + " | ".join(f"{100 * x:.1f}%" for x in trunc) + " |")
+    within = [v for v in RANK_LORAS if acc(v) >= full - 0.01]
+    budget = [v for v in RANK_LORAS if by[v][0]["trainable"] <= 0.05 * base_params]
+    lines += [
+        "",
+        "Smallest LoRA rank within 1 pt of full fine-tuning: "
+        + (
+            f"r={within[0]} ({100 * by[within[0]][0]['trainable'] / base_params:.1f}% of the parameters)"
+            if within
+            else f"none up to r={RANK_LORAS[-1]}"
+        )
+        + f"; the 5% budget allows r ≤ {max(budget) if budget else 0}.",
+        "",
+        f"Command: `python benchmarks/adapt.py --part rank --epochs {epochs}`",
+    ]
+    write_section("adapt_rank", "\n".join(lines), out_path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2 epochs, 3 variants (smoke run; accuracy meaningless)")
@@ -94,12 +238,17 @@ def main() -> None:
     ap.add_argument("--variants", default=None, help="comma-separated variant names to run (default: all)")
     ap.add_argument("--no-write", action="store_true", help="print the rows, do not touch BENCHMARKS.md")
     ap.add_argument("--out", default="BENCHMARKS.md")
+    ap.add_argument("--part", choices=("table", "rank", "all"), default="all")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     epochs = args.epochs or (2 if args.quick else 10)
     ref = vitkit.load(reference_artifact())
     base_params = sum(p.numel() for p in ref.parameters())
+    if args.part in ("rank", "all") and not args.no_write:
+        rank_section(epochs, base_params, args.out)
+    if args.part == "rank":
+        return
     data = {s: load_dataset("digits", s, model=ref) for s in ("train", "val", "test")}
     names = list(VARIANTS) if not args.quick else ["full fine-tune", "LoRA r=4", "VPT shallow, 10 prompts"]
     if args.variants:
