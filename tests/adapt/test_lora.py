@@ -62,6 +62,7 @@ def test_targets_are_globs_over_linear_names(tiny_model):
         (lambda: LoRAConfig(rank=-2), "rank must be a positive int"),
         (lambda: LoRAConfig(alpha=0), "alpha must be a positive"),
         (lambda: LoRAConfig(dropout=1.0), "dropout must be in"),
+        (lambda: LoRAConfig(variant="dora"), r"variant must be one of \['lora', 'hira'\]"),
     ],
 )
 def test_bad_config(make, match):
@@ -102,11 +103,38 @@ def test_dry_run_changes_nothing(tiny_model):
     assert len(report.steps[0].decisions["modules"]) == 12 and not lora_modules(tiny_model)
 
 
-@pytest.mark.parametrize("merged", [False, True])
-def test_artifact_round_trip(tmp_path, images, merged):
+def test_hira_is_identity_at_init_high_rank_and_folds_back_exactly(tiny_model, images):
+    base = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    before = tiny_model(images)
+    vitkit.apply_(tiny_model, LoRAConfig(rank=2, alpha=4, variant="hira"))
+    torch.testing.assert_close(tiny_model(images), before, rtol=0, atol=0)
+    qkv = tiny_model.blocks[0].attn.qkv
+    assert qkv.lora_hadamard and "hira" in repr(qkv)
+    _randomize(tiny_model)
+    w0, a, b = qkv.weight.detach().clone(), qkv.lora_A.detach().clone(), qkv.lora_B.detach().clone()
+    adapted = tiny_model(images).detach()
+    merge_back(tiny_model)
+    torch.testing.assert_close(tiny_model(images), adapted, rtol=1e-5, atol=1e-5)
+    delta = tiny_model.blocks[0].attn.qkv.weight.detach() - base["blocks.0.attn.qkv.weight"]
+    torch.testing.assert_close(delta, 2.0 * w0 * (b @ a), rtol=1e-5, atol=1e-6)  # scale α/r = 2, Eq. 4
+    assert int(torch.linalg.matrix_rank(delta)) > 2  # same parameters as rank-2 LoRA, a higher-rank update
+    assert list(tiny_model.state_dict()) == list(base)
+
+
+def test_hira_refuses_peft_export(tmp_path, tiny_model):
+    from vitkit.adapt import export_peft
+
+    vitkit.apply_(tiny_model, LoRAConfig(rank=2, variant="hira"))
+    with pytest.raises(ConfigError, match="plain LoRA only; this model uses HiRA"):
+        export_peft(tiny_model, tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
+
+
+@pytest.mark.parametrize("merged, variant", [(False, "lora"), (True, "lora"), (False, "hira"), (True, "hira")])
+def test_artifact_round_trip(tmp_path, images, merged, variant):
     model = make_tiny("registers")
     keys = list(model.state_dict())
-    vitkit.apply_(model, LoRAConfig(rank=3, alpha=6))
+    vitkit.apply_(model, LoRAConfig(rank=3, alpha=6, variant=variant))
     _randomize(model, seed=3)
     if merged:
         merge_back(model)

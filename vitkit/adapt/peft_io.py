@@ -41,6 +41,11 @@ def export_peft(model: nn.Module, directory: str | Path, *, modules_to_save: lis
     if not mods:
         raise ConfigError("model has no LoRA layers to export: add them with LoRAConfig first")
     ranks = {int(m.lora_A.shape[0]) for m in mods.values()}
+    if any(m.lora_hadamard for m in mods.values()):
+        raise ConfigError(
+            "export_peft writes plain LoRA only; this model uses HiRA (variant='hira'): fold it with "
+            "merge_back and ship the plain weights"
+        )
     scales = {round(float(m.lora_scale), 12) for m in mods.values()}
     if len(ranks) != 1 or len(scales) != 1:
         raise ConfigError(f"export_peft needs one rank and scale for all layers, got ranks {sorted(ranks)}")

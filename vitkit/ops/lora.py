@@ -7,6 +7,10 @@ Papers:
   init), so the adapted layer starts as the base layer; after training ``W = W0 + (α/r) B A`` (§4.1, "no
   additional inference latency"). LoRAT (Lin et al., "Tracking Meets LoRA", CVPR 2024) applies the same
   update to ViT linear layers and merges it back for deployment.
+* HiRA — Huang et al., "HiRA: Parameter-Efficient Hadamard High-Rank Adaptation for Large Language Models",
+  ICLR 2025, Eq. 4: ``ΔW = W0 ⊙ (B A)`` — the same factors and parameter count as LoRA, but the Hadamard
+  product with the frozen weight lifts the update's rank up to ``rank(W0)·r``; folds back the same way,
+  ``W = W0 + (α/r) · W0 ⊙ (B A)``. (Deliberate difference: we keep LoRA's ``α/r`` scale and init.)
 * LoRA-FAIR — Bian et al., "LoRA-FAIR: Federated LoRA Fine-Tuning with Aggregation and Initialization
   Refinement", arXiv 2411.14961, §4: averaging the factors of K clients separately,
   ``B̄ Ā = (Σ p_k B_k)(Σ p_k A_k)``, is not the average update ``ΔW = Σ p_k B_k A_k`` (server-side
@@ -35,6 +39,7 @@ import torch
 __all__ = [
     "init_lora",
     "lora_delta",
+    "hira_delta",
     "fold_lora",
     "mean_factors",
     "mean_delta",
@@ -66,9 +71,20 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     return float(scale) * (b @ a)
 
 
-def fold_lora(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """The merged weight ``W0 + scale · B A`` (a new tensor, in ``weight``'s dtype)."""
-    delta = lora_delta(a.to(torch.float32), b.to(torch.float32), scale)  # [out, in], summed in fp32
+def hira_delta(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """``ΔW = scale · W0 ⊙ (B A)`` ``[out, in]`` (HiRA Eq. 4), in fp32."""
+    return weight.to(torch.float32) * lora_delta(a.to(torch.float32), b.to(torch.float32), scale)
+
+
+def fold_lora(
+    weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, *, hadamard: bool = False
+) -> torch.Tensor:
+    """The merged weight ``W0 + scale · B A`` (``hadamard``: ``W0 + scale · W0 ⊙ B A``, HiRA) — a new tensor
+    in ``weight``'s dtype."""
+    a, b = a.to(torch.float32), b.to(torch.float32)
+    if hadamard and tuple(b.shape[:1]) + tuple(a.shape[1:]) != tuple(weight.shape):
+        raise ValueError(f"ΔW {(b.shape[0], a.shape[1])} does not match the weight {tuple(weight.shape)}")
+    delta = hira_delta(weight, a, b, scale) if hadamard else lora_delta(a, b, scale)  # [out, in], fp32
     if delta.shape != weight.shape:
         raise ValueError(f"ΔW {tuple(delta.shape)} does not match the weight {tuple(weight.shape)}")
     return (weight.to(torch.float32) + delta).to(weight.dtype)
