@@ -116,7 +116,7 @@ def test_hira_is_identity_at_init_high_rank_and_folds_back_exactly(tiny_model, i
     merge_back(tiny_model)
     torch.testing.assert_close(tiny_model(images), adapted, rtol=1e-5, atol=1e-5)
     delta = tiny_model.blocks[0].attn.qkv.weight.detach() - base["blocks.0.attn.qkv.weight"]
-    torch.testing.assert_close(delta, 2.0 * w0 * (b @ a), rtol=1e-5, atol=1e-6)  # scale α/r = 2, Eq. 4
+    torch.testing.assert_close(delta, 2.0 * w0 * (b @ a), rtol=1e-5, atol=1e-6)  # scale α/r = 2, HiRA update
     assert int(torch.linalg.matrix_rank(delta)) > 2  # same parameters as rank-2 LoRA, a higher-rank update
     assert list(tiny_model.state_dict()) == list(base)
 

@@ -8,8 +8,9 @@ Papers:
   additional inference latency"). LoRAT (Lin et al., "Tracking Meets LoRA", CVPR 2024) applies the same
   update to ViT linear layers and merges it back for deployment.
 * HiRA — Huang et al., "HiRA: Parameter-Efficient Hadamard High-Rank Adaptation for Large Language Models",
-  ICLR 2025, Eq. 4: ``ΔW = W0 ⊙ (B A)`` — the same factors and parameter count as LoRA, but the Hadamard
-  product with the frozen weight lifts the update's rank up to ``rank(W0)·r``; folds back the same way,
+  ICLR 2025, its update rule ``ΔW = W0 ⊙ (B A)`` (equation number not checked: the paper is not in the
+  project library) — the same factors and parameter count as LoRA, but the Hadamard product with the
+  frozen weight lifts the update's rank up to ``rank(W0)·r``; folds back the same way,
   ``W = W0 + (α/r) · W0 ⊙ (B A)``. (Deliberate difference: we keep LoRA's ``α/r`` scale and init.)
 * LoRA-FAIR — Bian et al., "LoRA-FAIR: Federated LoRA Fine-Tuning with Aggregation and Initialization
   Refinement", arXiv 2411.14961, §4: averaging the factors of K clients separately,
@@ -72,7 +73,7 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def hira_delta(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """``ΔW = scale · W0 ⊙ (B A)`` ``[out, in]`` (HiRA Eq. 4), in fp32."""
+    """``ΔW = scale · W0 ⊙ (B A)`` ``[out, in]`` (HiRA), in fp32."""
     return weight.to(torch.float32) * lora_delta(a.to(torch.float32), b.to(torch.float32), scale)
 
 
