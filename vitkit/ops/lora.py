@@ -74,7 +74,10 @@ def lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
 
 def hira_delta(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     """``ΔW = scale · W0 ⊙ (B A)`` ``[out, in]`` (HiRA), in fp32."""
-    return weight.to(torch.float32) * lora_delta(a.to(torch.float32), b.to(torch.float32), scale)
+    ba = lora_delta(a.to(torch.float32), b.to(torch.float32), scale)  # [out, in]
+    if ba.shape != weight.shape:  # checked before the product, which would broadcast e.g. a [out, 1] weight
+        raise ValueError(f"ΔW {tuple(ba.shape)} does not match the weight {tuple(weight.shape)}")
+    return weight.to(torch.float32) * ba
 
 
 def fold_lora(
@@ -83,8 +86,6 @@ def fold_lora(
     """The merged weight ``W0 + scale · B A`` (``hadamard``: ``W0 + scale · W0 ⊙ B A``, HiRA) — a new tensor
     in ``weight``'s dtype."""
     a, b = a.to(torch.float32), b.to(torch.float32)
-    if hadamard and tuple(b.shape[:1]) + tuple(a.shape[1:]) != tuple(weight.shape):
-        raise ValueError(f"ΔW {(b.shape[0], a.shape[1])} does not match the weight {tuple(weight.shape)}")
     delta = hira_delta(weight, a, b, scale) if hadamard else lora_delta(a, b, scale)  # [out, in], fp32
     if delta.shape != weight.shape:
         raise ValueError(f"ΔW {tuple(delta.shape)} does not match the weight {tuple(weight.shape)}")
