@@ -63,6 +63,8 @@ def test_targets_are_globs_over_linear_names(tiny_model):
         (lambda: LoRAConfig(alpha=0), "alpha must be a positive"),
         (lambda: LoRAConfig(dropout=1.0), "dropout must be in"),
         (lambda: LoRAConfig(variant="dora"), r"variant must be one of \['lora', 'hira'\]"),
+        (lambda: LoRAConfig(init="gaussian"), r"init must be one of \['lora', 'pissa'\]"),
+        (lambda: LoRAConfig(init="pissa", variant="hira"), "init='pissa' applies to variant='lora' only"),
     ],
 )
 def test_bad_config(make, match):
@@ -130,11 +132,44 @@ def test_hira_refuses_peft_export(tmp_path, tiny_model):
     assert not (tmp_path / "peft").exists()
 
 
-@pytest.mark.parametrize("merged, variant", [(False, "lora"), (True, "lora"), (False, "hira"), (True, "hira")])
-def test_artifact_round_trip(tmp_path, images, merged, variant):
+def test_pissa_starts_at_the_principal_part_and_folds_back_exactly(tiny_model, images):
+    base = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    before = tiny_model(images)
+    vitkit.apply_(tiny_model, LoRAConfig(rank=2, alpha=4, init="pissa"))
+    torch.testing.assert_close(tiny_model(images), before, rtol=1e-5, atol=1e-5)  # W_res + s·BA = W0
+    qkv = tiny_model.blocks[0].attn.qkv
+    assert qkv.lora_init == "pissa" and "pissa" in repr(qkv)
+    w0 = base["blocks.0.attn.qkv.weight"]
+    u, sv, vh = torch.linalg.svd(w0, full_matrices=False)
+    principal = 2.0 * qkv.lora_B.detach() @ qkv.lora_A.detach()  # scale α/r = 2
+    torch.testing.assert_close(principal, u[:, :2] @ torch.diag(sv[:2]) @ vh[:2], rtol=1e-4, atol=1e-5)
+    residual_sv = torch.linalg.svdvals(qkv.weight.detach())  # the frozen weight lost its top-2 directions
+    torch.testing.assert_close(residual_sv[: len(sv) - 2], sv[2:], rtol=1e-4, atol=1e-5)
+    assert not torch.equal(qkv.lora_B, torch.zeros_like(qkv.lora_B))  # unlike LoRA, B does not start at 0
+    with torch.no_grad():
+        qkv.lora_B.add_(0.05)  # training moved the principal directions
+    adapted = tiny_model(images).detach()
+    merge_back(tiny_model)
+    torch.testing.assert_close(tiny_model(images), adapted, rtol=1e-5, atol=1e-5)
+    assert list(tiny_model.state_dict()) == list(base)
+    assert not torch.allclose(tiny_model.blocks[0].attn.qkv.weight, w0, atol=1e-4)
+
+
+def test_pissa_refuses_peft_export(tmp_path, tiny_model):
+    from vitkit.adapt import export_peft
+
+    vitkit.apply_(tiny_model, LoRAConfig(rank=2, init="pissa"))
+    with pytest.raises(ConfigError, match=r"uses PiSSA \(init='pissa'\).*fold it with merge_back"):
+        export_peft(tiny_model, tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
+
+
+@pytest.mark.parametrize("merged", [False, True])
+@pytest.mark.parametrize("kind", [{}, {"variant": "hira"}, {"init": "pissa"}])
+def test_artifact_round_trip(tmp_path, images, merged, kind):
     model = make_tiny("registers")
     keys = list(model.state_dict())
-    vitkit.apply_(model, LoRAConfig(rank=3, alpha=6, variant=variant))
+    vitkit.apply_(model, LoRAConfig(rank=3, alpha=6, **kind))
     _randomize(model, seed=3)
     if merged:
         merge_back(model)
@@ -173,3 +208,18 @@ def test_pruning_unfolded_lora_is_refused():
     with pytest.raises(UnsupportedModelError, match=r"LoRALinear.*prune before adapting"):
         vitkit.apply_(model, vitkit.PruneConfig(ratio=0.3, importance="l1"))
     assert lora_modules(model)  # rolled back: the LoRA layers are still there
+
+
+def test_pissa_init_math_and_bad_input():
+    from vitkit.ops.lora import pissa_init
+
+    w = torch.randn(12, 8, generator=torch.Generator().manual_seed(0))
+    kept = w.clone()
+    a, b, res = pissa_init(w, 3, 0.5)
+    assert a.shape == (3, 8) and b.shape == (12, 3) and torch.equal(w, kept)  # input untouched
+    torch.testing.assert_close(res + 0.5 * b @ a, w, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.linalg.matrix_rank(w - res), torch.tensor(3))
+    with pytest.raises(ValueError, match="0 < rank <= 8"):
+        pissa_init(w, 9, 1.0)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        pissa_init(w, 2, 0.0)

@@ -46,6 +46,12 @@ def export_peft(model: nn.Module, directory: str | Path, *, modules_to_save: lis
             "export_peft writes plain LoRA only; this model uses HiRA (variant='hira'): fold it with "
             "merge_back and ship the plain weights"
         )
+    if any(m.lora_init == "pissa" for m in mods.values()):
+        raise ConfigError(
+            "export_peft writes LoRA updates relative to the original base weights; this model's LoRA uses PiSSA "
+            "(init='pissa'), which replaced them with the residual W0 - s·B0A0: fold it with merge_back and ship "
+            "the plain weights"
+        )
     scales = {round(float(m.lora_scale), 12) for m in mods.values()}
     if len(ranks) != 1 or len(scales) != 1:
         raise ConfigError(f"export_peft needs one rank and scale for all layers, got ranks {sorted(ranks)}")

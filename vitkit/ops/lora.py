@@ -12,6 +12,13 @@ Papers:
   project library) — the same factors and parameter count as LoRA, but the Hadamard product with the
   frozen weight lifts the update's rank up to ``rank(W0)·r``; folds back the same way,
   ``W = W0 + (α/r) · W0 ⊙ (B A)``. (Deliberate difference: we keep LoRA's ``α/r`` scale and init.)
+* PiSSA — Meng, Wang & Zhang, "PiSSA: Principal Singular Values and Singular Vectors Adaptation of Large
+  Language Models", NeurIPS 2024, §3: LoRA's architecture with a different start — with ``W0 = U S Vᵀ``,
+  ``B A`` starts as the principal part ``U_r S_r V_rᵀ`` (``A = S_r^{1/2} V_rᵀ``, ``B = U_r S_r^{1/2}``) and the
+  frozen weight becomes the residual ``W_res = W0 − B A``, so the model is unchanged at start and training
+  moves the principal directions (equation numbers not checked: the paper is not in the project library).
+  Deliberate difference: we keep LoRA's ``α/r`` scale ``s`` and divide each factor by ``√s`` so that
+  ``s·BA`` is the principal part; the SVD is exact (not the paper's fast randomised variant).
 * LoRA-FAIR — Bian et al., "LoRA-FAIR: Federated LoRA Fine-Tuning with Aggregation and Initialization
   Refinement", arXiv 2411.14961, §4: averaging the factors of K clients separately,
   ``B̄ Ā = (Σ p_k B_k)(Σ p_k A_k)``, is not the average update ``ΔW = Σ p_k B_k A_k`` (server-side
@@ -41,6 +48,7 @@ __all__ = [
     "init_lora",
     "lora_delta",
     "hira_delta",
+    "pissa_init",
     "fold_lora",
     "mean_factors",
     "mean_delta",
@@ -78,6 +86,23 @@ def hira_delta(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: fl
     if ba.shape != weight.shape:  # checked before the product, which would broadcast e.g. a [out, 1] weight
         raise ValueError(f"ΔW {tuple(ba.shape)} does not match the weight {tuple(weight.shape)}")
     return weight.to(torch.float32) * ba
+
+
+def pissa_init(weight: torch.Tensor, rank: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PiSSA's start for ``weight [out, in]``: ``(A [r, in], B [out, r], W_res [out, in])`` with
+    ``scale · B A = U_r S_r V_rᵀ`` (the top-``rank`` SVD part) and ``W_res = weight − scale · B A``; fp32 SVD,
+    results in ``weight``'s dtype. ``weight`` is not modified."""
+    if weight.dim() != 2 or not 0 < int(rank) <= min(weight.shape):
+        raise ValueError(f"PiSSA needs a 2-D weight and 0 < rank <= {min(weight.shape)}, got {tuple(weight.shape)}")
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    w = weight.detach().to(torch.float32)
+    u, sv, vh = torch.linalg.svd(w, full_matrices=False)  # [out, k], [k], [k, in]
+    root = (sv[:rank] / float(scale)).sqrt()  # [r]: each factor carries √(σ/s)
+    b = u[:, :rank] * root  # [out, r]
+    a = root[:, None] * vh[:rank]  # [r, in]
+    residual = w - float(scale) * (b @ a)  # [out, in]
+    return a.to(weight.dtype), b.to(weight.dtype), residual.to(weight.dtype)
 
 
 def fold_lora(
