@@ -155,13 +155,23 @@ def test_pissa_starts_at_the_principal_part_and_folds_back_exactly(tiny_model, i
     assert not torch.allclose(tiny_model.blocks[0].attn.qkv.weight, w0, atol=1e-4)
 
 
-def test_pissa_refuses_peft_export(tmp_path, tiny_model):
-    from vitkit.adapt import export_peft
+def test_pissa_exports_to_peft_as_a_rank_2r_lora_on_the_original_weights(tmp_path, images):
+    import json
 
-    vitkit.apply_(tiny_model, LoRAConfig(rank=2, init="pissa"))
-    with pytest.raises(ConfigError, match=r"uses PiSSA \(init='pissa'\).*fold it with merge_back"):
-        export_peft(tiny_model, tmp_path / "peft")
-    assert not (tmp_path / "peft").exists()
+    from vitkit.adapt import export_peft, import_peft
+
+    model = make_tiny("vit", seed=0)
+    vitkit.apply_(model, LoRAConfig(rank=2, alpha=4, init="pissa"))
+    _randomize(model, seed=5)  # "trained" B
+    ref = model(images).detach()
+    out = export_peft(model, tmp_path / "peft")
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and cfg["lora_alpha"] == 8.0  # rank 2r, same scale α/r = 2
+    original = make_tiny("vit", seed=0)  # the untouched W0, not the residual
+    import_peft(original, out)
+    torch.testing.assert_close(original(images), ref, rtol=1e-5, atol=1e-5)
+    merge_back(model)
+    assert not any("lora" in k for k in model.state_dict())  # the start buffers go with the factors
 
 
 @pytest.mark.parametrize("merged", [False, True])

@@ -100,7 +100,8 @@ class LoRALinear(nn.Linear):
 
     What changed vs ``nn.Linear``: parameters ``lora_A [r, in]``, ``lora_B [out, r]``, a float
     ``lora_scale``, a bool ``lora_hadamard``, a str ``lora_init`` and a ``lora_dropout`` module;
-    ``weight``/``bias`` are the frozen base weights (with PiSSA, ``weight`` is the residual ``W0 − s·B0 A0``).
+    ``weight``/``bias`` are the frozen base weights (with PiSSA, ``weight`` is the residual ``W0 − s·B0 A0``,
+    and buffers ``lora_A0``/``lora_B0`` keep the starting factors, so the update relative to ``W0`` stays known).
     """
 
     vitkit_adapt_kind = "lora"
@@ -159,6 +160,8 @@ def inject_lora(
         with torch.no_grad():
             lin.weight.copy_(residual)
         lin.lora_init = "pissa"
+        lin.register_buffer("lora_A0", a.to(dev, dt).clone())  # [r, in]: the start, for W0-relative export
+        lin.register_buffer("lora_B0", b.to(dev, dt).clone())  # [out, r]
     else:
         a, b = init_lora(rank, lin.in_features, lin.out_features, generator=generator)
     lin.__class__ = LoRALinear
@@ -175,8 +178,9 @@ def fold_module(lin: LoRALinear) -> nn.Linear:
     """Fold ``W0 + s·BA`` into ``lin.weight`` and turn it back into a plain ``nn.Linear`` in place."""
     with torch.no_grad():
         lin.weight.copy_(fold_lora(lin.weight, lin.lora_A, lin.lora_B, lin.lora_scale, hadamard=lin.lora_hadamard))
-    for attr in ("lora_A", "lora_B", "lora_dropout"):
-        delattr(lin, attr)
+    for attr in ("lora_A", "lora_B", "lora_dropout", "lora_A0", "lora_B0"):
+        if hasattr(lin, attr):
+            delattr(lin, attr)
     lin.__dict__.pop("lora_scale", None)
     lin.__dict__.pop("lora_hadamard", None)
     lin.__dict__.pop("lora_init", None)

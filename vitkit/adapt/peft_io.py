@@ -10,6 +10,10 @@ We write full module names in ``target_modules`` (``blocks.0.attn.qkv``...), whi
 so a model loaded with ``PeftModel.from_pretrained(timm_model, dir)`` wraps the same layers (not
 ``patch_embed.proj`` nor the head). Reading accepts list or regex ``target_modules``, keys with or without
 the adapter name (``lora_A.default.weight``); DoRA, ``fan_in_fan_out`` and per-module ranks are refused.
+
+A PiSSA-started LoRA (``init='pissa'``) trained on the residual ``W_res = W0 − s·B0A0`` is written relative to
+the original ``W0``, as peft converts PiSSA to LoRA: ``W_res + s·BA = W0 + s·[B, −B0][A; A0]``, a rank-2r
+LoRA with the same scale (``lora_alpha = s·2r``), so it loads onto the untouched base model.
 """
 
 from __future__ import annotations
@@ -46,20 +50,19 @@ def export_peft(model: nn.Module, directory: str | Path, *, modules_to_save: lis
             "export_peft writes plain LoRA only; this model uses HiRA (variant='hira'): fold it with "
             "merge_back and ship the plain weights"
         )
-    if any(m.lora_init == "pissa" for m in mods.values()):
-        raise ConfigError(
-            "export_peft writes LoRA updates relative to the original base weights; this model's LoRA uses PiSSA "
-            "(init='pissa'), which replaced them with the residual W0 - s·B0A0: fold it with merge_back and ship "
-            "the plain weights"
-        )
     scales = {round(float(m.lora_scale), 12) for m in mods.values()}
     if len(ranks) != 1 or len(scales) != 1:
         raise ConfigError(f"export_peft needs one rank and scale for all layers, got ranks {sorted(ranks)}")
     r, scale = ranks.pop(), scales.pop()
     tensors = {}
     for name, m in mods.items():
-        tensors[f"{PREFIX}{name}.lora_A.weight"] = m.lora_A.detach().cpu().contiguous()
-        tensors[f"{PREFIX}{name}.lora_B.weight"] = m.lora_B.detach().cpu().contiguous()
+        a, b = m.lora_A.detach(), m.lora_B.detach()
+        if m.lora_init == "pissa":  # W_res + s·BA = W0 + s·(BA − B0A0): a rank-2r LoRA on the original W0
+            a, b = torch.cat([a, m.lora_A0]), torch.cat([b, -m.lora_B0], dim=1)
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = a.cpu().contiguous()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = b.cpu().contiguous()
+    if any(m.lora_init == "pissa" for m in mods.values()):
+        r *= 2
     if modules_to_save is None:
         params = dict(model.named_parameters())
         modules_to_save = sorted(
