@@ -185,7 +185,7 @@ def fit(
             if epoch == first_epoch and batch < skip:
                 continue  # resuming: the batch stream (and its augmentation RNG) is replayed, not trained
             for group in opt.param_groups:
-                group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
+                group["lr"] = lr_at(step)
             xs, ys, weight = dist.shard(x, y)
             loss, logits = loss_fn(net, xs, ys, (epoch, batch, batch * cfg.batch_size + dist.offset(x.shape[0])))
             opt.zero_grad(set_to_none=True)
