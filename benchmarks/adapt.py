@@ -217,7 +217,7 @@ def rank_section(epochs: int, base_params: int, out_path: str) -> None:
     ]
     names = {"full": "full fine-tune", "linears": "full-rank ΔW on the LoRA targets only (+ head)"}
     for v in variants:
-        name = names.get(v) or extra_name(v)
+        name = names.get(v) or (extra_name(v) if isinstance(v, tuple) else f"LoRA r={v}")
         tr = by[v][0]["trainable"]
         lines.append(
             f"| {name} | {100 * acc(v):.2f}% | {100 * (acc(v) - full):+.2f} | {folds(v)} | {tr:,} "
