@@ -44,7 +44,9 @@ def test_qdq_matches_fake_quant_and_stores_int8_weights(tmp_path, method):
     with torch.no_grad():
         ref = m(x)
     out = OrtModule(path)(x)
-    assert (out - ref).abs().max() < 1e-3 * ref.abs().max() + 1e-4
+    # ORT's int8 kernels and fp32 fake-quant can round one activation to the neighbouring code on some CPUs
+    # (measured 0.2% of max here); a wrong scale or zero point is off by far more than 1%
+    assert (out - ref).abs().max() < 1e-2 * ref.abs().max() + 1e-4
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k])
 
