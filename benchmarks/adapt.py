@@ -139,21 +139,16 @@ def rank_job(job):
     data = fold_data(ref, fold)
     model = fresh_task_model(ref, seed=fold)
     base = copy.deepcopy(model).eval()
-    lr = (
-        1e-3
-        if variant in ("full", "linears")
-        else HIRA_LR
-        if isinstance(variant, tuple) and variant[0] == "hira"
-        else 3e-3
-    )
+    kind = variant[0] if isinstance(variant, tuple) else None
+    lr = 1e-3 if variant in ("full", "linears") else HIRA_LR if kind == "hira" else 3e-3
     if variant == "linears":  # full-rank updates of exactly the LoRA targets (+ the new head), nothing else
         for n, p in model.named_parameters():
             lora_weight = n.endswith(".weight") and any(
                 fnmatch.fnmatchcase(n[: -len(".weight")], t) for t in DEFAULT_TARGETS
             )
             p.requires_grad_(n.startswith("head") or lora_weight)
-    elif isinstance(variant, tuple):
-        kind, r = variant
+    elif kind is not None:
+        r = variant[1]
         extra = {"variant": "hira"} if kind == "hira" else {"init": "pissa"}
         vitkit.apply_(model, LoRAConfig(rank=r, alpha=2 * r, **extra))
     elif variant != "full":

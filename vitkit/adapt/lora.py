@@ -99,14 +99,18 @@ class LoRALinear(nn.Linear):
     with ``lora_hadamard`` (HiRA) ``y = x Wᵀ + b + s · dropout(x) (W ⊙ B A)ᵀ``.
 
     What changed vs ``nn.Linear``: parameters ``lora_A [r, in]``, ``lora_B [out, r]``, a float
-    ``lora_scale``, a bool ``lora_hadamard``, a str ``lora_init`` and a ``lora_dropout`` module;
-    ``weight``/``bias`` are the frozen base weights (with PiSSA, ``weight`` is the residual ``W0 − s·B0 A0``,
-    and buffers ``lora_A0``/``lora_B0`` keep the starting factors, so the update relative to ``W0`` stays known).
+    ``lora_scale``, a bool ``lora_hadamard`` and a ``lora_dropout`` module; ``weight``/``bias`` are the
+    frozen base weights. With PiSSA, ``weight`` is the residual ``W0 − s·B0 A0`` and buffers
+    ``lora_A0``/``lora_B0`` keep the starting factors, so the update relative to ``W0`` stays known.
     """
 
     vitkit_adapt_kind = "lora"
     lora_hadamard = False
-    lora_init = "lora"
+
+    @property
+    def lora_init(self) -> str:
+        """``"pissa"`` if the factors started as W0's principal part (the start is kept), else ``"lora"``."""
+        return "pissa" if "lora_A0" in self._buffers else "lora"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)  # [..., out]
@@ -159,7 +163,6 @@ def inject_lora(
         a, b, residual = pissa_init(lin.weight, rank, scale)
         with torch.no_grad():
             lin.weight.copy_(residual)
-        lin.lora_init = "pissa"
         lin.register_buffer("lora_A0", a.to(dev, dt).clone())  # [r, in]: the start, for W0-relative export
         lin.register_buffer("lora_B0", b.to(dev, dt).clone())  # [out, r]
     else:
@@ -183,7 +186,6 @@ def fold_module(lin: LoRALinear) -> nn.Linear:
             delattr(lin, attr)
     lin.__dict__.pop("lora_scale", None)
     lin.__dict__.pop("lora_hadamard", None)
-    lin.__dict__.pop("lora_init", None)
     lin.__class__ = nn.Linear
     return lin
 
