@@ -179,18 +179,11 @@ def extra_name(v: tuple[str, int]) -> str:
 
 
 def rank_section(epochs: int, base_params: int, out_path: str) -> None:
-    import multiprocessing as mp
-
     variants = ("full", "linears", *RANK_LORAS, *RANK_EXTRAS)
-    jobs = [(v, f, epochs) for v in variants for f in range(FOLDS)]
-    with mp.get_context("spawn").Pool(2) as pool:
-        results = pool.map(rank_job, jobs, chunksize=1)
-    by = {}
-    for r in results:
-        by.setdefault(r["variant"], []).append(r)
+    by = {v: results for (v, _), results in run_folds(variants, [epochs]).items()}
 
     def acc(v):
-        return sum(r["correct"] for r in by[v]) / sum(r["n"] for r in by[v])
+        return cv_top1(by[v])
 
     def folds(v):
         return ", ".join(f"{100 * r['correct'] / r['n']:.1f}" for r in sorted(by[v], key=lambda r: r["fold"]))
