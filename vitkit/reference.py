@@ -26,7 +26,9 @@ def reference_key(preset: str = "vitkit_mnist_tiny") -> str:
     from .models.presets import PRESETS
 
     shape = {k: v for k, v in PRESETS[preset].items() if k != "doc"}
-    blob = json.dumps([shape, dataclasses.asdict(REFERENCE_TRAIN), __version__], sort_keys=True, default=str)
+    # options added to TrainConfig later with an empty default (lr_scales) leave the key, so the cache stays valid
+    train = {k: v for k, v in dataclasses.asdict(REFERENCE_TRAIN).items() if v != ()}
+    blob = json.dumps([shape, train, __version__], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

@@ -6,6 +6,7 @@ families (distillation, adaptation) build on :func:`train_classifier` rather tha
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
 import time
@@ -35,6 +36,9 @@ class TrainConfig:
     scale: float = 0.0
     seed: int = 0
     threads: int | None = None
+    #: ``((glob over parameter names, lr multiplier), ...)``: the first matching glob scales that parameter's
+    #: learning rate (warm-up and cosine follow); e.g. LoRA+ is ``(("*.lora_B", 16.0),)``
+    lr_scales: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -101,18 +105,36 @@ def _ce_loss(cfg: TrainConfig) -> LossFn:
     return loss_fn
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig, name: str = "adamw") -> torch.optim.Optimizer:
-    """AdamW (torch) with no decay on biases/norms; other names through ``timm.optim`` (``adan``, ``lamb``...)."""
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(
+    named_params: list[tuple[str, nn.Parameter]], cfg: TrainConfig, name: str = "adamw"
+) -> torch.optim.Optimizer:
+    """AdamW (torch) with no decay on biases/norms; other names through ``timm.optim`` (``adan``, ``lamb``...).
+    ``cfg.lr_scales`` puts matching parameters in groups whose ``lr_scale`` multiplies the scheduled lr."""
+    from .errors import ConfigError
+
+    def scale_of(param_name: str) -> float:
+        for pattern, factor in cfg.lr_scales:
+            if fnmatch.fnmatchcase(param_name, pattern):
+                return float(factor)
+        return 1.0
+
+    for pattern, factor in cfg.lr_scales:
+        if not float(factor) > 0:
+            raise ConfigError(f"TrainConfig.lr_scales: factor for {pattern!r} must be positive, got {factor!r}")
+        if not any(fnmatch.fnmatchcase(n, pattern) for n, _ in named_params):
+            raise ConfigError(f"TrainConfig.lr_scales: {pattern!r} matches no trainable parameter; check the glob")
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for n, p in named_params:
+        groups.setdefault((p.ndim >= 2, scale_of(n)), []).append(p)
+    groups = [
+        {"params": ps, "weight_decay": cfg.weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), ps in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+    ]
     if name.lower() == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     from timm.optim import create_optimizer_v2, list_optimizers
 
     if name.lower() not in list_optimizers():
-        from .errors import ConfigError
-
         raise ConfigError(f"unknown optimizer {name!r}; use 'adamw' or a timm optimizer name, e.g. 'adan', 'lamb'")
     return create_optimizer_v2(groups, opt=name.lower(), lr=cfg.lr)
 
@@ -148,8 +170,7 @@ def fit(
     torch.manual_seed(cfg.seed)
     dist = DistContext.current(cfg.batch_size)
     loss_fn = loss_fn or _ce_loss(cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg, optimizer)
+    opt = make_optimizer([(n, p) for n, p in model.named_parameters() if p.requires_grad], cfg, optimizer)
     n_samples = len(train_set) if limit is None else min(limit, len(train_set))
     steps_per_epoch = math.ceil(n_samples / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -185,7 +206,7 @@ def fit(
             if epoch == first_epoch and batch < skip:
                 continue  # resuming: the batch stream (and its augmentation RNG) is replayed, not trained
             for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = lr_at(step) * group.get("lr_scale", 1.0)
             xs, ys, weight = dist.shard(x, y)
             loss, logits = loss_fn(net, xs, ys, (epoch, batch, batch * cfg.batch_size + dist.offset(x.shape[0])))
             opt.zero_grad(set_to_none=True)

@@ -95,3 +95,33 @@ def test_recipe_path_lora_finetune_merge(tmp_path):
         for p in frozen.parameters():
             p.requires_grad_(False)
         finetune(frozen, TensorDataset(x, torch.tensor([0, 1])), CFG)
+
+
+def test_lr_scales_scale_the_matching_parameters_step(data):
+    """LoRA+ style groups: with B = 0, AdamW's first step moves B by ≈ lr·sign(g), so a ×4 scale on
+    ``*.lora_B`` moves B exactly 4× as far, while A (zero gradient while B = 0) only decays, identically."""
+
+    def one_step(scales):
+        model = make_tiny()
+        vitkit.apply_(model, LoRAConfig(rank=2))
+        cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-3, warmup_epochs=0.0, shift=0.0, seed=0, lr_scales=scales)
+        finetune(model, data, cfg, limit=16)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
+
+    plain, scaled = one_step(()), one_step((("*.lora_B", 4.0),))
+    for n in plain:
+        if n.endswith("lora_B"):
+            assert plain[n].abs().sum() > 0
+            torch.testing.assert_close(scaled[n], 4 * plain[n], rtol=1e-3, atol=1e-9)
+        else:
+            torch.testing.assert_close(scaled[n], plain[n])
+    model = make_tiny()
+    vitkit.apply_(model, LoRAConfig(rank=2))
+    for scales, what in (((("*.lora_C", 4.0),), "matches no trainable"), ((("*.lora_B", 0.0),), "positive")):
+        cfg = TrainConfig(epochs=1, batch_size=16, lr_scales=scales)
+        with pytest.raises(ConfigError, match=what):
+            finetune(model, data, cfg, limit=16)
+    assert FineTuneConfig(lora_plus=16).train_config().lr_scales == (("*.lora_B", 16.0),)
+    assert FineTuneConfig().train_config().lr_scales == ()
+    with pytest.raises(ConfigError, match="LoRA\\+ ratio must be a positive number"):
+        FineTuneConfig(lora_plus=0)

@@ -19,7 +19,15 @@ from .lora import DEFAULT_TARGETS, LoRAConfig, LoRALinear, LoRAMergeConfig, lora
 from .peft_io import export_peft, import_peft
 from .prompt import PromptConfig
 from .rank import truncate_to_rank, update_spectrum
-from .train import FineTuneConfig, FineTuneResult, MemoryMeter, SlimFitConfig, SlimFitFreezer, finetune
+from .train import (
+    FineTuneConfig,
+    FineTuneResult,
+    MemoryMeter,
+    SlimFitConfig,
+    SlimFitFreezer,
+    finetune,
+    lora_plus_scales,
+)
 
 __all__ = [
     "DEFAULT_TARGETS",
@@ -42,6 +50,7 @@ __all__ = [
     "import_peft",
     "load_lora_state_dict",
     "lora_modules",
+    "lora_plus_scales",
     "lora_state_dict",
     "merge_back",
     "trainable_summary",

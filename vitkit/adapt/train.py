@@ -13,6 +13,10 @@
   measured schedule, and SlimFit's quantization/pruning of the "static" activations is not implemented.
 * ``finetune`` is also a registered *weights* step (:class:`FineTuneConfig`), so a recipe can run
   ``lora → finetune → lora_merge``.
+* LoRA+ — Hayou, Ghosh & Yu, "LoRA+: Efficient Low Rank Adaptation of Large Models" (ICML 2024), §3:
+  train ``B`` with a larger learning rate than ``A``, ``η_B = λ·η_A`` (they suggest λ = 2⁴). Here it is
+  :func:`lora_plus_scales` → ``TrainConfig.lr_scales`` (one lr multiplier per parameter-name glob), or
+  ``FineTuneConfig.lora_plus`` in a recipe; the head and any other trainable parameter keep ``η``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ from ..training import TrainConfig, TrainResult, _ce_loss, fit
 from .common import trainable_summary
 
 _log = logging.getLogger(__name__)
+
+
+def lora_plus_scales(ratio: float = 16.0) -> tuple[tuple[str, float], ...]:
+    """LoRA+ (Hayou et al., 2024, §3): ``η_B = ratio · η_A`` as ``TrainConfig.lr_scales`` (ratio 1 = plain LoRA)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio > 0:
+        raise ConfigError(f"LoRA+ ratio must be a positive number, got {ratio!r}")
+    return () if float(ratio) == 1.0 else (("*.lora_B", float(ratio)),)
 
 
 @dataclass(frozen=True)
@@ -204,7 +215,8 @@ def finetune(
 class FineTuneConfig(TransformConfig):
     """Fine-tune the trainable parameters on a dataset (``vitkit.data.load_dataset`` name) inside a recipe.
     ``num_classes``: replace the classifier with a fresh one first (a new label space); ``slimfit``: SlimFit
-    freezing ratio (0 = off); ``limit``: train on the first N samples of each epoch's shuffled order."""
+    freezing ratio (0 = off); ``limit``: train on the first N samples of each epoch's shuffled order;
+    ``lora_plus``: LoRA+ ratio η_B/η_A for LoRA's B factors (1 = plain LoRA)."""
 
     data: str = "digits"
     split: str = "train"
@@ -217,6 +229,7 @@ class FineTuneConfig(TransformConfig):
     slimfit: float = 0.0
     limit: int | None = None
     seed: int = 0
+    lora_plus: float = 1.0
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -232,6 +245,7 @@ class FineTuneConfig(TransformConfig):
             isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
         ):
             raise ConfigError(f"FineTuneConfig.limit must be a positive int or null, got {self.limit!r}")
+        lora_plus_scales(self.lora_plus)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -241,6 +255,7 @@ class FineTuneConfig(TransformConfig):
             weight_decay=float(self.weight_decay),
             label_smoothing=float(self.label_smoothing),
             seed=int(self.seed),
+            lr_scales=lora_plus_scales(self.lora_plus),
         )
 
 
