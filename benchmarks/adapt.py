@@ -19,6 +19,10 @@ all 1,797 digits (every image is a test image once), full fine-tuning against Lo
 spectrum of full fine-tuning's own update (``vitkit.adapt.update_spectrum``): the fraction of ``‖ΔW‖²`` in
 the top-r singular directions and the accuracy of the full-FT model with each update cut to rank r
 (``truncate_to_rank``). Runs two single-threaded worker processes (2 cores).
+
+``--part epochs`` → "adapt_epochs": full FT vs PiSSA r=3 at 10/20/30 epochs on the same folds. ``--part budget``
+→ "adapt_budget": full FT (at three learning rates; the target is judged against the best) vs every in-budget
+variant (PiSSA r=3, HiRA r=3, LoRA+ r=3) at one longer schedule (``--epochs``, default 20).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from vitkit.adapt import (  # noqa: E402
     PromptConfig,
     SlimFitConfig,
     finetune,
+    lora_plus_scales,
     merge_back,
     truncate_to_rank,
     update_spectrum,
@@ -113,6 +118,8 @@ RANK_LORAS = (2, 3, 4, 8, 16, 32)
 #: (BA = the principal SVD part of W0; LoRA's lr 3e-3, not tuned)
 RANK_EXTRAS = (("hira", 2), ("hira", 3), ("pissa", 2), ("pissa", 3))
 HIRA_LR = 3e-2
+#: LoRA+ (Hayou et al., 2024): η_B = λ·η_A with the paper's suggested λ = 2⁴, not tuned here
+LORA_PLUS = 16.0
 SPECTRUM_RANKS = (1, 2, 3, 4, 8, 16, 32)
 FOLDS = 5
 
@@ -141,21 +148,33 @@ def rank_job(job):
     base = copy.deepcopy(model).eval()
     kind = variant[0] if isinstance(variant, tuple) else None
     lr = 1e-3 if variant in ("full", "linears") else HIRA_LR if kind == "hira" else 3e-3
+    if kind == "full":  # ("full", lr): full fine-tuning at another learning rate
+        lr = variant[1]
     if variant == "linears":  # full-rank updates of exactly the LoRA targets (+ the new head), nothing else
         for n, p in model.named_parameters():
             lora_weight = n.endswith(".weight") and any(
                 fnmatch.fnmatchcase(n[: -len(".weight")], t) for t in DEFAULT_TARGETS
             )
             p.requires_grad_(n.startswith("head") or lora_weight)
-    elif kind is not None:
+    elif kind not in (None, "full"):
         r = variant[1]
-        extra = {"variant": "hira"} if kind == "hira" else {"init": "pissa"}
+        extra = {"hira": {"variant": "hira"}, "pissa": {"init": "pissa"}, "lora+": {}}[kind]
         vitkit.apply_(model, LoRAConfig(rank=r, alpha=2 * r, **extra))
-    elif variant != "full":
+    elif kind is None and variant != "full":
         vitkit.apply_(model, LoRAConfig(rank=variant, alpha=2 * variant))
-    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, weight_decay=0.05, warmup_epochs=1.0, seed=fold, threads=1)
+    scales = lora_plus_scales(LORA_PLUS) if kind == "lora+" else ()
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=32,
+        lr=lr,
+        weight_decay=0.05,
+        warmup_epochs=1.0,
+        seed=fold,
+        threads=1,
+        lr_scales=scales,
+    )
     res = finetune(model, data["train"], cfg)
-    if variant not in ("full", "linears"):
+    if variant not in ("full", "linears") and kind != "full":
         merge_back(model)
     out = {"variant": variant, "fold": fold, "correct": round(evaluate_top1(model, data["test"]) * len(data["test"]))}
     out.update(n=len(data["test"]), trainable=res.trainable["trainable"])
@@ -174,8 +193,14 @@ def rank_job(job):
     return out
 
 
-def extra_name(v: tuple[str, int]) -> str:
-    return f"HiRA r={v[1]} (lr {HIRA_LR:g})" if v[0] == "hira" else f"LoRA r={v[1]}, PiSSA init"
+def extra_name(v: tuple[str, float]) -> str:
+    if v[0] == "full":
+        return f"full fine-tune (lr {v[1]:g})"
+    return {
+        "hira": f"HiRA r={v[1]} (lr {HIRA_LR:g})",
+        "pissa": f"LoRA r={v[1]}, PiSSA init",
+        "lora+": f"LoRA+ r={v[1]} (η_B = {LORA_PLUS:g}·η_A)",
+    }[v[0]]
 
 
 def rank_section(epochs: int, base_params: int, out_path: str) -> None:
@@ -301,6 +326,51 @@ def epochs_section(epochs_list, base_params: int, out_path: str, by: dict | None
     write_section("adapt_epochs", "\n".join(lines), out_path)
 
 
+#: full FT at three learning rates (the target is judged against the best of them, so no tuned adapter
+#: meets an untuned baseline) and every LoRA variant the 5% budget allows at rank 3
+BUDGET_FULL = ("full", ("full", 5e-4), ("full", 2e-3))
+BUDGET_VARIANTS = (*BUDGET_FULL, ("pissa", 3), ("hira", 3), ("lora+", 3))
+
+
+def budget_section(epochs: int, base_params: int, out_path: str) -> None:
+    """Full FT against every in-budget LoRA variant at one longer schedule, same 5 folds (``--part budget``)."""
+    by = {v: results for (v, _), results in run_folds(BUDGET_VARIANTS, [epochs]).items()}
+    best = max(BUDGET_FULL, key=lambda v: cv_top1(by[v]))
+    full = cv_top1(by[best])
+
+    def name(v):
+        return "full fine-tune (lr 0.001)" if v == "full" else extra_name(v)
+
+    lines = [
+        f"## LoRA variants inside the 5% budget at {epochs} epochs (`benchmarks/adapt.py --part budget`)",
+        "",
+        env_lines(environment()),
+        "",
+        f"Same 5-fold cross-validation and settings as the `adapt_rank` section, {epochs} epochs for every row "
+        "(full fine-tuning at lr 5e-4, 1e-3 and 2e-3, the deltas and the target measured against the best of "
+        f"the three, **{name(best)}**; LoRA-family lr 3e-3, α = 2r, folded back before testing; HiRA lr {HIRA_LR:g}; "
+        f"LoRA+ trains B at {LORA_PLUS:g}× A's lr, the paper's suggested ratio, via `TrainConfig.lr_scales`). "
+        "Two single-threaded worker processes.",
+        "",
+        "| variant | CV top-1 (1,797 images) | Δ vs best full FT (pt) | images apart | per fold | trainable params "
+        "| % of model | target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in BUDGET_VARIANTS:
+        res = sorted(by[v], key=lambda r: r["fold"])
+        acc, tr = cv_top1(res), res[0]["trainable"]
+        per_fold = ", ".join(f"{100 * r['correct'] / r['n']:.1f}" for r in res)
+        apart = sum(r["correct"] for r in by[best]) - sum(r["correct"] for r in res)
+        ok = acc >= full - 0.01 and tr <= 0.05 * base_params
+        verdict = "—" if v in BUDGET_FULL else "**met**" if ok else "not met"
+        lines.append(
+            f"| {name(v)} | {100 * acc:.2f}% | {100 * (acc - full):+.2f} | {apart} | {per_fold} | {tr:,} "
+            f"| {100 * tr / base_params:.2f}% | {verdict} |"
+        )
+    lines += ["", f"Command: `python benchmarks/adapt.py --part budget --epochs {epochs}`"]
+    write_section("adapt_budget", "\n".join(lines), out_path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2 epochs, 3 variants (smoke run; accuracy meaningless)")
@@ -313,22 +383,25 @@ def main() -> None:
     ap.add_argument("--out", default="BENCHMARKS.md")
     ap.add_argument(
         "--part",
-        choices=("table", "rank", "epochs", "all"),
+        choices=("table", "rank", "epochs", "budget", "all"),
         default="table",
-        help="rank: the ~45-min cross-validation section; epochs: full FT vs PiSSA r=3 at longer schedules",
+        help="rank: the ~45-min cross-validation section; epochs: full FT vs PiSSA r=3 at longer schedules; "
+        "budget: full FT vs the in-budget LoRA variants at --epochs (default 20)",
     )
     ap.add_argument("--epochs-list", default="10,20,30", help="--part epochs: comma-separated schedules")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    epochs = args.epochs or (2 if args.quick else 10)
+    epochs = args.epochs or (2 if args.quick else 20 if args.part == "budget" else 10)
     ref = vitkit.load(reference_artifact())
     base_params = sum(p.numel() for p in ref.parameters())
     if args.part in ("rank", "all") and not args.no_write:
         rank_section(epochs, base_params, args.out)
     if args.part == "epochs" and not args.no_write:
         epochs_section([int(e) for e in args.epochs_list.split(",")], base_params, args.out)
-    if args.part in ("rank", "epochs"):
+    if args.part == "budget" and not args.no_write:
+        budget_section(epochs, base_params, args.out)
+    if args.part in ("rank", "epochs", "budget"):
         return
     data = {s: load_dataset("digits", s, model=ref) for s in ("train", "val", "test")}
     names = list(VARIANTS) if not args.quick else ["full fine-tune", "LoRA r=4", "VPT shallow, 10 prompts"]
