@@ -146,23 +146,22 @@ def rank_job(job):
     data = fold_data(ref, fold)
     model = fresh_task_model(ref, seed=fold)
     base = copy.deepcopy(model).eval()
-    kind = variant[0] if isinstance(variant, tuple) else None
-    lr = 1e-3 if variant in ("full", "linears") else HIRA_LR if kind == "hira" else 3e-3
-    if kind == "full":  # ("full", lr): full fine-tuning at another learning rate
-        lr = variant[1]
-    if variant == "linears":  # full-rank updates of exactly the LoRA targets (+ the new head), nothing else
+    # variants: "full", ("full", lr), "linears", an int LoRA rank, or (kind, rank) for kind in hira/pissa/lora+
+    if isinstance(variant, tuple):
+        kind, arg = variant
+    else:
+        kind, arg = (variant, None) if isinstance(variant, str) else ("lora", variant)
+    lr = {"full": arg or 1e-3, "linears": 1e-3, "hira": HIRA_LR}.get(kind, 3e-3)
+    adapted = kind in ("lora", "hira", "pissa", "lora+")
+    if kind == "linears":  # full-rank updates of exactly the LoRA targets (+ the new head), nothing else
         for n, p in model.named_parameters():
             lora_weight = n.endswith(".weight") and any(
                 fnmatch.fnmatchcase(n[: -len(".weight")], t) for t in DEFAULT_TARGETS
             )
             p.requires_grad_(n.startswith("head") or lora_weight)
-    elif kind not in (None, "full"):
-        r = variant[1]
-        extra = {"hira": {"variant": "hira"}, "pissa": {"init": "pissa"}, "lora+": {}}[kind]
-        vitkit.apply_(model, LoRAConfig(rank=r, alpha=2 * r, **extra))
-    elif kind is None and variant != "full":
-        vitkit.apply_(model, LoRAConfig(rank=variant, alpha=2 * variant))
-    scales = lora_plus_scales(LORA_PLUS) if kind == "lora+" else ()
+    elif adapted:
+        extra = {"hira": {"variant": "hira"}, "pissa": {"init": "pissa"}}.get(kind, {})
+        vitkit.apply_(model, LoRAConfig(rank=arg, alpha=2 * arg, **extra))
     cfg = TrainConfig(
         epochs=epochs,
         batch_size=32,
@@ -171,22 +170,22 @@ def rank_job(job):
         warmup_epochs=1.0,
         seed=fold,
         threads=1,
-        lr_scales=scales,
+        lr_scales=lora_plus_scales(LORA_PLUS) if kind == "lora+" else (),
     )
     res = finetune(model, data["train"], cfg)
-    if variant not in ("full", "linears") and kind != "full":
+    if adapted:
         merge_back(model)
     out = {"variant": variant, "fold": fold, "correct": round(evaluate_top1(model, data["test"]) * len(data["test"]))}
     out.update(n=len(data["test"]), trainable=res.trainable["trainable"])
     if variant == "full":
         spec = update_spectrum(base, model, SPECTRUM_RANKS)
         out["energy"] = {
-            kind: [
-                sum(v["energy"][r] for n, v in spec["layers"].items() if n.endswith(kind))
-                / sum(n.endswith(kind) for n in spec["layers"])
+            layer: [
+                sum(v["energy"][r] for n, v in spec["layers"].items() if n.endswith(layer))
+                / sum(n.endswith(layer) for n in spec["layers"])
                 for r in SPECTRUM_RANKS
             ]
-            for kind in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
+            for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
         }
         out["relative_norm"] = spec["mean"]["relative_norm"]
         out["truncated"] = {r: evaluate_top1(truncate_to_rank(base, model, r), data["test"]) for r in SPECTRUM_RANKS}
