@@ -134,3 +134,16 @@ def test_corrupt_image_is_named(tmp_path):
     ds = load_dataset(f"imagefolder:{root}?classes=folder", "all", model=make_tiny())
     with pytest.raises(DataError, match="cannot read image .*broken.png"):
         [ds[i] for i in range(len(ds))]
+
+
+def test_folder_batches_are_augmented_with_a_seed(tmp_path):
+    import torch
+
+    from vitkit.data import iterate_batches
+
+    root = _folder(tmp_path / "f", ["a", "b"], n_per_class=4)
+    ds = load_dataset(f"imagefolder:{root}", "all", model=make_tiny())
+    plain = next(iterate_batches(ds, 8))[0]
+    aug = [next(iterate_batches(ds, 8, seed=s, augment_shift=3, augment_scale=0.1))[0] for s in (1, 1, 2)]
+    assert aug[0].shape == plain.shape and not torch.equal(aug[0], plain)
+    assert torch.equal(aug[0], aug[1]) and not torch.equal(aug[0], aug[2])

@@ -106,16 +106,7 @@ class TensorImageDataset(Dataset):
         spec = self.spec
         b, c, h, w = base.shape
         if shift > 0 or rotate > 0 or scale > 0:
-            u = torch.rand(b, 4, generator=generator) * 2 - 1  # [B, 4] uniform in [-1, 1]
-            angle = u[:, 2] * rotate * math.pi / 180
-            zoom = 1 + u[:, 3] * scale
-            cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-            theta = torch.zeros(b, 2, 3)  # [B, 2, 3] output→input sampling map in normalised coords
-            theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-            theta[:, 0, 2] = u[:, 0] * shift * 2 / w
-            theta[:, 1, 2] = u[:, 1] * shift * 2 / h
-            grid = F.affine_grid(theta, [b, c, spec.height, spec.width], align_corners=False)
-            x = F.grid_sample(base, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            x = random_affine(base, (spec.height, spec.width), shift, rotate, scale, generator)
         elif (h, w) != (spec.height, spec.width):
             x = F.interpolate(base, size=(spec.height, spec.width), mode="bilinear", align_corners=False)
         else:
@@ -126,6 +117,29 @@ class TensorImageDataset(Dataset):
         mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
         std = torch.tensor(spec.std).view(1, -1, 1, 1)
         return ((x - mean) / std).contiguous()
+
+
+def random_affine(
+    x: torch.Tensor,
+    size: tuple[int, int],
+    shift: float,
+    rotate: float,
+    scale: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """[B, C, h, w] → [B, C, *size]: each image under its own random affine map (±``shift`` input pixels,
+    ±``rotate`` degrees, zoom 1±``scale``), resampled in one ``grid_sample`` (zeros outside)."""
+    b, c, h, w = x.shape
+    u = torch.rand(b, 4, generator=generator) * 2 - 1  # [B, 4] uniform in [-1, 1]
+    angle = u[:, 2] * rotate * math.pi / 180
+    zoom = 1 + u[:, 3] * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.zeros(b, 2, 3)  # [B, 2, 3] output→input sampling map in normalised coords
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    theta[:, 0, 2] = u[:, 0] * shift * 2 / w
+    theta[:, 1, 2] = u[:, 1] * shift * 2 / h
+    grid = F.affine_grid(theta, [b, c, size[0], size[1]], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def iterate_batches(
@@ -139,7 +153,10 @@ def iterate_batches(
     augment_scale: float = 0.0,
     limit: int | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches ``(images, labels)``; fast vectorised path for in-memory sets, a DataLoader otherwise."""
+    """Batches ``(images, labels)``; fast vectorised path for in-memory sets, a DataLoader otherwise.
+
+    Augmentation (:func:`random_affine`) is applied to the raw images of in-memory sets and to the
+    model-ready batches of other datasets (image folders), with the same seeded generator."""
     n = len(dataset) if limit is None else min(limit, len(dataset))
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=gen)[:n] if shuffle else torch.arange(n)
@@ -154,7 +171,11 @@ def iterate_batches(
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, order.tolist()), batch_size=batch_size, shuffle=False, num_workers=0
     )
-    yield from loader
+    augment = augment_shift > 0 or augment_rotate > 0 or augment_scale > 0
+    for x, y in loader:
+        if augment:
+            x = random_affine(x, tuple(x.shape[-2:]), augment_shift, augment_rotate, augment_scale, gen)
+        yield x, y
 
 
 def load_dataset(
