@@ -46,6 +46,7 @@ def test_recipe_really_runs(path, tmp_path):
             cfg["models"] = [m if m == "self" else _tiny_file(tmp_path, m, i + 1) for i, m in enumerate(cfg["models"])]
             if cfg.get("base") not in (None, "self"):
                 cfg["base"] = _tiny_file(tmp_path, cfg["base"], 0)
+    _local_image_folders(data, tmp_path)
     data["eval"] = {**(data.get("eval") or {}), "limit": 64}
     data["bench"] = {"batch_sizes": [1, 4], "threads": 2, "repeats": 2, "latency_runs": 3}
     model, report = run_recipe(parse_recipe(data), tmp_path / "out")
@@ -65,3 +66,26 @@ def _tiny_file(tmp_path, name: str, seed: int) -> str:
     tiny = make_tiny(seed=seed, depth=STAND_IN_DEPTH)
     save_file({k: v.contiguous() for k, v in tiny.state_dict().items()}, str(path))
     return str(path)
+
+
+def _local_image_folders(data: dict, tmp_path) -> None:
+    """``imagefolder:`` data in a recipe → a generated folder for the stand-in model (10 classes), same split
+    rule; calibration capped to what its calib part holds (40 images)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for spec in (data.get("calib"), data.get("eval")):
+        if not spec or not str(spec.get("data", "")).startswith("imagefolder:"):
+            continue
+        if not root.exists():
+            rng = np.random.default_rng(0)
+            for c in range(10):
+                (root / f"c{c}").mkdir(parents=True)
+                for i in range(40):
+                    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / f"c{c}" / f"{i}.png")
+        _, _, query = spec["data"].partition("?")
+        opts = [o for o in query.split("&") if o and not o.startswith("classes=")]
+        spec["data"] = f"imagefolder:{root}?" + "&".join(opts + ["classes=folder"])
+        if "n" in spec:
+            spec["n"] = min(spec["n"], 32)
