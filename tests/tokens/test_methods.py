@@ -127,9 +127,12 @@ def test_caller_attention_mask_still_works():
         plain = model(x)
         zeros = model(x, attn_mask=torch.zeros(4, 1, n, n))
         masked = model(x, attn_mask=key_mask)
+        remove(model)
+        vitkit.apply_(model, ToMeConfig(r=[3, 0, 2]))  # a block without a reducer after merging
+        gap = model(x, attn_mask=key_mask)
     assert torch.allclose(plain, zeros, atol=1e-5)
     assert torch.isfinite(masked).all() and not torch.allclose(masked, plain)
-    assert ref.shape == masked.shape
+    assert ref.shape == masked.shape == gap.shape and torch.isfinite(gap).all()
 
 
 def test_is_causal_is_honoured():

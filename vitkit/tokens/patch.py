@@ -166,9 +166,10 @@ class TokenReductionBlock(Block):
         ctx: TokenContext | None = None,
     ) -> torch.Tensor:
         reducer: Reducer | None = getattr(self, REDUCER, None)
-        if ctx is None or reducer is None:
+        if ctx is None or (reducer is None and not ctx.reduced):
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        needs = reducer.needs(x.shape[1] - ctx.num_prefix)
+        # a block without a reducer after an earlier reduction still needs the size bias and the followed mask
+        needs = reducer.needs(x.shape[1] - ctx.num_prefix) if reducer is not None else frozenset()
         if not ctx.reduced:
             if not needs:  # untouched tokens, nothing to do: timm's own forward, bit-exact
                 return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
