@@ -208,6 +208,7 @@ def test_r_too_large_is_clipped_with_a_warning(caplog):
         lambda: ToMeConfig(r=-1),
         lambda: ToMeConfig(r=2.5),
         lambda: ToMeConfig(r=[1, 2], inflect=0.5),
+        lambda: ToMeConfig(r=2, order="spatial"),
         lambda: HiPruneConfig(score="max"),
     ],
 )

@@ -41,10 +41,39 @@ def test_bsm_caps_at_half_and_zero_is_identity():
 
 def test_bsm_merges_most_similar_pair():
     x = torch.randn(1, 7, 4, generator=torch.Generator().manual_seed(3))
-    x[0, 3] = x[0, 2] * 2.0  # token 3 (set A) parallel to token 2 (set B)
-    red = bipartite_soft_matching(x, r=1, num_protected=1)
-    merged_src, dst_tok = int(red.src[0, 0]), int(red.keep[0, red.dst[0, 0]])
-    assert {merged_src, dst_tok} == {2, 3}
+    x[0, 3] = x[0, 2] * 2.0  # tokens 2 and 3 parallel: one in set A, the other in set B (either order)
+    for order in ("reference", "similarity"):
+        red = bipartite_soft_matching(x, r=1, num_protected=1, order=order)
+        merged_src, dst_tok = int(red.src[0, 0]), int(red.keep[0, red.dst[0, 0]])
+        assert {merged_src, dst_tok} == {2, 3}
+
+
+def test_bsm_reference_split_and_order():
+    """ToMe's code: A/B = even/odd positions of the whole sequence; unmerged A back in position order."""
+    x = _x(B=3, N=15, C=5, seed=4)
+    for P in (1, 2):  # cls; cls + dist
+        red = bipartite_soft_matching(x, r=4, num_protected=P)
+        n_unm = (15 + 1) // 2 - (P + 1) // 2 - 4  # A tokens minus protected ones minus merged
+        for b in range(3):
+            keep = red.keep[b].tolist()
+            assert keep[:P] == list(range(P))
+            unm, dst_side = keep[P : P + n_unm], keep[P + n_unm :]
+            assert unm == sorted(unm) and all(i % 2 == 0 for i in unm)  # set A, position order
+            assert dst_side == list(range(P if P % 2 else P + 1, 15, 2))  # every unprotected B token, in order
+            assert all(i % 2 == 0 and i >= P for i in red.src[b].tolist())  # merged tokens come from A
+    # without protected tokens the reference keeps the unmerged A tokens in similarity order
+    red = bipartite_soft_matching(x, r=2, num_protected=0)
+    a = torch.nn.functional.normalize(x, dim=-1)
+    best = (a[:, 0::2] @ a[:, 1::2].transpose(1, 2)).max(-1).values  # [B, 8]
+    expect = 2 * best.argsort(dim=-1, descending=True)[:, 2:]
+    assert torch.equal(red.keep[:, :6], expect)
+
+
+def test_bsm_similarity_order_splits_after_the_prefix():
+    x = _x(B=2, N=12, C=5, seed=5)
+    red = bipartite_soft_matching(x, r=3, num_protected=1, order="similarity")
+    assert all(i % 2 == 1 for i in red.src.flatten().tolist())  # first patch (1) is in A
+    assert red.keep[:, -5:].tolist() == [[2, 4, 6, 8, 10]] * 2  # B = patches 2, 4, …
 
 
 def test_merge_is_size_weighted_average_and_unmerge_copies():

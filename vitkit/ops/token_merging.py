@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "TokenReduction",
+    "BSM_ORDERS",
     "bipartite_soft_matching",
     "evit_select",
     "gather_tokens",
@@ -122,33 +123,78 @@ def proportional_attention_bias(size: torch.Tensor) -> torch.Tensor:
     return size.log().transpose(1, 2).unsqueeze(1)
 
 
-def bipartite_soft_matching(metric: torch.Tensor, r: int, num_protected: int = 1) -> TokenReduction:
+#: Token orders of :func:`bipartite_soft_matching` (see its docstring).
+BSM_ORDERS = ("reference", "similarity")
+
+
+def bipartite_soft_matching(
+    metric: torch.Tensor, r: int, num_protected: int = 1, *, order: str = "reference"
+) -> TokenReduction:
     """ToMe bipartite soft matching (Bolya et al. 2023, §3 "Bipartite Soft Matching").
 
-    ``metric`` ``[B, N, C]`` (attention keys averaged over heads). Unprotected tokens alternate into
-    sets A (even) and B (odd); each A token draws an edge to its most cosine-similar B token; the ``r``
-    strongest edges are merged. Output order: ``[protected, unmerged A, B]``. ``r`` is capped at
-    ``min(|A|, |B|)`` (at most a 50 % reduction per layer, as in the paper).
+    ``metric`` ``[B, N, C]`` (attention keys averaged over heads); the first ``num_protected`` tokens are
+    never merged. ``r`` is capped at ``(N − num_protected) // 2`` (at most 50 % of the unprotected tokens
+    per layer, as in the paper). Each A token draws an edge to its most cosine-similar B token; the ``r``
+    strongest edges are merged (A token → its B partner). Output order: ``[protected, unmerged A, B]``.
+
+    ``order`` fixes the A/B split and the order of the unmerged A tokens — it decides the next layer's
+    alternation, so the two give different outputs:
+
+    * ``"reference"`` (the published code, ``tome/merge.py``): A/B alternate over the *whole* sequence
+      (A = positions 0, 2, 4, …, B = 1, 3, 5, …), protected tokens taking part in the split but never
+      matched (the reference's cls row / dist column at ``-inf``); the unmerged A tokens go back to
+      position order whenever tokens are protected (the reference's ``unm_idx.sort``, done when the model
+      has a class token) and stay in similarity order otherwise. For cls (+ dist) this is the reference's
+      ``[cls, (dist,) unm…, dst…]`` exactly.
+    * ``"similarity"`` (vitkit's earlier default): A/B alternate over the unprotected tokens only (the first patch is
+      in A), and the unmerged A tokens stay in descending-similarity order.
     """
     B, N, _ = metric.shape
     P = num_protected
-    T = N - P
-    r = min(int(r), T // 2)
+    r = min(int(r), (N - P) // 2)
     dev = metric.device
+    if order not in BSM_ORDERS:
+        raise ValueError(f"bipartite_soft_matching: order must be one of {BSM_ORDERS}, got {order!r}")
     if r <= 0:
         return TokenReduction(torch.arange(N, device=dev).unsqueeze(0).expand(B, -1), None, None, N)
+    if order == "similarity":
+        return _bsm_similarity_order(metric, r, P)
+    m = F.normalize(metric, dim=-1)  # [B, N, C]
+    a, b = m[:, 0::2], m[:, 1::2]  # [B, Na, C], [B, Nb, C]: even / odd positions of the whole sequence
+    Na, Nb = a.shape[1], b.shape[1]
+    pa, pb = (P + 1) // 2, P // 2  # protected tokens in A (even positions < P) and in B (odd ones)
+    scores = a @ b.transpose(-1, -2)  # [B, Na, Nb]
+    if P > 0:
+        blocked = (torch.arange(Na, device=dev) < pa).unsqueeze(-1) | (torch.arange(Nb, device=dev) < pb)  # [Na, Nb]
+        scores = scores.masked_fill(blocked, float("-inf"))  # protected A rows, protected B columns
+    best, best_b = scores.max(dim=-1)  # [B, Na]
+    ranked = best.argsort(dim=-1, descending=True)  # [B, Na]; protected A rows (-inf) rank last
+    src_a, unm_a = ranked[:, :r], ranked[:, r:]  # [B, r], [B, Na - r]
+    if P > 0:
+        unm_a = unm_a.sort(dim=-1).values[:, pa:]  # position order; protected A tokens were first → dropped
+    dst_b = best_b.gather(1, src_a)  # [B, r], all ≥ pb
+    b_idx = 1 + 2 * torch.arange(pb, Nb, device=dev).unsqueeze(0).expand(B, -1)  # [B, Nb - pb]
+    keep = _cat([_prefix(B, P, dev), 2 * unm_a, b_idx])  # [B, N - r]
+    dst = P + unm_a.shape[1] + (dst_b - pb)  # output positions of the B partners
+    return TokenReduction(keep, 2 * src_a, dst, N)
+
+
+def _bsm_similarity_order(metric: torch.Tensor, r: int, P: int) -> TokenReduction:
+    """``order="similarity"``: A/B alternate after the prefix, unmerged A kept in similarity order."""
+    B = metric.shape[0]
+    dev = metric.device
     m = F.normalize(metric[:, P:], dim=-1)  # [B, T, C]
     a, b = m[:, 0::2], m[:, 1::2]  # [B, Ta, C], [B, Tb, C]
     scores = a @ b.transpose(-1, -2)  # [B, Ta, Tb]
     best, best_b = scores.max(dim=-1)  # [B, Ta]
-    order = best.argsort(dim=-1, descending=True)  # [B, Ta]
-    src_a, unm_a = order[:, :r], order[:, r:]  # [B, r], [B, Ta - r]
+    ranked = best.argsort(dim=-1, descending=True)  # [B, Ta]
+    src_a, unm_a = ranked[:, :r], ranked[:, r:]  # [B, r], [B, Ta - r]
     dst_b = best_b.gather(1, src_a)  # [B, r]
     Ta, Tb = a.shape[1], b.shape[1]
     b_idx = P + 1 + 2 * torch.arange(Tb, device=dev).unsqueeze(0).expand(B, -1)  # [B, Tb]
     keep = _cat([_prefix(B, P, dev), P + 2 * unm_a, b_idx])  # [B, N - r]
     dst = P + (Ta - r) + dst_b
-    return TokenReduction(keep, P + 2 * src_a, dst, N)
+    return TokenReduction(keep, P + 2 * src_a, dst, metric.shape[1])
 
 
 def evit_select(cls_attn: torch.Tensor, keep: int, num_protected: int = 1, fuse: bool = True) -> TokenReduction:
