@@ -190,18 +190,25 @@ class QuantConv2d(nn.Conv2d):
 class QuantAttention(Attention):
     """timm ``Attention`` with explicit ``q·kᵀ`` and ``attn·v`` matmuls whose inputs pass quantizers
     (``q_quant``, ``k_quant``, ``attn_quant`` on the softmax output, ``v_quant``). What changed: the fused
-    SDPA kernel is replaced by the manual path, since the attention map itself is quantized."""
+    SDPA kernel is replaced by the manual path, since the attention map itself is quantized. An additive or
+    boolean ``attn_mask`` (e.g. token merging's proportional-attention bias) is added to the logits before the
+    softmax, so the quantized map is the masked one."""
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise NotImplementedError("QuantAttention does not support attention masks")
         B, N, _ = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,H,N,d]
         q, k, v = qkv.unbind(0)  # each [B,H,N,d]
         q, k = self.q_norm(q), self.k_norm(k)
         q = _maybe(self, "q_quant", q * self.scale)
         k = _maybe(self, "k_quant", k)
-        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # [B,H,N,N]
+        logits = q @ k.transpose(-2, -1)  # [B,H,N,N]
+        if is_causal:
+            logits = logits.masked_fill(logits.new_ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))
+        elif attn_mask is not None:
+            logits = logits + attn_mask
+        attn = logits.softmax(dim=-1)  # [B,H,N,N]
         attn = _maybe(self, "attn_quant", self.attn_drop(attn))
         v = _maybe(self, "v_quant", v)
         x = (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim)  # [B,N,H*d]

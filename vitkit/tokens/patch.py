@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
+from timm.models.vision_transformer import Attention, Block
 
 from ..artifact import HISTORY_ATTR
 from ..errors import ConfigError
@@ -120,7 +120,8 @@ def attention_with_extras(
     (attention each token receives, mean over heads and queries — HiPrune's score).
     """
     B, N, _ = x.shape
-    gate = attn.gate(x).sigmoid() if attn.gate is not None else None
+    own_forward = type(attn) is not Attention  # a subclass (e.g. quantized attention) computes its own output
+    gate = attn.gate(x).sigmoid() if attn.gate is not None and not own_forward else None
     qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
     q, k, v = qkv.unbind(0)  # [B, H, N, hd] each
     q, k = attn.q_norm(q), attn.k_norm(k)
@@ -137,6 +138,8 @@ def attention_with_extras(
         extras["cls_attn"] = probs[:, :, 0].mean(dim=1)  # [B, N]
         if "global_attn" in needs:
             extras["global_attn"] = probs.mean(dim=(1, 2))  # [B, N]
+    if own_forward:  # its numerics (quantizers) are kept; the extras above cost one more qkv projection
+        return attn(x, attn_mask=_to_additive(bias, is_causal, N, x)), extras
     dropout_p = attn.attn_drop.p if attn.training else 0.0
     if attn.fused_attn:
         out = F.scaled_dot_product_attention(
