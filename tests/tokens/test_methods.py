@@ -96,7 +96,7 @@ def _identical_tokens_model(variant: str):
 @pytest.mark.parametrize("variant", ["vit", "registers", "avgpool", "distilled", "layerscale"])
 @pytest.mark.parametrize(
     "cfg",
-    [ToMeConfig(r=3), PiToMeConfig(ratio=0.7), EViTConfig(keep_rate=0.4, prop_attn=True)],
+    [ToMeConfig(r=3), PiToMeConfig(ratio=0.7, prop_attn=True), EViTConfig(keep_rate=0.4, prop_attn=True)],
     ids=["tome", "pitome", "evit"],
 )
 def test_merging_identical_tokens_is_exact_with_sizes(cfg, variant):

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 __all__ = [
     "TokenReduction",
     "BSM_ORDERS",
+    "PITOME_ENERGIES",
+    "PITOME_SPLITS",
     "bipartite_soft_matching",
     "evit_select",
     "gather_tokens",
@@ -219,29 +221,56 @@ def evit_select(cls_attn: torch.Tensor, keep: int, num_protected: int = 1, fuse:
     return TokenReduction(keep_idx, src, dst, N)
 
 
-def pitome_energy(metric: torch.Tensor, margin: float, alpha: float = 1.0) -> torch.Tensor:
-    """PiToMe energy score (Tran et al. 2024, Eq. 4): ``E_i = 1/N Σ_j f_m(cos(v_i, v_j))``.
+PITOME_ENERGIES = ("elu", "eq4")
+PITOME_SPLITS = ("pitome", "bsm")
 
-    ``f_m(x) = x`` if ``x ≥ m`` else ``α(exp(x − m) − 1)``: similar neighbours count fully, dissimilar
-    ones contribute a small negative amount. ``metric`` ``[B, T, C]`` → ``[B, T]``; returns ``(energy,
-    cosine similarity [B, T, T])``.
+
+def pitome_energy(metric: torch.Tensor, margin: float, alpha: float = 1.0, *, form: str = "elu") -> torch.Tensor:
+    """PiToMe energy score (Tran et al. 2024, Eq. 4): ``E_i = 1/N Σ_j f_m(cos(v_i, v_j))`` over all ``N``
+    tokens of ``metric`` (``j = i`` included). Returns ``(energy [B, T], cosine similarity [B, T, T])``.
+
+    ``form`` chooses ``f_m``:
+
+    * ``"elu"`` (default, the published code ``algo/pitome/merge.py``): ``f_m(x) = ELU_α(x − m)``, i.e.
+      ``x − m`` at or above the margin and ``α(exp(x − m) − 1)`` below — continuous at ``m``.
+    * ``"eq4"``: Eq. 4 as printed, ``f_m(x) = x`` at or above the margin and ``α(exp(x − m) − 1)`` below
+      (jumps by ``m`` at the margin). Differs from ``"elu"`` by ``m · |{j : cos ≥ m}| / N`` per token,
+      which reorders tokens; vitkit's version-1 PiToMe used it.
     """
-    m = F.normalize(metric, dim=-1)
+    if form not in PITOME_ENERGIES:
+        raise ValueError(f"pitome_energy: form must be one of {PITOME_ENERGIES}, got {form!r}")
+    m = F.normalize(metric, dim=-1)  # [B, T, C]
     sim = m @ m.transpose(-1, -2)  # [B, T, T]
-    f = torch.where(sim >= margin, sim, alpha * (torch.exp(sim - margin) - 1))
+    below = alpha * (torch.exp(sim - margin) - 1)  # not expm1: ONNX has no such op
+    above = sim - margin if form == "elu" else sim
+    f = torch.where(sim >= margin, above, below)  # [B, T, T]
     return f.mean(dim=-1), sim
 
 
 def pitome_matching(
-    metric: torch.Tensor, r: int, num_protected: int = 1, *, margin: float = 0.5, alpha: float = 1.0
+    metric: torch.Tensor,
+    r: int,
+    num_protected: int = 1,
+    *,
+    margin: float = 0.5,
+    alpha: float = 1.0,
+    energy: str = "elu",
+    split: str = "pitome",
 ) -> TokenReduction:
-    """PiToMe ordered bipartite matching (Tran et al. 2024, §3.2 and Alg. 1).
+    """PiToMe energy-ordered matching (Tran et al. 2024, §3.2, Alg. 1); removes exactly ``r`` tokens.
 
-    Tokens are sorted by energy (Eq. 4). The ``2r`` highest-energy tokens (large clusters) are mergeable;
-    the rest — isolated, informative — are protected. Along the energy order, mergeable tokens alternate
-    into A (ranks 0, 2, 4, …) and B (1, 3, 5, …) and *every* A token merges into its most similar B token,
-    so exactly ``r`` tokens go. Output order: ``[protected prefix, protected by energy, B]``.
+    The unprotected tokens are sorted by energy (Eq. 4, see :func:`pitome_energy`), highest first; along
+    that order they alternate into A (ranks 0, 2, 4, …) and B (1, 3, 5, …). ``split``:
+
+    * ``"pitome"``: only the ``2r`` highest-energy tokens (large clusters) are mergeable, the other ``T − 2r``
+      — isolated, informative — are protected; *every* A token merges into its most similar B token
+      (reference ``pitome``). Output ``[protected prefix, protected by energy, B]``.
+    * ``"bsm"``: ToMe's bipartite soft matching over *all* tokens with the energy-ordered A/B split: each
+      A token's best B edge, the ``r`` strongest edges merge (reference ``pitome_bsm``, which the reference
+      DeiT patch uses in the first half of the layers). Output ``[prefix, unmerged A by edge strength, B]``.
     """
+    if split not in PITOME_SPLITS:
+        raise ValueError(f"pitome_matching: split must be one of {PITOME_SPLITS}, got {split!r}")
     B, N, _ = metric.shape
     P = num_protected
     T = N - P
@@ -249,16 +278,24 @@ def pitome_matching(
     dev = metric.device
     if r <= 0:
         return TokenReduction(torch.arange(N, device=dev).unsqueeze(0).expand(B, -1), None, None, N)
-    energy, sim = pitome_energy(metric[:, P:], margin, alpha)  # [B, T], [B, T, T]
-    order = energy.argsort(dim=-1, descending=True)  # [B, T]
-    mergeable, protected = order[:, : 2 * r], order[:, 2 * r :]  # [B, 2r], [B, T - 2r]
-    a, b = mergeable[:, 0::2], mergeable[:, 1::2]  # [B, r] each
-    sim_a = gather_tokens(sim, a)  # [B, r, T]
-    sim_ab = sim_a.gather(2, b.unsqueeze(1).expand(-1, r, -1))  # [B, r, r]
-    dst_b = sim_ab.argmax(dim=-1)  # [B, r]
-    keep = _cat([_prefix(B, P, dev), P + protected, P + b])  # [B, N - r]
-    dst = P + (T - 2 * r) + dst_b
-    return TokenReduction(keep, P + a, dst, N)
+    score, sim = pitome_energy(metric[:, P:], margin, alpha, form=energy)  # [B, T], [B, T, T]
+    order = score.argsort(dim=-1, descending=True)  # [B, T]
+    if split == "pitome":
+        mergeable, protected = order[:, : 2 * r], order[:, 2 * r :]  # [B, 2r], [B, T - 2r]
+        a, b = mergeable[:, 0::2], mergeable[:, 1::2]  # [B, r] each
+        sim_ab = gather_tokens(sim, a).gather(2, b.unsqueeze(1).expand(-1, r, -1))  # [B, r, r]
+        dst_b = sim_ab.argmax(dim=-1)  # [B, r]
+        keep = _cat([_prefix(B, P, dev), P + protected, P + b])  # [B, N - r]
+        return TokenReduction(keep, P + a, P + (T - 2 * r) + dst_b, N)
+    a, b = order[:, 0::2], order[:, 1::2]  # [B, Ta], [B, Tb]; Ta = ceil(T/2) ≥ r
+    Ta = a.shape[1]
+    sim_ab = gather_tokens(sim, a).gather(2, b.unsqueeze(1).expand(-1, Ta, -1))  # [B, Ta, Tb]
+    best, best_b = sim_ab.max(dim=-1)  # [B, Ta]
+    ranked = best.argsort(dim=-1, descending=True)  # [B, Ta]
+    src_rank, unm_rank = ranked[:, :r], ranked[:, r:]  # [B, r], [B, Ta - r]
+    dst_b = best_b.gather(1, src_rank)  # [B, r]
+    keep = _cat([_prefix(B, P, dev), P + a.gather(1, unm_rank), P + b])  # [B, N - r]
+    return TokenReduction(keep, P + a.gather(1, src_rank), P + (Ta - r) + dst_b, N)
 
 
 def random_drop(
