@@ -273,6 +273,64 @@ def search_twin_gelu(x: torch.Tensor, bits: int, *, grid: int = 40) -> torch.Ten
     return best
 
 
+# -- eval-time fast paths ----------------------------------------------------------------------------------
+# Each gives the same values as the reference function it names (checked with torch.equal in
+# tests/quant/test_fast_quant.py) in fewer passes over the tensor: every element goes through the same float
+# operations in the same order, only the exact integer shifts and the final selection are rearranged. They work
+# in place on their own intermediate, so the input must not need gradients (callers fall back to the reference
+# functions when it does). On a shared 2-core CPU each pass over an activation costs a thread wake-up as well as
+# its memory traffic, so the pass count is what these save.
+def fake_quant_shifted(x: torch.Tensor, scale: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """:func:`fake_quant` for a per-tensor quantizer with an *integer* zero point ``z``, as
+    ``clamp(round(x/s), qmin − z, qmax − z)·s`` with ``lo = qmin − z``, ``hi = qmax − z``: 4 passes instead of 6.
+    Equal values: shifting an integer-valued float by an integer ``z`` ≤ 255 is exact (beyond 2^24 both forms
+    clamp); a value that rounds to −0 stays −0.0 where the reference's ``+ z − z`` makes it +0.0."""
+    return (x / scale).round_().clamp_(lo, hi).mul_(scale)
+
+
+def log2_levels(delta: torch.Tensor, bits: int, *, sqrt2: bool) -> torch.Tensor:
+    """Table ``[2^b + 2]`` of :func:`log2_dequant` for every code ``0 … 2^b − 1``, then 0 (underflow), then NaN
+    (a NaN input). Built with the reference ops, element by element the same values."""
+    n = 2**bits
+    q = torch.arange(n, dtype=delta.dtype, device=delta.device)
+    vals = log2_dequant(q, torch.zeros(n, dtype=torch.bool, device=delta.device), delta.reshape(1), sqrt2=sqrt2)
+    return torch.cat([vals, vals.new_tensor([0.0, math.nan])])  # [2^b + 2]
+
+
+def log2_fake_quant_levels(x: torch.Tensor, delta: torch.Tensor, bits: int, levels: torch.Tensor, *, sqrt2: bool):
+    """:func:`log2_fake_quant` by table look-up (``levels`` from :func:`log2_levels`): the codes come from the
+    same ops as :func:`log2_codes`, the dequantization is one gather — 9 passes instead of ~20."""
+    check_bits(bits)
+    n = 2**bits
+    t = x.clamp_min(0)  # [...] own copy, worked on in place
+    t.div_(delta).log2_().mul_(-2.0 if sqrt2 else -1.0).round_()
+    t.clamp_(0, n).nan_to_num_(nan=n + 1)  # n: underflow (and x == 0, +inf here), n + 1: NaN
+    idx = t.to(torch.int64).reshape(-1)  # [numel]
+    return levels.index_select(0, idx).reshape(x.shape)
+
+
+def twin_uniform_softmax_fast(x: torch.Tensor, delta1: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`twin_uniform_softmax` with the range picked first (a per-element step ``Δ1`` or ``Δ2``) and one
+    quantization: 6 passes instead of 10, equal values for float32 on CPU (where ``x / python_float`` is the
+    float32 division the reference does)."""
+    check_bits(bits)
+    top = 2 ** (bits - 1) - 1
+    d2 = torch.full((1,), 1.0 / top, dtype=x.dtype, device=x.device)
+    step = torch.where(x < top * delta1, delta1, d2)  # [...] Δ1 in R1, Δ2 elsewhere
+    return (x / step).round_().clamp_(0, top).mul_(step)
+
+
+def twin_uniform_gelu_fast(x: torch.Tensor, delta_pos: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`twin_uniform_gelu` with the branch's step picked first: 6 passes instead of 10. One clamp to
+    ``[−2^(b−1), 2^(b−1) − 1]`` serves both branches, since a negative ``x`` rounds to ≤ 0 and a positive one to
+    ≥ 0 (equal values; float32 on CPU, as :func:`twin_uniform_softmax_fast`)."""
+    check_bits(bits)
+    top = 2 ** (bits - 1) - 1
+    d_neg = torch.full((1,), GELU_MIN / 2 ** (bits - 1), dtype=x.dtype, device=x.device)
+    step = torch.where(x < 0, d_neg, delta_pos)  # [...]
+    return (x / step).round_().clamp_(-(2 ** (bits - 1)), top).mul_(step)
+
+
 # -- metrics ------------------------------------------------------------------------------------------------
 def sqnr_db(x: torch.Tensor, xq: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio ``10·log10(‖x‖² / ‖x − x̂‖²)`` in dB (inf when exact)."""
