@@ -8,12 +8,24 @@ parameters appear beside them (``blocks.0.attn.qkv.a_quant.scale``).
 A quantizer is *calibrating* until it has seen one batch: on that forward it fits its parameters to its
 input (with every upstream quantizer already active — RepQ-ViT's sequential calibration) and from then on
 quantizes. :func:`quantizers` and :func:`set_quant_enabled` act on all of them.
+
+Evaluation speed. A calibrated weight quantizer's output is a constant, so :class:`QuantLinear` /
+:class:`QuantConv2d` fake-quantize their weight once and keep it (:meth:`QuantWeightMixin.quant_weight`);
+the cached tensor is recomputed whenever the weight, its scale or zero point is replaced or changed in place
+(``load_state_dict``, RepQ's fold, an optimizer step: the tensors' version counters move), and it is bypassed
+while autograd needs the weight's graph (grad mode with a weight or scale that requires grad, block
+reconstruction's straight-through quantizers) and while tracing or compiling (ONNX export sees the quantizer
+ops). Activation quantizers use the fast paths of :mod:`vitkit.ops.quant` (same values, fewer passes) when no
+gradient is needed. A change made through ``tensor.data`` bypasses version counters: call
+:func:`clear_quant_cache` after one. Inside :func:`reference_quant` everything is recomputed with the reference
+formulas on every forward — the readable fallback the tests compare the fast path against with ``torch.equal``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from typing import Any
 
 import torch
@@ -23,6 +35,84 @@ from timm.layers import Attention
 
 from ..errors import DataError
 from ..ops import quant as Q
+
+# -- eval-time caches -----------------------------------------------------------------------------------------------
+_FAST = {"on": True}
+
+
+@contextlib.contextmanager
+def reference_quant():
+    """Within this block quantizers use no cache and no fast path: weights are re-quantized on every forward and
+    activations go through the reference formulas of :mod:`vitkit.ops.quant` (the pre-cache behaviour)."""
+    before = _FAST["on"]
+    _FAST["on"] = False
+    try:
+        yield
+    finally:
+        _FAST["on"] = before
+
+
+def _fast_ok(*tensors: torch.Tensor) -> bool:
+    """May a constant / in-place fast path replace the reference computation on ``tensors``?"""
+    if not _FAST["on"] or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
+
+
+class _Memo:
+    """A value valid while the same objects hold the same tensor data: identity (weak references), then for each
+    tensor its storage, version counter (bumped by every in-place change, ``load_state_dict`` included), dtype,
+    device and shape. Not copied by ``copy.deepcopy`` (the copy recomputes) and never part of a state dict."""
+
+    __slots__ = ("refs", "stamp", "value")
+
+    def __init__(self, objs: tuple, value: Any) -> None:
+        self.refs = tuple(weakref.ref(o) for o in objs)
+        self.stamp = _stamp(objs)
+        self.value = value
+
+    def valid(self, objs: tuple) -> bool:
+        if (
+            self.stamp is None
+            or len(objs) != len(self.refs)
+            or any(r() is not o for r, o in zip(self.refs, objs, strict=True))
+        ):
+            return False
+        return self.stamp == _stamp(objs)
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+
+def _stamp(objs: tuple) -> tuple | None:
+    try:
+        return tuple(
+            (t._version, t.data_ptr(), t.dtype, t.device, t.shape) for t in objs if isinstance(t, torch.Tensor)
+        )
+    except RuntimeError:  # inference tensors carry no version counter: never cached
+        return None
+
+
+def _memo(owner: nn.Module, slot: str, objs: tuple, make) -> Any:
+    """``make()``, cached on ``owner`` under ``slot`` until one of ``objs`` is replaced or (tensors) changed."""
+    memo = owner.__dict__.get(slot)
+    if memo is not None and memo.valid(objs):
+        return memo.value
+    with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable outside inference mode too
+        value = make()
+    owner.__dict__[slot] = _Memo(objs, value)
+    return value
+
+
+_SLOTS = ("_vitkit_wq", "_vitkit_fast")
+
+
+def clear_quant_cache(model: nn.Module) -> None:
+    """Drop every cached fake-quantized weight and quantizer table (needed only after changes through
+    ``tensor.data``, which no version counter sees; everything else invalidates itself)."""
+    for m in model.modules():
+        for slot in _SLOTS:
+            m.__dict__.pop(slot, None)
 
 
 class Quantizer(nn.Module):
@@ -109,8 +199,24 @@ class UniformQuantizer(Quantizer):
         self.zero_point.copy_(z.reshape(self.zero_point.shape))
 
     def quant(self, x: torch.Tensor) -> torch.Tensor:
-        fn = Q.fake_quant_ste if getattr(self, "ste", False) else Q.fake_quant  # ste: block reconstruction
-        return fn(x, self.scale, self.zero_point, self.bits, symmetric=self.symmetric, axis=self._axis())
+        if getattr(self, "ste", False):  # block reconstruction: gradients to x and scale
+            return Q.fake_quant_ste(
+                x, self.scale, self.zero_point, self.bits, symmetric=self.symmetric, axis=self._axis()
+            )
+        if not self.channels and _fast_ok(x, self.scale):
+            bounds = _memo(self, "_vitkit_fast", (self.zero_point,), self._shifted_bounds)
+            if bounds is not None:
+                return Q.fake_quant_shifted(x, self.scale, *bounds)
+        return Q.fake_quant(x, self.scale, self.zero_point, self.bits, symmetric=self.symmetric, axis=self._axis())
+
+    def _shifted_bounds(self) -> tuple[float, float] | None:
+        """``(qmin − z, qmax − z)`` for :func:`vitkit.ops.quant.fake_quant_shifted`; None unless z is an integer
+        (always, for zero points this package computes)."""
+        z = float(self.zero_point.reshape(-1)[0])
+        if not z.is_integer() or self.zero_point.numel() != 1:
+            return None
+        qmin, qmax = Q.qrange(self.bits, self.symmetric)
+        return qmin - z, qmax - z
 
 
 class LogQuantizer(Quantizer):
@@ -130,6 +236,11 @@ class LogQuantizer(Quantizer):
         self.delta.copy_(Q.search_log2(x, self.bits, sqrt2=self.sqrt2))
 
     def quant(self, x: torch.Tensor) -> torch.Tensor:
+        if _fast_ok(x, self.delta) and x.is_contiguous() and x.dtype == self.delta.dtype:
+            levels = _memo(
+                self, "_vitkit_fast", (self.delta,), lambda: Q.log2_levels(self.delta, self.bits, sqrt2=self.sqrt2)
+            )
+            return Q.log2_fake_quant_levels(x, self.delta, self.bits, levels, sqrt2=self.sqrt2)
         return Q.log2_fake_quant(x, self.delta, self.bits, sqrt2=self.sqrt2)
 
 
@@ -153,7 +264,11 @@ class TwinUniformQuantizer(Quantizer):
         self.delta.copy_(fit(x, self.bits))
 
     def quant(self, x: torch.Tensor) -> torch.Tensor:
-        fn = Q.twin_uniform_softmax if self.mode == "softmax" else Q.twin_uniform_gelu
+        fast = x.dtype == self.delta.dtype == torch.float32 and x.device.type == "cpu" and _fast_ok(x, self.delta)
+        if self.mode == "softmax":
+            fn = Q.twin_uniform_softmax_fast if fast else Q.twin_uniform_softmax
+        else:
+            fn = Q.twin_uniform_gelu_fast if fast else Q.twin_uniform_gelu
         return fn(x, self.delta, self.bits)
 
 
@@ -165,26 +280,41 @@ def make_quantizer(spec: dict[str, Any], where: str = "") -> Quantizer:
     return cls(where=where, **spec)
 
 
-class QuantLinear(nn.Linear):
+class QuantWeightMixin:
+    """The layer's weight after ``w_quant``, computed once per weight/scale version (module docstring)."""
+
+    def quant_weight(self) -> torch.Tensor:
+        w, w_q = self.weight, getattr(self, "w_quant", None)
+        if w_q is None or not w_q.enabled:
+            return w
+        if not w_q.calibrated or getattr(w_q, "ste", False) or not _fast_ok(w, *w_q.buffers()):
+            return w_q(w)  # calibrating, reconstructing, training, tracing: the live path
+        return _memo(self, "_vitkit_wq", (w, w_q, *w_q.buffers()), lambda: _share_if_equal(w_q(w), w))
+
+
+def _share_if_equal(wq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """A weight loaded from a packed artifact already is its fake-quantized value: keep no second copy."""
+    return w.detach() if torch.equal(wq, w) else wq
+
+
+class QuantLinear(QuantWeightMixin, nn.Linear):
     """``nn.Linear`` whose input passes ``a_quant`` and whose weight passes ``w_quant`` (either may be absent)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a_q, w_q = getattr(self, "a_quant", None), getattr(self, "w_quant", None)
+        a_q = getattr(self, "a_quant", None)
         if a_q is not None:
             x = a_q(x)
-        w = w_q(self.weight) if w_q is not None else self.weight
-        return F.linear(x, w, self.bias)
+        return F.linear(x, self.quant_weight(), self.bias)
 
 
-class QuantConv2d(nn.Conv2d):
+class QuantConv2d(QuantWeightMixin, nn.Conv2d):
     """``nn.Conv2d`` (patch embedding) with input and per-output-channel weight quantizers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a_q, w_q = getattr(self, "a_quant", None), getattr(self, "w_quant", None)
+        a_q = getattr(self, "a_quant", None)
         if a_q is not None:
             x = a_q(x)
-        w = w_q(self.weight) if w_q is not None else self.weight
-        return self._conv_forward(x, w, self.bias)
+        return self._conv_forward(x, self.quant_weight(), self.bias)
 
 
 class QuantAttention(Attention):
@@ -313,6 +443,8 @@ def unpatch_module(module: nn.Module) -> None:
     """Back to the float class; quantizer sub-modules removed (weights, possibly reparameterized, stay)."""
     for name in [n for n, c in module.named_children() if isinstance(c, Quantizer)]:
         delattr(module, name)
+    for slot in _SLOTS:
+        module.__dict__.pop(slot, None)
     if type(module) in UNPATCHED:
         module.__class__ = UNPATCHED[type(module)]
 
