@@ -818,9 +818,10 @@ def section(results: dict) -> str:
         "0.5, crop_pct 0.9, bicubic). Data: the 1,000-image ImageNet sample, one image per class, split by "
         f"`imagefolder:DIR?classes=imagenet&split={SPLIT}&seed=0` into disjoint parts: calib 100 (PTQ calibration "
         "on its first 32, pruning saliency), train 300 (KD recovery, exit heads; augmented), val 100 (early-exit "
-        "thresholds), test 500 (every row). One image per class: absolute top-1 is optimistic, drops and agreement are informative. "
-        "Speed: batch 16 of real test images, fp32 PyTorch eager baseline in the same process, interleaved, "
-        "median of repeats, torch default threading at 2 threads. Parts run separately; each says when and how long.",
+        "thresholds), test 500 (every row). One image per class: absolute top-1 is optimistic, drops and agreement "
+        "are informative. Speed: batch 16 of real test images, fp32 PyTorch eager baseline in the same process, "
+        "interleaved, median of repeats, torch default threading at 2 threads. Parts run separately; each says when "
+        "and how long.",
     ]
     for p in parts:
         lines += ["", *part_header(p, results[p]), "", *RENDER[p][1](results[p])]
