@@ -490,7 +490,8 @@ def prune_row(ctx: Ctx, ratio: float, imp: str) -> tuple[dict, torch.nn.Module]:
 
 
 def part_prune(ctx: Ctx) -> dict:
-    got = [prune_row(ctx, r, imp) for r in PRUNE_RATIOS for imp in SALIENCIES]
+    saliencies = ctx.args.saliencies.split(",") if ctx.args.saliencies else SALIENCIES
+    got = [prune_row(ctx, r, imp) for r in PRUNE_RATIOS for imp in saliencies]
     ips = ctx.speed([ctx.model, *(m for _, m in got)])
     for (row, _), v in zip(got, ips[1:], strict=True):
         row["speedup"] = v / ips[0]
@@ -859,6 +860,7 @@ def parse_args(argv=None):
     ap.add_argument("--compose-prune", type=float, default=0.1, help="compose: fraction of MACs pruned (default 0.1)")
     ap.add_argument("--exit-epochs", type=int, default=None, help="exit-head training epochs (default 10)")
     ap.add_argument("--ft-epochs", type=int, default=None, help="digits fine-tuning epochs for lora (default 5)")
+    ap.add_argument("--saliencies", default=None, help=f"prune part: comma list from {','.join(SALIENCIES)}")
     ap.add_argument("--calib-images", type=int, default=32, help="calibration images taken from the calib split")
     ap.add_argument("--recon-iters", type=int, default=None, help="APHQ reconstruction steps per block (default 20)")
     ap.add_argument("--weights", default=str(WEIGHTS))
