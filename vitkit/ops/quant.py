@@ -9,6 +9,9 @@
 * log2 (FQ-ViT, Lin et al., IJCAI 2022, eq. 11) and log√2 (RepQ-ViT, eq. 11–12) post-softmax quantizers.
 * Twin-uniform quantizers for post-softmax and post-GELU values (PTQ4ViT §4.2, eq. 5–6).
 * :func:`sqnr_db`, the signal-to-quantization-noise ratio used by the tests.
+* Eval-time fast paths (:func:`fake_quant_shifted`, :func:`log2_fake_quant_levels`, ``twin_uniform_*_fast``):
+  the same values as the reference functions (which stay the readable definition, and what ONNX export
+  traces) in fewer passes over the tensor.
 
 Every uniform range is widened to include 0 so that zero is exactly representable (what int8 kernels
 need); RepQ-ViT's code does not do this — a deliberate difference that only matters for tensors whose range

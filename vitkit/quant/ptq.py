@@ -19,6 +19,11 @@ twin-uniform quantizers for post-softmax and post-GELU values with an MSE search
 (PTQ4ViT, Yuan et al., ECCV 2022); deliberately without its Hessian-guided metric, whose gradient is
 numerically zero in parallel calibration (hahnyuan/PTQ4ViT#23), and calibrated sequentially.
 ``method="minmax"`` / ``"percentile"``: the naive per-tensor baselines (uniform attention map).
+
+Calibration ends with every quantizer fitted; nothing is searched at evaluation time. From then on the
+quantized layers fake-quantize their weights once and reuse them, and the activation quantizers use the fast
+paths of :mod:`vitkit.ops.quant` (see :mod:`vitkit.quant.modules`), with outputs equal to per-forward
+recomputation (``reference_quant()``, tested with ``torch.equal``).
 """
 
 from __future__ import annotations
