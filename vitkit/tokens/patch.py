@@ -121,8 +121,18 @@ def attention_with_extras(
     """
     B, N, _ = x.shape
     own_forward = type(attn) is not Attention  # a subclass (e.g. quantized attention) computes its own output
-    gate = attn.gate(x).sigmoid() if attn.gate is not None and not own_forward else None
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
+    if own_forward:  # its numerics (quantizers) are kept; the extras come from its own qkv projection
+        seen: dict[str, torch.Tensor] = {}
+        hook = attn.qkv.register_forward_hook(lambda _m, _i, out: seen.__setitem__("qkv", out))
+        try:
+            own_out = attn(x, attn_mask=_to_additive(bias, is_causal, N, x))
+        finally:
+            hook.remove()
+        qkv_out, gate = seen["qkv"], None
+    else:
+        qkv_out = attn.qkv(x)
+        gate = attn.gate(x).sigmoid() if attn.gate is not None else None
+    qkv = qkv_out.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
     q, k, v = qkv.unbind(0)  # [B, H, N, hd] each
     q, k = attn.q_norm(q), attn.k_norm(k)
     extras: dict[str, torch.Tensor] = {}
@@ -138,8 +148,8 @@ def attention_with_extras(
         extras["cls_attn"] = probs[:, :, 0].mean(dim=1)  # [B, N]
         if "global_attn" in needs:
             extras["global_attn"] = probs.mean(dim=(1, 2))  # [B, N]
-    if own_forward:  # its numerics (quantizers) are kept; the extras above cost one more qkv projection
-        return attn(x, attn_mask=_to_additive(bias, is_causal, N, x)), extras
+    if own_forward:
+        return own_out, extras
     dropout_p = attn.attn_drop.p if attn.training else 0.0
     if attn.fused_attn:
         out = F.scaled_dot_product_attention(
