@@ -83,6 +83,22 @@ def test_save_load_round_trip(method, tmp_path):
     torch.testing.assert_close(_out(loaded, x), before, atol=1e-5, rtol=1e-5)
 
 
+def test_post_gelu_twin_under_repq(tmp_path):
+    """post_gelu="twin": RepQ-ViT with PTQ4ViT's twin-uniform fc2-input quantizer, everything else unchanged."""
+    x = _calib()
+    plain, twin = make_tiny("vit"), make_tiny("vit")
+    vitkit.apply_(plain, PTQConfig(method="repq", calib_images=4), calib=x)
+    vitkit.apply_(twin, PTQConfig(method="repq", post_gelu="twin", calib_images=4), calib=x)
+    kinds = {n: q.kind for n, q in quantizers(twin).items()}
+    assert {k for n, k in kinds.items() if n.endswith("fc2.a_quant")} == {"twin"}
+    assert {n: q.kind for n, q in quantizers(plain).items() if not n.endswith("fc2.a_quant")} == {
+        n: k for n, k in kinds.items() if not n.endswith("fc2.a_quant")
+    }
+    assert twin.vitkit_steps[-1].decisions["reparameterized"] == plain.vitkit_steps[-1].decisions["reparameterized"]
+    vitkit.save_artifact(twin, None, None, tmp_path / "art")
+    torch.testing.assert_close(_out(vitkit.load(tmp_path / "art"), x), _out(twin, x), atol=1e-5, rtol=1e-5)
+
+
 def test_round_trip_with_added_bias(tmp_path):
     model = make_tiny("vit", qkv_bias=False)
     x = _calib()
@@ -152,6 +168,7 @@ def test_config_round_trip():
         ({"method": "gptq"}, "method"),
         ({"calib_images": 0}, "calib_images"),
         ({"softmax": "tanq"}, "softmax"),
+        ({"post_gelu": "log2"}, "post_gelu"),
         ({"layer_bits": {"head": 16}}, "layer_bits"),
     ],
 )

@@ -58,6 +58,7 @@ _log = logging.getLogger(__name__)
 
 METHODS = ("repq", "dopq", "ptq4vit", "minmax", "percentile")
 SOFTMAX_QUANTIZERS = ("log_sqrt2", "log2", "twin", "uniform")
+POST_GELU_QUANTIZERS = ("uniform", "twin")
 _DEFAULT_SOFTMAX = {
     "repq": "log_sqrt2",
     "dopq": "log_sqrt2",
@@ -65,6 +66,8 @@ _DEFAULT_SOFTMAX = {
     "minmax": "uniform",
     "percentile": "uniform",
 }
+#: fc2-input (post-GELU) quantizer per method: PTQ4ViT's twin uniform, else the method's uniform search
+_DEFAULT_POST_GELU = {m: "twin" if m == "ptq4vit" else "uniform" for m in METHODS}
 #: Activation / weight scale search per method (see :func:`vitkit.ops.quant.search_uniform`).
 _ACT_SEARCH = {"repq": "quantile", "dopq": "quantile", "ptq4vit": "mse", "minmax": "minmax", "percentile": "percentile"}
 _W_SEARCH = {"repq": "quantile", "dopq": "quantile", "ptq4vit": "mse", "minmax": "minmax", "percentile": "minmax"}
@@ -86,7 +89,10 @@ class PTQConfig(TransformConfig):
     papers); ``quantize_head``: quantize the classifier; ``layer_bits``: per-module ``{name: w_bits}``
     overrides (what :class:`MixedPrecisionConfig` produces); ``softmax``: post-softmax quantizer
     ``log_sqrt2`` | ``log2`` | ``twin`` | ``uniform`` (None = the method's own: log√2 for RepQ/DopQ, twin for
-    PTQ4ViT, uniform for the baselines); ``seed``: calibration draw from a dataset;
+    PTQ4ViT, uniform for the baselines); ``post_gelu``: quantizer of the post-GELU ``fc2`` inputs, ``uniform`` |
+    ``twin`` (None = the method's own: twin-uniform for PTQ4ViT, the method's uniform search otherwise;
+    ``method="repq", post_gelu="twin"`` is a measured deviation from RepQ-ViT for models with long GELU tails,
+    see BENCHMARKS.md "real"); ``seed``: calibration draw from a dataset;
     ``reconstruct_iters``: APHQ-ViT-style block reconstruction steps per block after calibration (0 = off,
     :mod:`vitkit.quant.reconstruct`), ``reconstruct_lr`` its relative step size.
     ``targets``/``skip`` globs match the quantizable module names (``blocks.0.attn.qkv``, ``head`` ...).
@@ -101,6 +107,7 @@ class PTQConfig(TransformConfig):
     quantize_head: bool = True
     layer_bits: dict | None = None
     softmax: str | None = None
+    post_gelu: str | None = None
     seed: int = 0
     reconstruct_iters: int = 0
     reconstruct_lr: float = 1e-3
@@ -118,6 +125,10 @@ class PTQConfig(TransformConfig):
         if self.softmax is not None and self.softmax not in SOFTMAX_QUANTIZERS:
             raise ConfigError(
                 f"PTQConfig.softmax must be one of {list(SOFTMAX_QUANTIZERS)} or null, got {self.softmax!r}"
+            )
+        if self.post_gelu is not None and self.post_gelu not in POST_GELU_QUANTIZERS:
+            raise ConfigError(
+                f"PTQConfig.post_gelu must be one of {list(POST_GELU_QUANTIZERS)} or null, got {self.post_gelu!r}"
             )
         for name, bits in dict(self.layer_bits or {}).items():
             _check_bits(bits, f"layer_bits[{name!r}]")
@@ -207,7 +218,7 @@ def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
             a_spec = uni(cfg.first_input_bits, a_search)
         elif repq and (name.endswith(".attn.qkv") or name.endswith(".mlp.fc1")):
             a_spec = uni(cfg.a_bits, a_search, channels=mod.in_features, axis=-1)  # post-LN: per channel first
-        elif cfg.method == "ptq4vit" and name.endswith(".mlp.fc2"):
+        elif name.endswith(".mlp.fc2") and (cfg.post_gelu or _DEFAULT_POST_GELU[cfg.method]) == "twin":
             a_spec = {"kind": "twin", "bits": cfg.a_bits, "mode": "gelu"}
         else:
             a_spec = uni(cfg.a_bits, a_search)
