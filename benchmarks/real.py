@@ -58,7 +58,8 @@ from vitkit.distill import DistillConfig, distill  # noqa: E402
 from vitkit.early_exit import EarlyExitConfig, calibrate, evaluate_exits, reset_histogram, train_exit_heads  # noqa: E402
 from vitkit.prune import PruneConfig  # noqa: E402
 from vitkit.quant import MixedPrecisionConfig, PTQConfig, quantizers, to_integer  # noqa: E402
-from vitkit.quant.deploy import OrtModule, deploy_int8, export_onnx  # noqa: E402
+from vitkit.quant.deploy import OrtModule, deploy_int8, export_onnx, strip_quant  # noqa: E402
+from vitkit.quant.outliers import split_outlier_inputs_  # noqa: E402
 from vitkit.tokens import RandomDropConfig, ToMeConfig  # noqa: E402
 
 _log = logging.getLogger("benchmarks.real")
@@ -417,11 +418,13 @@ def part_deploy(ctx: Ctx) -> dict:
     vitkit.apply_(fq, PTQConfig(w_bits=8, a_bits=8, method="repq", calib_images=n), calib=ctx.calib())
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        calib = ctx.calib()
         variants = {
             "PyTorch fp32 eager": ctx.model,
             "ORT fp32": OrtModule(export_onnx(ctx.model, tmp / "fp32.onnx")),
-            "vitkit deployed int8, ORT (RepQ W8A8 weights)": deploy_int8(fq, tmp / "int8"),
-            "vitkit deployed int8, torch.ao backend": deploy_int8(fq, tmp / "int8t", backend="torch"),
+            "vitkit deployed int8, ORT (RepQ W8A8 weights)": deploy_int8(fq, tmp / "int8", calib=calib),
+            "same, without the outlier-channel split": deploy_int8(fq, tmp / "int8n", calib=calib, outliers=None),
+            "vitkit deployed int8, torch.ao backend": deploy_int8(fq, tmp / "int8t", calib=calib, backend="torch"),
         }
         rows = []
         for name, mod in variants.items():
@@ -435,7 +438,8 @@ def part_deploy(ctx: Ctx) -> dict:
         row["ips"], row["speedup"] = v, v / ips[0]
     rows.insert(1, {"name": "fake-quant W8A8 RepQ (accuracy reference)", **ctx.score(fq)})
     rows.append(integer_row(ctx, fq))
-    return {"rows": rows, "calib_images": n}
+    found = split_outlier_inputs_(strip_quant(fq), ctx.calib())
+    return {"rows": rows, "calib_images": n, "outliers": ", ".join(f"{k} {v}" for k, v in found.items())}
 
 
 def integer_row(ctx: Ctx, fq) -> dict:
@@ -459,10 +463,13 @@ def render_deploy(res: dict) -> list[str]:
         body.append([r["name"], pct(r["top1"]), pts(r["delta"]), pct(r["agree"]), *speed, mb, target, ok])
     head = ["variant", "top-1 %", "Δ pt", "agree %", "bs16 img/s", "vs PyTorch fp32", "ONNX MB", "target", "met"]
     return [
-        f"W8A8 RepQ-ViT calibrated on {res['calib_images']} images; `deploy_int8` strips the fake-quant modules and "
-        "deploys the reparameterized float weights with ONNX Runtime dynamic int8 (MatMul, per-channel, "
-        "reduce_range) or torch.ao dynamic int8. The integer-only twin is timed in its own two-model interleave "
-        "with fp32 (it emulates integer GEMMs with int64 torch ops: not a speed path).",
+        f"W8A8 RepQ-ViT calibrated on {res['calib_images']} images; `deploy_int8` strips the fake-quant modules, "
+        "keeps the input channels whose calibrated max exceeds 8× the median channel's in float (LLM.int8()-style "
+        "decomposition, `vitkit.quant.outliers`; found here: "
+        f"{res.get('outliers') or 'not recorded'}) and deploys the reparameterized float weights with ONNX Runtime "
+        "dynamic int8 (MatMul, per-channel, reduce_range) or torch.ao dynamic int8. The integer-only twin is timed "
+        "in its own two-model interleave with fp32 (it emulates integer GEMMs with int64 torch ops: not a speed "
+        "path).",
         "",
         *table(head, body),
     ]
@@ -474,6 +481,7 @@ SALIENCIES = ("l1", "l2", "taylor", "hessian", "dimap")
 
 
 def prune_row(ctx: Ctx, ratio: float, imp: str) -> tuple[dict, torch.nn.Module]:
+    """Prune a copy of the model; test top-1 / agreement and val top-1 (which picks the saliency to recover)."""
     m = copy.deepcopy(ctx.model)
     calib = ctx.split("calib")
     cfg = PruneConfig(target="macs", ratio=ratio, importance=imp, groups=("heads", "mlp"), calib_images=len(calib))
@@ -483,15 +491,27 @@ def prune_row(ctx: Ctx, ratio: float, imp: str) -> tuple[dict, torch.nn.Module]:
     row["macs"] = d["macs"]["after"] / d["macs"]["before"]
     row["params"] = d["params"]["after"] / d["params"]["before"]
     row["pruned"] = ctx.score(m)
-    kd = ctx.kd(m, ctx.args.epochs)
-    row.update(kd_s=kd["seconds"], kd_images=kd["images_seen"], after=ctx.score(m))
-    _log.info("prune %.0f%% %s: %.4f → %.4f after KD", 100 * ratio, imp, row["pruned"]["top1"], row["after"]["top1"])
+    logits, labels = classify(m, ctx.split("val"))
+    row["val_pruned"] = topk_accuracy(logits, labels)
+    _log.info("prune %.0f%% %s: test %.4f, val %.4f", 100 * ratio, imp, row["pruned"]["top1"], row["val_pruned"])
     return row, m
 
 
+def recover(ctx: Ctx, row: dict, m) -> None:
+    kd = ctx.kd(m, ctx.args.epochs)
+    row.update(kd_s=kd["seconds"], kd_images=kd["images_seen"], after=ctx.score(m))
+    _log.info("prune %.0f%% %s: %.4f after KD", 100 * row["ratio"], row["importance"], row["after"]["top1"])
+
+
 def part_prune(ctx: Ctx) -> dict:
+    """Every saliency at every ratio without recovery; KD recovery (the costly part: ``--epochs`` over the train
+    split) for the saliency with the best *val* top-1 at each ratio, or for all with ``--kd-all``."""
     saliencies = ctx.args.saliencies.split(",") if ctx.args.saliencies else SALIENCIES
     got = [prune_row(ctx, r, imp) for r in PRUNE_RATIOS for imp in saliencies]
+    for ratio in PRUNE_RATIOS:
+        at = [(row, m) for row, m in got if row["ratio"] == ratio]
+        for row, m in at if ctx.args.kd_all else [max(at, key=lambda g: g[0]["val_pruned"])]:
+            recover(ctx, row, m)
     ips = ctx.speed([ctx.model, *(m for _, m in got)])
     for (row, _), v in zip(got, ips[1:], strict=True):
         row["speedup"] = v / ips[0]
@@ -502,7 +522,11 @@ def part_prune(ctx: Ctx) -> dict:
 def render_prune(res: dict) -> list[str]:
     body = []
     for r in res["rows"]:
-        target, ok = ("≥ −3 pt after KD", met(r["after"]["delta"] >= -0.03)) if r["ratio"] == 0.3 else ("report", "")
+        after = r.get("after")
+        target, ok = "", ""
+        if after and r["ratio"] == 0.3:
+            target, ok = "≥ −3 pt after KD", met(after["delta"] >= -0.03)
+        kd_cells = [pct(after["top1"]), pts(after["delta"]), pct(after["agree"])] if after else ["–"] * 3
         body.append(
             [
                 f"−{r['ratio']:.0%}",
@@ -512,11 +536,9 @@ def render_prune(res: dict) -> list[str]:
                 f"×{r['speedup']:.2f}",
                 pct(r["pruned"]["top1"]),
                 pts(r["pruned"]["delta"]),
-                pct(r["after"]["top1"]),
-                pts(r["after"]["delta"]),
-                pct(r["after"]["agree"]),
+                *kd_cells,
                 f"{r['prune_s']:.1f}",
-                f"{r['kd_s']:.0f}",
+                f"{r['kd_s']:.0f}" if after else "–",
                 target,
                 ok,
             ]
@@ -526,6 +548,8 @@ def render_prune(res: dict) -> list[str]:
     kd = ", ".join(f"{k}={v}" for k, v in res.get("kd", KD).items())
     return [
         "Heads + MLP neurons, global allocation; data-driven saliencies scored on the calib split (labels used). "
+        "Every saliency is scored without recovery; KD recovery runs for the saliency with the best val top-1 "
+        "(100 val images) at each ratio (all of them with `--kd-all`). "
         f"Recovery: `distill` from the unpruned model on the train split ({res['train']} images), "
         f"{res['epochs']} epoch(s), {kd} (AdamW, warm-up then cosine).",
         "",
@@ -641,11 +665,12 @@ def compose_deployed(ctx: Ctx, quantized: dict, pruned_fp32) -> dict:
             "PyTorch fp32, pruned + KD": pruned_fp32,
         }
         for i, (label, fq) in enumerate(quantized.items()):
-            variants[f"ORT int8: {label}"] = deploy_int8(fq, tmp / f"int8_{i}")
+            variants[f"ORT int8: {label}"] = deploy_int8(fq, tmp / f"int8_{i}", calib=ctx.calib())
             for r in COMPOSE_TOME:
                 with_tome = copy.deepcopy(fq)
                 vitkit.apply_(with_tome, ToMeConfig(r=r))
-                variants[f"ORT int8: {label} + ToMe r={r}"] = deploy_int8(with_tome, tmp / f"int8_{i}_tome{r}")
+                path = tmp / f"int8_{i}_tome{r}"
+                variants[f"ORT int8: {label} + ToMe r={r}"] = deploy_int8(with_tome, path, calib=ctx.calib())
         rows = [{"name": n, **ctx.score(mod)} for n, mod in variants.items()]
         ips = ctx.speed(list(variants.values()))
     for row, v in zip(rows, ips, strict=True):
@@ -702,14 +727,14 @@ def lora_rank(model, budget: float = 0.05) -> tuple[int, int]:
 
 
 def lora_variants(rank: int) -> dict:
-    """name → (adaptation, lr, SlimFit) as in benchmarks/adapt.py (full FT at two lrs: judged against the best)."""
+    """key → (row name, (adaptation, lr, SlimFit)) as in benchmarks/adapt.py (full FT is judged at its best lr)."""
     lo = vitkit.LoRAConfig
     return {
-        "head only (linear probe)": ("head", 3e-3, None),
-        "full fine-tune (lr 1e-4)": ("full", 1e-4, None),
-        "full fine-tune (lr 3e-4)": ("full", 3e-4, None),
-        f"LoRA r={rank}": (lo(rank=rank, alpha=2 * rank), 2e-3, None),
-        f"HiRA r={rank} (ΔW = W0 ⊙ BA)": (lo(rank=rank, alpha=2 * rank, variant="hira"), 2e-2, None),
+        "head": ("head only (linear probe)", ("head", 3e-3, None)),
+        "full1e-4": ("full fine-tune (lr 1e-4)", ("full", 1e-4, None)),
+        "full3e-4": ("full fine-tune (lr 3e-4)", ("full", 3e-4, None)),
+        "lora": (f"LoRA r={rank}", (lo(rank=rank, alpha=2 * rank), 2e-3, None)),
+        "hira": (f"HiRA r={rank} (ΔW = W0 ⊙ BA)", (lo(rank=rank, alpha=2 * rank, variant="hira"), 2e-2, None)),
     }
 
 
@@ -719,7 +744,10 @@ def part_lora(ctx: Ctx) -> dict:
     if ctx.quick:
         data = {s: TensorImageDataset(d.images[:48], d.labels[:48], d.spec, name=s) for s, d in data.items()}
     rows = []
-    for name, spec in lora_variants(rank).items():
+    chosen = ctx.args.lora_variants.split(",")
+    for key, (name, spec) in lora_variants(rank).items():
+        if key not in chosen:
+            continue
         rows.append(run_variant(ctx.model, name, spec, data, ctx.args.ft_epochs, 0, None))
         _log.info("lora %s: test %.4f (%.0f s)", name, rows[-1]["test"], rows[-1]["seconds"])
     sizes = {s: len(d) for s, d in data.items()}
@@ -860,6 +888,10 @@ def parse_args(argv=None):
     ap.add_argument("--compose-prune", type=float, default=0.1, help="compose: fraction of MACs pruned (default 0.1)")
     ap.add_argument("--exit-epochs", type=int, default=None, help="exit-head training epochs (default 10)")
     ap.add_argument("--ft-epochs", type=int, default=None, help="digits fine-tuning epochs for lora (default 5)")
+    ap.add_argument(
+        "--lora-variants", default="head,full1e-4,full3e-4,lora,hira", help="lora part: comma list of variant keys"
+    )
+    ap.add_argument("--kd-all", action="store_true", help="prune part: KD recovery for every saliency, not the best")
     ap.add_argument("--saliencies", default=None, help=f"prune part: comma list from {','.join(SALIENCIES)}")
     ap.add_argument("--calib-images", type=int, default=32, help="calibration images taken from the calib split")
     ap.add_argument("--recon-iters", type=int, default=None, help="APHQ reconstruction steps per block (default 20)")

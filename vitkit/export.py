@@ -13,7 +13,6 @@ same process (``export_report.md``).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
@@ -102,7 +101,8 @@ def write_onnx(
 ) -> tuple[Path, str]:
     """Write ``dst`` atomically; returns (path, the mode actually used). ``mode``: auto (QDQ for a ``ptq``
     model, else float), qdq, fake (the fake-quant graph), float, dynamic (RepQ reparameterization from
-    ``calib`` — default ``example`` — then ORT dynamic int8)."""
+    ``calib`` — default ``example`` — and outlier input channels kept float, then ORT dynamic int8: the same
+    preparation as :func:`vitkit.quant.deploy_int8`)."""
     quantized = _is_quantized(model)
     if mode == "auto":
         mode = "qdq" if quantized else "float"
@@ -122,11 +122,9 @@ def write_onnx(
             trace_onnx(onnx_graph_module(model).eval(), example, tmp_path, opset=opset)
         elif mode == "dynamic":
             from .quant.deploy import export_onnx as float_onnx
-            from .quant.deploy import ort_dynamic_int8, reparameterize_, strip_quant
+            from .quant.deploy import int8_float_model, ort_dynamic_int8
 
-            float_model = strip_quant(model) if quantized else copy.deepcopy(model).eval()
-            if not quantized:
-                reparameterize_(float_model, example if calib is None else calib)
+            float_model = int8_float_model(model, example if calib is None else calib)
             float_onnx(float_model, Path(tmp) / "fp32.onnx")
             ort_dynamic_int8(Path(tmp) / "fp32.onnx", tmp_path)
         atomic_write_bytes(dst, tmp_path.read_bytes())

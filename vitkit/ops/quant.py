@@ -342,3 +342,16 @@ def sqnr_db(x: torch.Tensor, xq: torch.Tensor) -> float:
     if noise == 0:
         return math.inf
     return 10.0 * math.log10(max(signal, 1e-300) / noise)
+
+
+def outlier_channels(absmax: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Indices of the input channels whose calibrated ``|x|`` maximum exceeds ``ratio`` × the median channel's
+    (``absmax``: ``[C]``). These are the feature dimensions that LLM.int8()'s mixed-precision decomposition
+    (Dettmers et al., NeurIPS 2022, §3.2, eq. 3) keeps in floating point, ``XW = X_O W_O + Q⁻¹(Q(X_Ō) Q(W_Ō))``;
+    the relative threshold replaces the paper's absolute 6.0, which is tied to LLM hidden-state scales."""
+    if absmax.dim() != 1:
+        raise ValueError(f"absmax must be a [C] vector, got shape {tuple(absmax.shape)}")
+    if not ratio > 1.0:
+        raise ValueError(f"ratio must be > 1, got {ratio}")
+    med = absmax.float().median()
+    return torch.nonzero(absmax.float() > ratio * med).flatten()  # [k]

@@ -26,9 +26,14 @@ import torch.nn as nn
 from ..adapters.timm_vit import describe, input_size
 from ..ops import quant as Q
 from .modules import Quantizer, quantizers, unpatch_module
+from .outliers import OUTLIER_PART, split_outlier_inputs_
 from .reparam import fold_into_norm_linear, reparam_factors
 
 _log = logging.getLogger(__name__)
+
+#: default outlier-channel ratio of :func:`deploy_int8` (input channels whose calibrated max exceeds this multiple
+#: of the median channel's stay float); measured on the real ViT-Ti in BENCHMARKS.md "real" / int8 deployment
+OUTLIER_RATIO = 8.0
 
 
 def strip_quant(model: nn.Module) -> nn.Module:
@@ -77,7 +82,8 @@ def reparameterize_(
 
 
 def to_torch_dynamic(model: nn.Module) -> nn.Module:
-    """torch.ao dynamic int8 (fbgemm): int8 per-tensor weights, per-call 7-bit activations, Linear only."""
+    """torch.ao dynamic int8 (fbgemm): int8 per-tensor weights, per-call 7-bit activations, Linear only (the
+    ``outlier`` parts of :class:`~vitkit.quant.outliers.OutlierSplitLinear` stay float)."""
     import warnings
 
     float_model = strip_quant(model) if quantizers(model) else copy.deepcopy(model).eval()
@@ -85,7 +91,10 @@ def to_torch_dynamic(model: nn.Module) -> nn.Module:
         warnings.simplefilter("ignore")
         from torch.ao.quantization import quantize_dynamic
 
-        return quantize_dynamic(float_model, {nn.Linear}, dtype=torch.qint8)
+        names = {
+            n for n, m in float_model.named_modules() if isinstance(m, nn.Linear) and OUTLIER_PART not in n.split(".")
+        }
+        return quantize_dynamic(float_model, names, dtype=torch.qint8)
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, batch: int = 1) -> Path:
@@ -111,7 +120,7 @@ def ort_dynamic_int8(
 ) -> Path:
     """ORT dynamic int8: ``quant_pre_process`` then ``quantize_dynamic`` (QInt8 weights). vitkit's deployment uses
     MatMul only, per-channel, ``reduce_range``; ``matmul_only=False, per_channel=False, reduce_range=False`` are
-    ORT's own defaults."""
+    ORT's own defaults. MatMuls under an ``outlier`` module (:mod:`vitkit.quant.outliers`) stay float."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -119,6 +128,9 @@ def ort_dynamic_int8(
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        import onnx
+
+        keep_float = [n.name for n in onnx.load(str(pre)).graph.node if f"/{OUTLIER_PART}/" in n.name]
         quantize_dynamic(
             str(pre),
             str(dst),
@@ -126,6 +138,7 @@ def ort_dynamic_int8(
             op_types_to_quantize=["MatMul"] if matmul_only else None,
             per_channel=per_channel,
             reduce_range=reduce_range,
+            nodes_to_exclude=keep_float,
         )
     return dst
 
@@ -158,17 +171,13 @@ class OrtModule(nn.Module):
         return Path(self.path).stat().st_size
 
 
-def deploy_int8(
-    model: nn.Module,
-    out_dir: str | Path,
-    *,
-    calib: torch.Tensor | None = None,
-    backend: str = "ort",
-    reduce: str = "mean",
+def int8_float_model(
+    model: nn.Module, calib: torch.Tensor | None, *, reduce: str = "mean", outliers: float | None = OUTLIER_RATIO
 ) -> nn.Module:
-    """vitkit's int8 deployment of ``model``: RepQ-ViT reparameterization (already in a ``ptq`` repq/dopq model's
-    weights; otherwise computed from ``calib``), then ORT dynamic int8 (``backend="ort"``, writes
-    ``out_dir/model.int8.onnx``) or torch.ao dynamic int8 (``backend="torch"``). Returns a runnable module."""
+    """The float model an int8 runtime should quantize: a ``ptq`` (repq/dopq) model's reparameterized weights
+    (quantizers stripped), or a RepQ-ViT reparameterization of a float model computed from ``calib``; then, with
+    ``calib`` and ``outliers`` set, input channels above ``outliers`` × the median channel's calibrated max kept
+    in float (:func:`~vitkit.quant.outliers.split_outlier_inputs_`). ``model`` is not modified."""
     if quantizers(model):
         steps = [s for s in getattr(model, "vitkit_steps", []) if s.name == "ptq"]
         if steps and not steps[-1].decisions.get("reparameterized"):
@@ -179,10 +188,32 @@ def deploy_int8(
             raise ValueError("deploy_int8 of a float model needs calib images for the RepQ-ViT reparameterization")
         float_model = copy.deepcopy(model).eval()
         reparameterize_(float_model, calib, reduce=reduce)
+    if outliers is not None:
+        if calib is None:
+            _log.warning("no calibration images: outlier input channels are not detected (pass calib=...)")
+        else:
+            split_outlier_inputs_(float_model, calib, ratio=outliers)
+    return float_model
+
+
+def deploy_int8(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    calib: torch.Tensor | None = None,
+    backend: str = "ort",
+    reduce: str = "mean",
+    outliers: float | None = OUTLIER_RATIO,
+) -> nn.Module:
+    """vitkit's int8 deployment of ``model``: RepQ-ViT reparameterization (already in a ``ptq`` repq/dopq model's
+    weights; otherwise computed from ``calib``), outlier input channels kept in float (``outliers``: the ratio to
+    the median channel's max, None = off; needs ``calib``), then ORT dynamic int8 (``backend="ort"``, writes
+    ``out_dir/model.int8.onnx``) or torch.ao dynamic int8 (``backend="torch"``). Returns a runnable module."""
+    if backend not in ("ort", "torch"):
+        raise ValueError(f"backend must be 'ort' or 'torch', got {backend!r}")
+    float_model = int8_float_model(model, calib, reduce=reduce, outliers=outliers)
     if backend == "torch":
         return to_torch_dynamic(float_model)
-    if backend != "ort":
-        raise ValueError(f"backend must be 'ort' or 'torch', got {backend!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fp32 = export_onnx(float_model, out_dir / "model.fp32.onnx")
