@@ -101,3 +101,34 @@ def test_ort_int8_leaves_outlier_matmuls_float(tmp_path):
     assert [n for n in nodes if "/fc2/main/" in n.name and n.op_type == "MatMulInteger"]
     assert _rel(split(x), y0) <= _rel(plain(x), y0)
     assert type(to_torch_dynamic(model).blocks[1].mlp.fc2).__name__ != "OutlierSplitLinear"  # needs calib
+
+
+def test_ptq_outlier_ratio_simulates_the_split(tmp_path):
+    """PTQConfig(outlier_ratio=...): the massive channel passes the fc2 input quantizer in float, the rest is
+    quantized on a scale searched without it; reload, deployment and the refusing exporters agree."""
+    import vitkit
+    from vitkit.errors import ConfigError, UnsupportedModelError
+    from vitkit.quant import PTQConfig, export_qdq, quantizers, to_integer
+
+    x = _x(8)
+    ref = massive_fc2_channel(make_tiny("vit"))
+    plain, split = copy.deepcopy(ref), copy.deepcopy(ref)
+    vitkit.apply_(plain, PTQConfig(calib_images=8), calib=x)
+    vitkit.apply_(split, PTQConfig(calib_images=8, outlier_ratio=8.0), calib=x)
+    assert split.vitkit_steps[-1].decisions["float_channels"] == {"blocks.1.mlp.fc2": [5]}
+    q = quantizers(split)["blocks.1.mlp.fc2.a_quant"]
+    assert q.float_channels == [5] and q.scale.item() < 0.1 * quantizers(plain)["blocks.1.mlp.fc2.a_quant"].scale.item()
+    with torch.no_grad():
+        y0 = ref(x)
+        assert _rel(split(x), y0) < _rel(plain(x), y0)
+    vitkit.save_artifact(split, None, None, tmp_path / "art")
+    with torch.no_grad():
+        torch.testing.assert_close(vitkit.load(tmp_path / "art")(x), split(x), atol=1e-5, rtol=1e-5)
+    dep = deploy_int8(split, None, backend="torch")  # no calib needed: the simulated channels are deployed
+    assert isinstance(dep.blocks[1].mlp.fc2, OutlierSplitLinear) and dep.blocks[1].mlp.fc2.idx.tolist() == [5]
+    with pytest.raises(UnsupportedModelError, match="outlier_ratio"):
+        export_qdq(split, tmp_path / "q.onnx")
+    with pytest.raises(UnsupportedModelError, match="outlier_ratio"):
+        to_integer(split)
+    with pytest.raises(ConfigError, match="outlier_ratio"):
+        PTQConfig(outlier_ratio=1.0)

@@ -341,3 +341,22 @@ def lowest(scores: torch.Tensor, n: int) -> list[int]:
         return []
     order = sorted(range(scores.numel()), key=lambda i: (float(scores[i]), i))
     return sorted(order[:n])
+
+
+def ridge_refit(x: torch.Tensor, y: torch.Tensor, *, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares refit of a linear layer after its inputs were pruned: ``(W [out, in], b [out])`` minimising
+    ``‖x Wᵀ + b − y‖² + λ‖W‖²`` over calibration rows (``x``: ``[N, in]`` pruned layer inputs, ``y``: ``[N, out]``
+    the dense layer's outputs), λ = ``damp`` × mean diag of the centred Gram matrix — the layer-wise
+    reconstruction of channel pruning (He et al., ICCV 2017, eq. 1, with the weights solved in closed form;
+    the damping as in SparseGPT's Hessian). Solved in float64 by Cholesky."""
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x [N, in] and y [N, out] must share N, got {tuple(x.shape)} and {tuple(y.shape)}")
+    xd, yd = x.double(), y.double()
+    mx, my = xd.mean(0), yd.mean(0)  # [in], [out]
+    xc, yc = xd - mx, yd - my  # centred: the bias absorbs the means
+    gram = xc.T @ xc  # [in, in]
+    lam = damp * gram.diagonal().mean().clamp_min(1e-12)
+    gram.diagonal().add_(lam)
+    w = torch.cholesky_solve(xc.T @ yc, torch.linalg.cholesky(gram)).T  # [out, in]
+    b = my - w @ mx  # [out]
+    return w.to(x.dtype), b.to(x.dtype)

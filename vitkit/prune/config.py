@@ -31,6 +31,9 @@ class PruneConfig(TransformConfig):
     ``target="latency"``: the ratio is of the whole model's seconds per image measured on this CPU at
     ``latency_batch`` (median of ``latency_repeats``); units are priced by measured per-head / per-neuron
     costs (:mod:`vitkit.prune.latency`) — valid for this machine and thread count, noisy on a busy CPU.
+    ``reconstruct``: after pruning, refit each pruned block's ``attn.proj`` / ``mlp.fc2`` by least squares to
+    the dense block's outputs on the calibration images (:mod:`vitkit.prune.reconstruct`; off by default, NViT
+    does not; needs calibration images).
     """
 
     target: str = "macs"
@@ -46,6 +49,7 @@ class PruneConfig(TransformConfig):
     latency_batch: int = 1
     latency_repeats: int = 5
     seed: int = 0
+    reconstruct: bool = False
 
     def validate(self) -> None:
         name = type(self).__name__
@@ -68,6 +72,8 @@ class PruneConfig(TransformConfig):
             raise ConfigError(f"{name}: groups with 'blocks' need allocation='global' (blocks compete globally)")
         if self.normalize not in NORMALIZERS:
             raise ConfigError(f"{name}.normalize must be one of {list(NORMALIZERS)}, got {self.normalize!r}")
+        if not isinstance(self.reconstruct, bool):
+            raise ConfigError(f"{name}.reconstruct must be true or false, got {self.reconstruct!r}")
         positive = ("min_heads", "round_to", "calib_images", "calib_batch_size", "latency_batch", "latency_repeats")
         for field_name in positive:
             v = getattr(self, field_name)

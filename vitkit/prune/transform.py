@@ -17,6 +17,7 @@ from ..errors import CheckpointError, ConfigError
 from ..ops import pruning as P
 from ..registry import register_transform
 from .config import PruneConfig
+from .reconstruct import reconstruct_outputs_
 from .saliency import calibration_batches, data_free_scores, gradient_scores
 
 _log = logging.getLogger(__name__)
@@ -230,7 +231,10 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool
         after = {t: before[t] - _removed(model, plan, t) for t in before}
     else:
         _stash_teacher(model)
+        dense = copy.deepcopy(model) if cfg.reconstruct else None
         replay(model, decisions)
+        if dense is not None:
+            decisions["reconstruction_error"] = reconstruct(model, dense, cfg, calib, decisions)
         after = {t: model_cost(model, t) for t in before}
         if lat is not None:
             from .latency import measure_model
@@ -248,6 +252,21 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool
         f"MACs x{after['macs'] / before['macs']:.3f}, params x{after['params'] / before['params']:.3f}"
     )
     return decisions
+
+
+def reconstruct(
+    model: nn.Module, dense: nn.Module, cfg: PruneConfig, calib, decisions: dict[str, Any]
+) -> dict[str, float]:
+    """Least-squares refit of the pruned blocks' output projections to the unpruned model (module docstring of
+    :mod:`vitkit.prune.reconstruct`); returns the relative error per refitted layer."""
+    batches = calibration_batches(calib, model, cfg.calib_images, cfg.calib_batch_size, cfg.seed)
+    images = torch.cat([x for x, _ in batches])
+    kept = list(decisions["kept_blocks"])
+    changed = {int(n.split(".")[1]) for n in (decisions.get("kept_heads") or {})}
+    changed |= {int(n.split(".")[1]) for n in (decisions.get("kept_mlp") or {})}
+    pruned = {j for j, b in enumerate(kept) if b in changed}
+    errors = reconstruct_outputs_(model, dense, images, kept_blocks=kept, pruned=pruned)
+    return {k: round(v, 5) for k, v in errors.items()}
 
 
 def _removed(model: nn.Module, plan: P.Plan, target: str, geoms: list | None = None) -> float:

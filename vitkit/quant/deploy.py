@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..adapters.timm_vit import describe, input_size
 from ..ops import quant as Q
 from .modules import Quantizer, quantizers, unpatch_module
-from .outliers import OUTLIER_PART, split_outlier_inputs_
+from .outliers import OUTLIER_PART, split_channels_, split_outlier_inputs_
 from .reparam import fold_into_norm_linear, reparam_factors
 
 _log = logging.getLogger(__name__)
@@ -171,6 +171,10 @@ class OrtModule(nn.Module):
         return Path(self.path).stat().st_size
 
 
+def _float_channels(q: Quantizer) -> list[int]:
+    return list(getattr(q, "float_channels", None) or [])
+
+
 def int8_float_model(
     model: nn.Module, calib: torch.Tensor | None, *, reduce: str = "mean", outliers: float | None = OUTLIER_RATIO
 ) -> nn.Module:
@@ -178,17 +182,21 @@ def int8_float_model(
     (quantizers stripped), or a RepQ-ViT reparameterization of a float model computed from ``calib``; then, with
     ``calib`` and ``outliers`` set, input channels above ``outliers`` × the median channel's calibrated max kept
     in float (:func:`~vitkit.quant.outliers.split_outlier_inputs_`). ``model`` is not modified."""
+    kept: dict[str, list[int]] = {}
     if quantizers(model):
         steps = [s for s in getattr(model, "vitkit_steps", []) if s.name == "ptq"]
         if steps and not steps[-1].decisions.get("reparameterized"):
             _log.warning("ptq model was not RepQ-reparameterized; per-tensor int8 may suffer from outlier channels")
+        kept = {n[: -len(".a_quant")]: q.float_channels for n, q in quantizers(model).items() if _float_channels(q)}
         float_model = strip_quant(model)
     else:
         if calib is None:
             raise ValueError("deploy_int8 of a float model needs calib images for the RepQ-ViT reparameterization")
         float_model = copy.deepcopy(model).eval()
         reparameterize_(float_model, calib, reduce=reduce)
-    if outliers is not None:
+    if kept:  # PTQConfig(outlier_ratio=...) already chose them: deploy what was simulated
+        split_channels_(float_model, kept)
+    elif outliers is not None:
         if calib is None:
             _log.warning("no calibration images: outlier input channels are not detected (pass calib=...)")
         else:

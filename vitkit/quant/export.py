@@ -73,6 +73,11 @@ def _check_exportable(model: nn.Module) -> None:
                 "or percentile"
             )
         if isinstance(q, UniformQuantizer):
+            if q.float_channels:
+                raise UnsupportedModelError(
+                    f"{name} keeps input channels {q.float_channels} in float (PTQConfig.outlier_ratio), which ONNX "
+                    "QDQ cannot express: export with deploy_int8 / --quant dynamic, or quantize without outlier_ratio"
+                )
             if q.bits != 8:
                 raise ConfigError(f"{name} has {q.bits} bits: ONNX QDQ export needs 8-bit quantizers (W8A8)")
             if q.channels and not name.endswith("w_quant"):

@@ -72,6 +72,11 @@ class _Linear:
         a_q, w_q = getattr(mod, "a_quant", None), getattr(mod, "w_quant", None)
         if a_q is None or not isinstance(w_q, UniformQuantizer):
             raise UnsupportedModelError(f"{name} is not quantized (input and weight): to_integer needs full ptq")
+        if getattr(a_q, "float_channels", None):
+            raise UnsupportedModelError(
+                f"{name} keeps input channels {a_q.float_channels} in float (PTQConfig.outlier_ratio): the "
+                "integer-only path has no float part; quantize without outlier_ratio or deploy with deploy_int8"
+            )
         self.act = _Act(a_q, f"{name}.a_quant")
         w = mod.weight.detach().double().reshape(mod.weight.shape[0], -1)  # [out, in]
         s_w, z_w = w_q.scale.double(), w_q.zero_point.double()

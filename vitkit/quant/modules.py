@@ -152,7 +152,12 @@ class Quantizer(nn.Module):
 
 
 class UniformQuantizer(Quantizer):
-    """Uniform quantizer; per-tensor (``channels=None``) or per-channel along ``axis`` (``scale``: ``[C]``)."""
+    """Uniform quantizer; per-tensor (``channels=None``) or per-channel along ``axis`` (``scale``: ``[C]``).
+
+    ``outlier_ratio`` (per-tensor only): at calibration, last-axis channels whose ``|x|`` max exceeds this multiple
+    of the median channel's are kept in float (``float_channels``) and left out of the scale search — the
+    simulation of :mod:`vitkit.quant.outliers`' mixed-precision decomposition (LLM.int8(), Dettmers et al. 2022).
+    """
 
     kind = "uniform"
 
@@ -165,9 +170,13 @@ class UniformQuantizer(Quantizer):
         axis: int = -1,
         search: str = "minmax",
         percentile: float = 99.99,
+        outlier_ratio: float | None = None,
+        float_channels: list[int] | None = None,
         where: str = "",
     ) -> None:
         super().__init__(bits, where)
+        self.outlier_ratio = None if outlier_ratio is None else float(outlier_ratio)
+        self.float_channels = [int(c) for c in float_channels] if float_channels else []
         self.symmetric = bool(symmetric)
         self.channels = channels
         self.axis = axis
@@ -186,12 +195,19 @@ class UniformQuantizer(Quantizer):
             "axis": self.axis,
             "search": self.search,
             "percentile": self.percentile,
+            **({"outlier_ratio": self.outlier_ratio} if self.outlier_ratio is not None else {}),
+            **({"float_channels": list(self.float_channels)} if self.float_channels else {}),
         }
 
     def _axis(self) -> int | None:
         return self.axis if self.channels else None
 
     def fit(self, x: torch.Tensor) -> None:
+        if self.outlier_ratio is not None and not self.channels and x.dim() >= 2:
+            absmax = x.detach().abs().reshape(-1, x.shape[-1]).amax(0)  # [C]
+            self.float_channels = Q.outlier_channels(absmax, self.outlier_ratio).tolist()
+            if self.float_channels:
+                x = x.index_fill(-1, torch.tensor(self.float_channels, device=x.device), 0.0)  # not searched
         s, z = Q.search_uniform(
             x, self.bits, symmetric=self.symmetric, axis=self._axis(), method=self.search, percentile=self.percentile
         )
@@ -199,6 +215,14 @@ class UniformQuantizer(Quantizer):
         self.zero_point.copy_(z.reshape(self.zero_point.shape))
 
     def quant(self, x: torch.Tensor) -> torch.Tensor:
+        xq = self._quant(x)
+        if not self.float_channels:
+            return xq
+        mask = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
+        mask[self.float_channels] = True
+        return torch.where(mask, x, xq)  # outlier channels pass in float
+
+    def _quant(self, x: torch.Tensor) -> torch.Tensor:
         if getattr(self, "ste", False):  # block reconstruction: gradients to x and scale
             return Q.fake_quant_ste(
                 x, self.scale, self.zero_point, self.bits, symmetric=self.symmetric, axis=self._axis()

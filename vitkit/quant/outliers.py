@@ -78,14 +78,21 @@ def split_outlier_inputs_(
             h.remove()
     found: dict[str, list[int]] = {}
     for name, lin in linears.items():
-        if name not in absmax:
-            continue
-        idx = outlier_channels(absmax[name], ratio)
-        if idx.numel() == 0 or idx.numel() == lin.in_features:
-            continue
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, OutlierSplitLinear(lin, idx))
-        found[name] = idx.tolist()
+        if name in absmax:
+            idx = outlier_channels(absmax[name], ratio)
+            if 0 < idx.numel() < lin.in_features:
+                found[name] = idx.tolist()
+    split_channels_(model, found)
     if found:
         _log.info("outlier input channels kept in float (ratio %.1f): %s", ratio, found)
     return found
+
+
+def split_channels_(model: nn.Module, channels: dict[str, list[int]]) -> None:
+    """Replace each named ``nn.Linear`` by an :class:`OutlierSplitLinear` over the given input channels."""
+    for name, idx in channels.items():
+        lin = model.get_submodule(name)
+        if type(lin) is not nn.Linear:
+            raise TypeError(f"{name} is a {type(lin).__name__}, not an nn.Linear: cannot split its input channels")
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), attr, OutlierSplitLinear(lin, torch.tensor(idx)))

@@ -92,7 +92,9 @@ class PTQConfig(TransformConfig):
     PTQ4ViT, uniform for the baselines); ``post_gelu``: quantizer of the post-GELU ``fc2`` inputs, ``uniform`` |
     ``twin`` (None = the method's own: twin-uniform for PTQ4ViT, the method's uniform search otherwise;
     ``method="repq", post_gelu="twin"`` is a measured deviation from RepQ-ViT for models with long GELU tails,
-    see BENCHMARKS.md "real"); ``seed``: calibration draw from a dataset;
+    see BENCHMARKS.md "real"); ``outlier_ratio``: keep the input channels of block linears whose calibrated
+    max exceeds this multiple of the median channel's in float (the fake-quant twin of ``deploy_int8``'s
+    LLM.int8()-style split; None = off, the papers' setting); ``seed``: calibration draw from a dataset;
     ``reconstruct_iters``: APHQ-ViT-style block reconstruction steps per block after calibration (0 = off,
     :mod:`vitkit.quant.reconstruct`), ``reconstruct_lr`` its relative step size.
     ``targets``/``skip`` globs match the quantizable module names (``blocks.0.attn.qkv``, ``head`` ...).
@@ -108,6 +110,7 @@ class PTQConfig(TransformConfig):
     layer_bits: dict | None = None
     softmax: str | None = None
     post_gelu: str | None = None
+    outlier_ratio: float | None = None
     seed: int = 0
     reconstruct_iters: int = 0
     reconstruct_lr: float = 1e-3
@@ -130,6 +133,9 @@ class PTQConfig(TransformConfig):
             raise ConfigError(
                 f"PTQConfig.post_gelu must be one of {list(POST_GELU_QUANTIZERS)} or null, got {self.post_gelu!r}"
             )
+        r = self.outlier_ratio
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int | float) or not r > 1.0):
+            raise ConfigError(f"PTQConfig.outlier_ratio must be a number > 1 or null, got {r!r}")
         for name, bits in dict(self.layer_bits or {}).items():
             _check_bits(bits, f"layer_bits[{name!r}]")
         it = self.reconstruct_iters
@@ -222,6 +228,8 @@ def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
             a_spec = {"kind": "twin", "bits": cfg.a_bits, "mode": "gelu"}
         else:
             a_spec = uni(cfg.a_bits, a_search)
+        if cfg.outlier_ratio is not None and name.startswith("blocks.") and a_spec["kind"] == "uniform":
+            a_spec["outlier_ratio"] = float(cfg.outlier_ratio)
         plan[name] = {"a_quant": a_spec, "w_quant": w_spec}
     return plan
 
@@ -319,6 +327,19 @@ def repq_reparameterize(model: nn.Module, plan: dict, *, reduce: str = "mean") -
     return done, added
 
 
+def record_float_channels(model: nn.Module, plan: dict) -> dict[str, list[int]]:
+    """Write the outlier channels each input quantizer found into ``plan`` (so that a reload rebuilds them)."""
+    modules, found = dict(model.named_modules()), {}
+    for name, slots in plan.items():
+        q = getattr(modules[name], "a_quant", None)
+        if "a_quant" in slots and getattr(q, "float_channels", None):
+            slots["a_quant"]["float_channels"] = list(q.float_channels)
+            found[name] = list(q.float_channels)
+    if found:
+        _log.info("input channels kept in float: %s", found)
+    return found
+
+
 # -- the transform ----------------------------------------------------------------------------------------------------
 def check_not_quantized(model: nn.Module) -> None:
     if quantizers(model) or any(isinstance(m, QuantAttention) for m in model.modules()):
@@ -365,6 +386,7 @@ def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = F
     for name, q in quantizers(model).items():
         if not q.calibrated:  # e.g. a module the calibration forward never reached
             raise DataError(f"quantizer {name} saw no data during calibration: is the module used in forward?")
+    float_channels = record_float_channels(model, plan)
     size = quantized_size_bytes(model)
     _log.info("%s calibrated on %d images in %.1fs", head, x.shape[0], seconds)
     return {
@@ -377,4 +399,5 @@ def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = F
         "weight_bits": n_bits,
         "packed_bytes": int(size),
         **({"reconstruction": recon} if recon else {}),
+        **({"float_channels": float_channels} if float_channels else {}),
     }
