@@ -531,9 +531,8 @@ def prune_row(ctx: Ctx, ratio: float, imp: str, reconstruct: bool = False) -> tu
     """Prune a copy of the model; test top-1 / agreement and val top-1 (which picks the saliency to recover)."""
     m = copy.deepcopy(ctx.model)
     calib = ctx.split("calib")
-    cfg = PruneConfig(
-        target="macs", ratio=ratio, importance=imp, groups=("heads", "mlp"), calib_images=len(calib), reconstruct=reconstruct
-    )
+    cfg = PruneConfig(target="macs", ratio=ratio, importance=imp, groups=("heads", "mlp"), calib_images=len(calib))
+    cfg = dataclasses.replace(cfg, reconstruct=reconstruct)
     t0 = time.perf_counter()
     d = vitkit.apply_(m, cfg, calib=calib).steps[0].decisions
     label = f"{imp} + LS reconstruction" if reconstruct else imp
