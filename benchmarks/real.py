@@ -393,7 +393,6 @@ def render_ptq(res: dict) -> list[str]:
 
 #: RepQ-ViT with the options the ablation points to (post-GELU fc2 inputs), beside the faithful default
 PTQ_OPTIONS = {
-    "RepQ (faithful)": {},
     "RepQ + twin-uniform fc2 inputs (`post_gelu='twin'`)": {"post_gelu": "twin"},
     "RepQ + outlier channels float (`outlier_ratio=8`)": {"outlier_ratio": 8.0},
     "RepQ + both": {"post_gelu": "twin", "outlier_ratio": 8.0},
@@ -401,8 +400,17 @@ PTQ_OPTIONS = {
 
 
 def part_ptq_options(ctx: Ctx) -> dict:
+    """The options at every bit width; the faithful RepQ row (same calibration) is copied from the ptq part when
+    it was run with the same images, else measured here."""
     n, rows = ctx.calib().shape[0], []
+    stored = load_results().get("ptq", {})
+    faithful = {r["name"]: r for r in stored.get("rows", [])} if stored.get("calib_images") == n else {}
     for b in PTQ_BITS:
+        name = f"W{b}A{b} RepQ"
+        if name in faithful and not ctx.quick:
+            rows.append({**faithful[name], "name": f"{name} (faithful; from the ptq part)"})
+        else:
+            rows.append(ptq_row(ctx, f"{name} (faithful)", PTQConfig(w_bits=b, a_bits=b, calib_images=n))[0])
         for label, extra in PTQ_OPTIONS.items():
             cfg = PTQConfig(w_bits=b, a_bits=b, method="repq", calib_images=n, **extra)
             row, m = ptq_row(ctx, f"W{b}A{b} {label}", cfg)
