@@ -14,7 +14,8 @@ can run in separate processes:
   token counts as control) and ToMe r=13.
 - ``ptq``: W8A8/W6A6/W4A4 × minmax, percentile, PTQ4ViT, RepQ, RepQ+DopQ, RepQ+APHQ; mixed precision ~4.5/~6
   bits; ablation: one activation family quantized at a time (W4A4, W6A6).
-- ``ptq_options``: RepQ W8A8/W6A6/W4A4 faithful vs ``post_gelu='twin'`` / ``outlier_ratio=8`` / both.
+- ``ptq_options``: RepQ W8A8/W6A6/W4A4 faithful vs ``post_gelu='twin'`` / ``outlier_ratio=8`` (together they equal
+  twin alone: the outlier split applies to uniform quantizers only).
 - ``deploy``: ORT fp32, vitkit int8 deployment (ORT / torch.ao) of the RepQ-calibrated model (with and without the
   outlier-channel split), integer-only twin.
 - ``prune``: 30 % / 50 % of MACs × every saliency without recovery; KD recovery from the original for the best
@@ -395,7 +396,6 @@ def render_ptq(res: dict) -> list[str]:
 PTQ_OPTIONS = {
     "RepQ + twin-uniform fc2 inputs (`post_gelu='twin'`)": {"post_gelu": "twin"},
     "RepQ + outlier channels float (`outlier_ratio=8`)": {"outlier_ratio": 8.0},
-    "RepQ + both": {"post_gelu": "twin", "outlier_ratio": 8.0},
 }
 
 
@@ -925,13 +925,12 @@ def part_header(part: str, res: dict) -> list[str]:
     m = res["meta"]
     fp = m.get("fp32")
     base = f" fp32 top-1 **{pct(fp['top1'])} %** on {fp['images']} test images." if fp else ""
+    used = ", ".join(f"{k} {v}" for k, v in m.get("sizes", {}).items())
     return [
         f"### {RENDER[part][0]} (`--part {part}`{' --quick' if m['quick'] else ''})",
         "",
         f"Run {m['env']['date']}, {m['seconds'] / 60:.1f} min, load average {m['load']:.1f} at start, GEMM probe "
-        f"{m['env'].get('gemm_gflops', '?')} GFLOP/s.{base} Images used: "
-        + ", ".join(f"{k} {v}" for k, v in m.get("sizes", {}).items())
-        + ".",
+        f"{m['env'].get('gemm_gflops', '?')} GFLOP/s.{base}" + (f" Images used: {used}." if used else ""),
     ]
 
 

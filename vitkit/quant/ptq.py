@@ -94,7 +94,8 @@ class PTQConfig(TransformConfig):
     ``method="repq", post_gelu="twin"`` is a measured deviation from RepQ-ViT for models with long GELU tails,
     see BENCHMARKS.md "real"); ``outlier_ratio``: keep the input channels of block linears whose calibrated
     max exceeds this multiple of the median channel's in float (the fake-quant twin of ``deploy_int8``'s
-    LLM.int8()-style split; None = off, the papers' setting); ``seed``: calibration draw from a dataset;
+    LLM.int8()-style split; uniform input quantizers only, so with ``post_gelu="twin"`` it leaves fc2 to the
+    twin quantizer; None = off, the papers' setting); ``seed``: calibration draw from a dataset;
     ``reconstruct_iters``: APHQ-ViT-style block reconstruction steps per block after calibration (0 = off,
     :mod:`vitkit.quant.reconstruct`), ``reconstruct_lr`` its relative step size.
     ``targets``/``skip`` globs match the quantizable module names (``blocks.0.attn.qkv``, ``head`` ...).
