@@ -16,9 +16,12 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .configs import TransformConfig, read_yaml_file
 from .errors import ConfigError
@@ -245,8 +248,10 @@ def deploy_onnx(baseline, candidate, spec: DeploySpec, calib, tmp: Path):
     from .quant.modules import quantizers
 
     example = calib[:2]
-    base_path, _ = write_onnx(baseline, example, tmp / "baseline.onnx", "float")
     mode = {"dynamic": "dynamic", "qdq": "qdq", "none": "fake" if quantizers(candidate) else "float"}[spec.int8]
-    cand_path, mode = write_onnx(candidate, example, tmp / "model.onnx", mode, calib=calib)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # data-dependent branches of the patches, traced
+        base_path, _ = write_onnx(baseline, example, tmp / "baseline.onnx", "float")
+        cand_path, mode = write_onnx(candidate, example, tmp / "model.onnx", mode, calib=calib)
     label = {"dynamic": "int8 (dynamic)", "qdq": "int8 (QDQ)", "fake": "fake-quant", "float": "fp32"}[mode]
     return OrtModule(base_path), OrtModule(cand_path), label
