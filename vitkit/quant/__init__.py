@@ -3,7 +3,7 @@
 ```python
 import vitkit
 vitkit.apply_(model, vitkit.PTQConfig(w_bits=8, a_bits=8, method="repq"), calib=images)  # fake-quant, in place
-vitkit.quant.deploy_int8(model, "out/", calib=images)  # RepQ reparameterization + ONNX Runtime dynamic int8
+vitkit.quant.deploy_int8(model, "out/", calib=images)  # RepQ reparam, outlier channels float, ORT dynamic int8
 vitkit.quant.export_qdq(model, "model.qdq.onnx")  # ONNX QDQ with vitkit's scales (W8A8), int8 weights
 logits = vitkit.quant.to_integer(model)(images)  # integer-only inference (I-ViT ops)
 vitkit.save_artifact(model, recipe, report, "out/")  # ptq artifacts store packed int8/int4 weights

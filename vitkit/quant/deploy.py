@@ -6,10 +6,15 @@ reparameterized** float model (LN scales folded into LN affine + next linear, ex
 time): either the weights of a model calibrated with ``ptq`` (method repq/dopq), or a float model
 reparameterized here from calibration images (:func:`reparameterize_`).
 
-Kernel choices follow the measurements on AVX2 without VNNI: ORT ``quantize_dynamic`` on MatMul only,
-per-channel int8 weights with ``reduce_range=True`` (7-bit weights, so U8S8 ``vpmaddubsw`` never saturates);
-torch.ao ``quantize_dynamic`` (fbgemm, always 7-bit activations). ``torch._int_mm`` and torchao's int8 path are
-20× slower than fp32 here and are never used.
+A trained ViT can also carry a few *massive* activation channels into a linear layer (the AugReg ViT-Ti: one
+post-GELU ``fc2`` input channel at |x| = 213 against a median channel max of 2.6), which no per-tensor scale
+survives; :func:`deploy_int8` keeps such input channels in float (:mod:`vitkit.quant.outliers`, LLM.int8()-style
+decomposition; measured on that model: −2.8 → +1.0 pt at the same ×2.9 speed, BENCHMARKS.md "real").
+
+Kernel choices follow measurements on AVX2 without VNNI (to be re-measured per machine): ORT
+``quantize_dynamic`` on MatMul only, per-channel int8 weights with ``reduce_range=True`` (7-bit weights, so U8S8
+``vpmaddubsw`` never saturates); torch.ao ``quantize_dynamic`` (fbgemm, always 7-bit activations).
+``torch._int_mm`` and torchao's int8 path were 20× slower than fp32 on that machine and are not used.
 """
 
 from __future__ import annotations
