@@ -399,10 +399,14 @@ PTQ_OPTIONS = {
 }
 
 
+#: bit width whose outlier-split model gets the per-family ablation (where the W6A6 target is missed)
+OPTIONS_ABLATE_BITS = 6
+
+
 def part_ptq_options(ctx: Ctx) -> dict:
     """The options at every bit width; the faithful RepQ row (same calibration) is copied from the ptq part when
-    it was run with the same images, else measured here."""
-    n, rows = ctx.calib().shape[0], []
+    it was run with the same images, else measured here; the family ablation of the W6A6 outlier-split model."""
+    n, rows, ablation = ctx.calib().shape[0], [], []
     stored = load_results().get("ptq", {})
     faithful = {r["name"]: r for r in stored.get("rows", [])} if stored.get("calib_images") == n else {}
     for b in PTQ_BITS:
@@ -416,7 +420,9 @@ def part_ptq_options(ctx: Ctx) -> dict:
             row, m = ptq_row(ctx, f"W{b}A{b} {label}", cfg)
             row["float_channels"] = m.vitkit_steps[-1].decisions.get("float_channels", {})
             rows.append(row)
-    return {"rows": rows, "calib_images": n}
+            if b == OPTIONS_ABLATE_BITS and "outlier_ratio" in extra:
+                ablation = ablate(ctx, m, b)
+    return {"rows": rows, "calib_images": n, "ablation": ablation}
 
 
 def render_ptq_options(res: dict) -> list[str]:
@@ -430,7 +436,7 @@ def render_ptq_options(res: dict) -> list[str]:
         kept = "; ".join(f"{k} {v}" for k, v in r.get("float_channels", {}).items()) or "–"
         body.append([r["name"], pct(r["top1"]), pts(r["delta"]), pct(r["agree"]), pts(gain), kept, target, okay])
     head = ["variant", "top-1 %", "Δ pt", "agree %", "vs faithful RepQ", "float channels", "target", "met"]
-    return [
+    out = [
         "The ablation above puts the loss in the post-GELU `fc2` inputs: on this AugReg model one `fc2` input channel "
         "(block 7) peaks at |x| ≈ 213 while the median channel peaks at ≈ 2.6, so a per-tensor uniform scale either "
         "clips it or leaves every other channel a handful of codes. Two options of `PTQConfig` (off by default; the "
@@ -441,6 +447,15 @@ def render_ptq_options(res: dict) -> list[str]:
         "",
         *table(head, body),
     ]
+    if res.get("ablation"):
+        out += [
+            "",
+            f"Where the W{OPTIONS_ABLATE_BITS}A{OPTIONS_ABLATE_BITS} loss remains with the outlier split "
+            "(same per-family switching as the ablation above, on the `outlier_ratio=8` model):",
+            "",
+        ]
+        out += render_ablation(res["ablation"])[2:]
+    return out
 
 
 def render_ablation(rows: list[dict]) -> list[str]:
