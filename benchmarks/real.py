@@ -62,8 +62,7 @@ from vitkit.distill import DistillConfig, distill  # noqa: E402
 from vitkit.early_exit import EarlyExitConfig, calibrate, evaluate_exits, reset_histogram, train_exit_heads  # noqa: E402
 from vitkit.prune import PruneConfig  # noqa: E402
 from vitkit.quant import MixedPrecisionConfig, PTQConfig, quantizers, to_integer  # noqa: E402
-from vitkit.quant.deploy import OrtModule, deploy_int8, export_onnx, strip_quant  # noqa: E402
-from vitkit.quant.outliers import split_outlier_inputs_  # noqa: E402
+from vitkit.quant.deploy import OrtModule, deploy_int8, export_onnx  # noqa: E402
 from vitkit.tokens import RandomDropConfig, ToMeConfig  # noqa: E402
 
 _log = logging.getLogger("benchmarks.real")
@@ -508,7 +507,7 @@ def part_deploy(ctx: Ctx) -> dict:
         row["ips"], row["speedup"] = v, v / ips[0]
     rows.insert(1, {"name": "fake-quant W8A8 RepQ (accuracy reference)", **ctx.score(fq)})
     rows.append(integer_row(ctx, fq))
-    found = split_outlier_inputs_(strip_quant(fq), ctx.calib())
+    found = variants["vitkit deployed int8, ORT (RepQ W8A8 weights)"].outlier_channels
     return {"rows": rows, "calib_images": n, "outliers": ", ".join(f"{k} {v}" for k, v in found.items())}
 
 

@@ -95,6 +95,7 @@ def test_ort_int8_leaves_outlier_matmuls_float(tmp_path):
     plain = deploy_int8(model, tmp_path / "plain", calib=x, outliers=None)
     split = deploy_int8(model, tmp_path / "split", calib=x)
     assert isinstance(split, OrtModule)
+    assert split.outlier_channels == {"blocks.1.mlp.fc2": [5]} and plain.outlier_channels == {}
     nodes = onnx.load(str(tmp_path / "split" / "model.int8.onnx")).graph.node
     outlier_ops = {n.op_type for n in nodes if "/outlier/" in n.name}
     assert "MatMul" in outlier_ops and not outlier_ops & {"MatMulInteger", "DynamicQuantizeLinear"}

@@ -344,6 +344,11 @@ def sqnr_db(x: torch.Tensor, xq: torch.Tensor) -> float:
     return 10.0 * math.log10(max(signal, 1e-300) / noise)
 
 
+def channel_absmax(x: torch.Tensor) -> torch.Tensor:
+    """``[C]``: the largest ``|x|`` of each last-axis channel of ``x`` (``[..., C]``) over all other axes."""
+    return x.detach().abs().reshape(-1, x.shape[-1]).amax(0)
+
+
 def outlier_channels(absmax: torch.Tensor, ratio: float) -> torch.Tensor:
     """Indices of the input channels whose calibrated ``|x|`` maximum exceeds ``ratio`` × the median channel's
     (``absmax``: ``[C]``). These are the feature dimensions that LLM.int8()'s mixed-precision decomposition

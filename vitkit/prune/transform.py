@@ -230,8 +230,11 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool
     if dry_run:
         after = {t: before[t] - _removed(model, plan, t) for t in before}
     else:
+        first = unpruned_teacher(model) is None
         _stash_teacher(model)
-        dense = copy.deepcopy(model) if cfg.reconstruct else None
+        dense = None  # the model as it is now: the copy just stashed, unless it was pruned before in this process
+        if cfg.reconstruct:
+            dense = unpruned_teacher(model) if first else copy.deepcopy(model)
         replay(model, decisions)
         if dense is not None:
             decisions["reconstruction_error"] = reconstruct(model, dense, cfg, calib, decisions)

@@ -31,7 +31,7 @@ import torch.nn as nn
 from ..adapters.timm_vit import describe, input_size
 from ..ops import quant as Q
 from .modules import Quantizer, quantizers, unpatch_module
-from .outliers import OUTLIER_PART, split_channels_, split_outlier_inputs_
+from .outliers import OUTLIER_PART, split_channels, split_channels_, split_outlier_inputs_
 from .reparam import fold_into_norm_linear, reparam_factors
 
 _log = logging.getLogger(__name__)
@@ -221,15 +221,18 @@ def deploy_int8(
     """vitkit's int8 deployment of ``model``: RepQ-ViT reparameterization (already in a ``ptq`` repq/dopq model's
     weights; otherwise computed from ``calib``), outlier input channels kept in float (``outliers``: the ratio to
     the median channel's max, None = off; needs ``calib``), then ORT dynamic int8 (``backend="ort"``, writes
-    ``out_dir/model.int8.onnx``) or torch.ao dynamic int8 (``backend="torch"``). Returns a runnable module."""
+    ``out_dir/model.int8.onnx``) or torch.ao dynamic int8 (``backend="torch"``). Returns a runnable module whose
+    ``outlier_channels`` attribute says which input channels stayed float (``{linear name: [channels]}``)."""
     if backend not in ("ort", "torch"):
         raise ValueError(f"backend must be 'ort' or 'torch', got {backend!r}")
     float_model = int8_float_model(model, calib, reduce=reduce, outliers=outliers)
     if backend == "torch":
-        return to_torch_dynamic(float_model)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fp32 = export_onnx(float_model, out_dir / "model.fp32.onnx")
-    int8 = ort_dynamic_int8(fp32, out_dir / "model.int8.onnx")
-    fp32.unlink()
-    return OrtModule(int8)
+        runner = to_torch_dynamic(float_model)
+    else:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fp32 = export_onnx(float_model, out_dir / "model.fp32.onnx")
+        runner = OrtModule(ort_dynamic_int8(fp32, out_dir / "model.int8.onnx"))
+        fp32.unlink()
+    runner.outlier_channels = split_channels(float_model)
+    return runner

@@ -204,8 +204,8 @@ class UniformQuantizer(Quantizer):
 
     def fit(self, x: torch.Tensor) -> None:
         if self.outlier_ratio is not None and not self.channels and x.dim() >= 2:
-            absmax = x.detach().abs().reshape(-1, x.shape[-1]).amax(0)  # [C]
-            self.float_channels = Q.outlier_channels(absmax, self.outlier_ratio).tolist()
+            self.float_channels = Q.outlier_channels(Q.channel_absmax(x), self.outlier_ratio).tolist()
+            self.__dict__.pop("_float_mask", None)
             if self.float_channels:
                 x = x.index_fill(-1, torch.tensor(self.float_channels, device=x.device), 0.0)  # not searched
         s, z = Q.search_uniform(
@@ -218,8 +218,11 @@ class UniformQuantizer(Quantizer):
         xq = self._quant(x)
         if not self.float_channels:
             return xq
-        mask = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
-        mask[self.float_channels] = True
+        mask = self.__dict__.get("_float_mask")
+        if mask is None or mask.device != x.device or mask.numel() != x.shape[-1]:
+            mask = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
+            mask[self.float_channels] = True
+            self.__dict__["_float_mask"] = mask  # plain attribute: not state, rebuilt from float_channels
         return torch.where(mask, x, xq)  # outlier channels pass in float
 
     def _quant(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import logging
 import torch
 import torch.nn as nn
 
-from ..ops.quant import outlier_channels
+from ..ops.quant import channel_absmax, outlier_channels
 
 _log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def split_outlier_inputs_(
 
     def hook(name: str):
         def record(mod: nn.Module, args: tuple) -> None:
-            m = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)  # [C]
+            m = channel_absmax(args[0])  # [C]
             absmax[name] = torch.maximum(absmax[name], m) if name in absmax else m
 
         return record
@@ -96,3 +96,8 @@ def split_channels_(model: nn.Module, channels: dict[str, list[int]]) -> None:
             raise TypeError(f"{name} is a {type(lin).__name__}, not an nn.Linear: cannot split its input channels")
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, OutlierSplitLinear(lin, torch.tensor(idx)))
+
+
+def split_channels(model: nn.Module) -> dict[str, list[int]]:
+    """``{linear name: [channels kept in float]}`` of the :class:`OutlierSplitLinear` layers in ``model``."""
+    return {n: m.idx.tolist() for n, m in model.named_modules() if isinstance(m, OutlierSplitLinear)}
