@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 import vitkit
+from vitkit._io import atomic_write_text
 from vitkit.adapters.timm_vit import describe, input_size
-from vitkit.artifact import atomic_write_text
 from vitkit.bench import environment
 from vitkit.bench.metrics import agreement, classify, topk_accuracy
 from vitkit.bench.record import env_lines, write_section

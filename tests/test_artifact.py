@@ -6,7 +6,8 @@ import yaml
 
 import vitkit
 from vitkit import ConfigError, TransformConfig, register_transform
-from vitkit.artifact import RECIPE, REPORT_JSON, REPORT_MD, WEIGHTS, atomic_write_text, save_artifact
+from vitkit._io import atomic_write_text
+from vitkit.artifact import RECIPE, REPORT_JSON, REPORT_MD, WEIGHTS, save_artifact
 from vitkit.registry import unregister_transform
 
 from .conftest import make_tiny

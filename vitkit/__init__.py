@@ -8,10 +8,9 @@ result = vitkit.benchmark(model, data=vitkit.data.load_dataset("mnist5k", model=
 ```
 """
 
-__version__ = "0.1.0"  # before the imports: submodules read it
-
 # ruff: noqa: E402
 from . import data
+from ._version import __version__
 from .adapt import AdapterConfig, FineTuneConfig, LoRAConfig, LoRAMergeConfig, PromptConfig, SlimFitConfig
 from .api import apply_
 from .artifact import load_artifact, save_artifact
@@ -49,6 +48,7 @@ from .report import Report
 from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig
 
 __all__ = [
+    "__version__",
     "AdapterConfig",
     "FineTuneConfig",
     "LoRAConfig",

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 
 import torch.nn as nn
 
-from .artifact import HISTORY_ATTR, step_history
 from .configs import TransformConfig
 from .errors import ConfigError, OrderError
+from .history import append_step, step_history
 from .registry import KIND_ORDER, get_transform, list_transforms, spec_for_config
 from .report import Report, StepRecord
 
@@ -62,7 +62,7 @@ def apply_(model: nn.Module, cfgs, calib=None, dry_run: bool = False) -> Report:
             record.seconds = round(time.perf_counter() - t0, 4)
             report.steps.append(record)
             if not dry_run:
-                setattr(model, HISTORY_ATTR, step_history(model) + [record])
+                append_step(model, record)
             _log.info("%s %s: %s", "planned" if dry_run else "applied", spec.name, decisions.get("summary", ""))
     except BaseException:
         if snapshot is not None:  # leave the caller's model as it was

@@ -15,11 +15,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 import yaml
 
+from ._io import state_dict_for_saving
 from .errors import CheckpointError, ConfigError
+from .history import set_step_history, step_history
 
 _log = logging.getLogger(__name__)
 
@@ -29,51 +30,12 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PLOT = "accuracy_vs_throughput.png"
 REPORT_HTML = "report.html"
-HISTORY_ATTR = "vitkit_steps"
 FORMAT_VERSION = 1
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode())
-
-
-def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous CPU tensors, with tensors that share storage cloned (safetensors refuses aliasing)."""
-    out, seen = {}, set()
-    for k, v in model.state_dict().items():
-        t = v.detach().cpu().contiguous()
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen:
-            t = t.clone()
-        seen.add(t.untyped_storage().data_ptr())
-        out[k] = t
-    return out
-
-
-def step_history(model: nn.Module) -> list:
-    return list(getattr(model, HISTORY_ATTR, []))
 
 
 def resolved_recipe(model: nn.Module, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything needed to rebuild ``model``: architecture, every step with config and decisions."""
-    from . import __version__
+    from ._version import __version__
     from .models.load import arch_record
 
     resolved: dict[str, Any] = {
@@ -198,7 +160,7 @@ def load_artifact(directory: str | Path) -> nn.Module:
     for spec, step in zip(specs, steps, strict=True):
         if spec.kind == "runtime":
             _restore(spec, model, step)
-    setattr(model, HISTORY_ATTR, steps)
+    set_step_history(model, steps)
     model.eval()
     return model
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .artifact import atomic_write_bytes, atomic_write_text
+from ._io import atomic_write_bytes, atomic_write_text
 from .errors import ConfigError, UnsupportedModelError
 
 _log = logging.getLogger(__name__)

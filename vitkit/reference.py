@@ -22,7 +22,7 @@ def reference_key(preset: str = "vitkit_mnist_tiny") -> str:
     import hashlib
     import json
 
-    from . import __version__
+    from ._version import __version__
     from .models.presets import PRESETS
 
     shape = {k: v for k, v in PRESETS[preset].items() if k != "doc"}

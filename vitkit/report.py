@@ -134,7 +134,7 @@ def plot_accuracy_vs_throughput(variants: list[dict[str, Any]], path: str | Path
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
-    from .artifact import atomic_write_bytes
+    from ._io import atomic_write_bytes
 
     buf = _fig_bytes(fig)
     plt.close(fig)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from ..adapters.timm_vit import describe
 from ..configs import TransformConfig, select_names
 from ..errors import ConfigError
+from ..history import step_history
 from ..ops.lora import fold_lora, init_lora, pissa_init
 from ..registry import register_transform
 from .common import KIND_NAMES, adapter_kinds, check_can_add, freeze_base, trainable_summary, unfreeze_base
@@ -248,7 +249,7 @@ def _check_mergeable(model: nn.Module) -> dict[str, LoRALinear]:
             "keep them as modules — artifacts save and restore them"
         )
     if not mods:
-        steps = [s.name for s in getattr(model, "vitkit_steps", [])]
+        steps = [s.name for s in step_history(model)]
         if "lora_merge" in steps:
             raise ConfigError("LoRA was already merged back into the weights; there is nothing left to merge")
         raise ConfigError("model has no LoRA layers to merge back: add them with LoRAConfig first")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..artifact import atomic_write_bytes, atomic_write_text
+from .._io import atomic_write_bytes, atomic_write_text
 from ..errors import CheckpointError, ConfigError
 from .common import head_param_names
 from .lora import LoRAConfig, lora_modules

@@ -89,7 +89,7 @@ def file_bytes(model: nn.Module) -> int:
     """Size of the model's weights as a safetensors file (what an artifact stores)."""
     from safetensors.torch import save
 
-    from ..artifact import state_dict_for_saving
+    from .._io import state_dict_for_saving
 
     return len(save(state_dict_for_saving(model)))
 

@@ -36,7 +36,7 @@ def gemm_gflops(n: int = 1024, repeats: int = 7) -> float:
 def environment(*, probe: bool = True) -> dict:
     import timm
 
-    from .. import __version__
+    from .._version import __version__
 
     env = {
         "vitkit": __version__,

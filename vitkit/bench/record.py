@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..artifact import atomic_write_text
+from .._io import atomic_write_text
 
 HEADER = (
     "# vitkit benchmarks\n\n"

@@ -49,7 +49,7 @@ class LogitCache:
         """Run the teacher over ``batches`` once and store top-k; returns False if a matching cache exists."""
         from safetensors.torch import save
 
-        from ..artifact import atomic_write_bytes, atomic_write_text
+        from .._io import atomic_write_bytes, atomic_write_text
 
         tensors, meta = self._paths(epoch)
         want = dict(header, k=self.k, temperature=self.temperature, epoch=epoch)

@@ -21,7 +21,7 @@ def save_training_state(
     """Write model + optimizer + RNG + loop position atomically (tensors first, then the JSON that names them)."""
     from safetensors.torch import save
 
-    from ..artifact import atomic_write_bytes, atomic_write_text, state_dict_for_saving
+    from .._io import atomic_write_bytes, atomic_write_text, state_dict_for_saving
 
     directory = Path(directory)
     tensors = {f"model/{k}": v for k, v in state_dict_for_saving(model).items()}

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..history import drop_steps, steps_named
 from ..ops.early_exit import exit_score_row, exit_scores
 
 _log = logging.getLogger(__name__)
@@ -277,17 +278,13 @@ def patch(model: nn.Module, st: ExitState) -> None:
 
 def remove(model: nn.Module) -> nn.Module:
     """Undo early exit: original class back, exit heads and the early_exit step dropped."""
-    from ..artifact import HISTORY_ATTR
-
     orig = model.__dict__.pop(ORIG_CLASS, None)
     if orig is not None:
         model.__class__ = orig
     model.__dict__.pop(STATE, None)
     if HEADS in model._modules:
         del model._modules[HEADS]
-    steps = getattr(model, HISTORY_ATTR, None)
-    if steps:
-        setattr(model, HISTORY_ATTR, [s for s in steps if s.name != "early_exit"])
+    drop_steps(model, lambda s: s.name == "early_exit")
     return model
 
 
@@ -344,9 +341,6 @@ def set_enabled(model: nn.Module, enabled: bool) -> None:
 
 
 def _update_step(model: nn.Module, **decisions) -> None:
-    from ..artifact import HISTORY_ATTR
-
-    for step in reversed(getattr(model, HISTORY_ATTR, []) or []):
-        if step.name == "early_exit":
-            step.decisions.update(decisions)
-            return
+    for step in reversed(steps_named(model, "early_exit")):
+        step.decisions.update(decisions)
+        return

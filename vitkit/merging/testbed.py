@@ -214,7 +214,7 @@ def build_testbed(cfg: TestbedConfig = TestbedConfig(), *, progress=None, cache_
     if cached is not None:
         from safetensors.torch import save
 
-        from ..artifact import atomic_write_bytes
+        from .._io import atomic_write_bytes
 
         flat = {f"base/{k}": v.contiguous() for k, v in bed.base.items()}
         for t, sd in bed.finetuned.items():

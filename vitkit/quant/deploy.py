@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..adapters.timm_vit import describe, input_size
+from ..history import drop_steps, steps_named
 from ..ops import quant as Q
 from .modules import Quantizer, quantizers, unpatch_module
 from .outliers import OUTLIER_PART, split_channels, split_channels_, split_outlier_inputs_
@@ -47,8 +48,7 @@ def strip_quant(model: nn.Module) -> nn.Module:
     for m in list(out.modules()):
         if any(isinstance(c, Quantizer) for c in m.children()):
             unpatch_module(m)
-    if hasattr(out, "vitkit_steps"):
-        out.vitkit_steps = [s for s in out.vitkit_steps if s.name != "ptq"]
+    drop_steps(out, lambda s: s.name == "ptq")
     return out.eval()
 
 
@@ -189,7 +189,7 @@ def int8_float_model(
     in float (:func:`~vitkit.quant.outliers.split_outlier_inputs_`). ``model`` is not modified."""
     kept: dict[str, list[int]] = {}
     if quantizers(model):
-        steps = [s for s in getattr(model, "vitkit_steps", []) if s.name == "ptq"]
+        steps = steps_named(model, "ptq")
         if steps and not steps[-1].decisions.get("reparameterized"):
             _log.warning("ptq model was not RepQ-reparameterized; per-tensor int8 may suffer from outlier channels")
         kept = {n[: -len(".a_quant")]: q.float_channels for n, q in quantizers(model).items() if _float_channels(q)}

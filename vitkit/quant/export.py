@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .._io import atomic_write_bytes
 from ..adapters.timm_vit import input_size
-from ..artifact import atomic_write_bytes
 from ..errors import ConfigError, UnsupportedModelError
 from ..ops import quant as Q
 from .modules import LogQuantizer, Quantizer, UniformQuantizer, float_state_dict, quantizers

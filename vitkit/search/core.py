@@ -125,7 +125,8 @@ def run_search(
     """
     import torch
 
-    from ..artifact import atomic_write_bytes, save_artifact
+    from .._io import atomic_write_bytes
+    from ..artifact import save_artifact
     from ..data import calibration_set, load_dataset
     from ..models import load
     from .evaluate import RecipeEvaluator, resolved_steps

@@ -29,7 +29,7 @@ LOG_VERSION = 1
 
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 (16 hex) of the architecture record, the step history and every tensor of the state dict."""
-    from ..artifact import step_history
+    from ..history import step_history
     from ..models.load import arch_record
 
     h = hashlib.sha256()
@@ -97,7 +97,7 @@ class SearchLog:
                 )
         entries = {r["key"]: r for r in records[1:] if r.get("type") == "eval"}
         if lines and len(records) < len(lines):  # rewrite without the torn line so appends stay line-aligned
-            from ..artifact import atomic_write_text
+            from .._io import atomic_write_text
 
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
         _log.info("resuming from %s: %d evaluations logged", path, len(entries))

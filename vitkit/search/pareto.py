@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..artifact import atomic_write_bytes, atomic_write_text
+from .._io import atomic_write_bytes, atomic_write_text
 from .halving import OBJECTIVES
 
 

@@ -29,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Attention, Block
 
-from ..artifact import HISTORY_ATTR
 from ..errors import ConfigError
+from ..history import drop_steps
 from ..ops.token_merging import TokenReduction, proportional_attention_bias
 
 _log = logging.getLogger(__name__)
@@ -302,9 +302,7 @@ def remove(model: nn.Module) -> nn.Module:
             module.__class__ = orig
         for attr in (REDUCER, METHOD, PROP_ATTN):
             module.__dict__.pop(attr, None)
-    steps = getattr(model, HISTORY_ATTR, None)
-    if steps:
-        setattr(model, HISTORY_ATTR, [s for s in steps if s.name not in TOKEN_TRANSFORMS])
+    drop_steps(model, lambda s: s.name in TOKEN_TRANSFORMS)
     if exits is not None:
         patch_exits(model, exits)
     return model

@@ -45,10 +45,10 @@ def _rows_table(rows: list[dict], title: str, max_drop: float):
 
 
 def cmd_search(args) -> int:
-    from ..cli import _arch_arg, _console
-    from .core import NoFeasibleCandidate, run_search
+    from ..search.core import NoFeasibleCandidate, run_search
+    from ..ui import console, parse_arch
 
-    con = _console()
+    con = console()
     with con.status("searching...") as status:
 
         def say(msg: str) -> None:
@@ -66,7 +66,7 @@ def cmd_search(args) -> int:
                 space=args.space,
                 seed=args.seed,
                 threads=args.threads,
-                arch=_arch_arg(args.arch),
+                arch=parse_arch(args.arch),
                 progress=say,
             )
         except NoFeasibleCandidate as exc:

@@ -29,13 +29,14 @@ def add_commands(sub) -> None:
 def cmd_merge(args) -> int:
     import torch
 
-    from ..artifact import atomic_write_bytes, atomic_write_text, is_artifact
-    from ..cli import _console, _progress
-    from .core import merge
-    from .yaml_config import parse_merge_yaml
+    from .._io import atomic_write_bytes, atomic_write_text
+    from ..artifact import is_artifact
+    from ..merging.core import merge
+    from ..merging.yaml_config import parse_merge_yaml
+    from ..ui import console, progress
 
     plan = parse_merge_yaml(args.config)
-    con = _console()
+    con = console()
     resolved = yaml.safe_dump(plan.resolved(), sort_keys=False)
     if args.dry_run:
         con.print(resolved)
@@ -43,7 +44,7 @@ def cmd_merge(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not _is_merge_output(out, is_artifact))):
         raise ConfigError(f"output {out} exists and is not a merge output: choose another output path")
-    with _progress() as prog:
+    with progress() as prog:
         task = prog.add_task(f"merging ({plan.method})", total=None, info="")
 
         def on_progress(done: int, total: int, what: str) -> None:

@@ -49,7 +49,7 @@ def add_commands(sub) -> None:
 
 def _configs(args):
     from ..distill import DistillConfig
-    from .config import PruneConfig
+    from ..prune.config import PruneConfig
 
     groups = tuple(g.strip() for g in str(args.groups).split(",") if g.strip())
     prune = PruneConfig(
@@ -83,12 +83,12 @@ def cmd_prune(args) -> int:
 
     from ..api import apply_
     from ..artifact import is_artifact, save_artifact
-    from ..cli import _console, _progress
     from ..data import calibration_set, load_dataset
     from ..distill.trainer import progress_to
     from ..models import load
     from ..ops.pruning import DATA_FREE
     from ..training import evaluate_top1
+    from ..ui import console, progress
 
     steps = _configs(args)  # validates every option before anything is loaded
     if not args.dry_run:
@@ -97,14 +97,14 @@ def cmd_prune(args) -> int:
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_artifact(out))):
             raise ConfigError(f"output {out} exists and is not a vitkit artifact: choose another output path")
-    con = _console()
+    con = console()
     original = load(args.model)
     model = copy.deepcopy(original)
     calib = None
     if steps[0].importance not in DATA_FREE:
         calib = calibration_set(load_dataset(args.data, "train", model=model), args.calib_images, seed=0)
     # --json keeps stdout to the one JSON line, so the bar is only drawn for humans
-    with contextlib.nullcontext() if args.json else _progress() as prog:
+    with contextlib.nullcontext() if args.json else progress() as prog:
         tasks: dict = {}
 
         def on_step(s: dict) -> None:

@@ -32,7 +32,7 @@ def add_commands(sub) -> None:
 def _load_ptq(path: str):
     from .. import load
     from ..artifact import is_artifact
-    from .modules import quantizers
+    from ..quant.modules import quantizers
 
     if not Path(path).is_dir() or not is_artifact(path):
         raise ConfigError(f"{path} is not a vitkit artifact directory: pass the output of a ptq recipe")
@@ -48,9 +48,9 @@ def cmd_export_qdq(args) -> int:
     import torch
 
     from ..adapters.timm_vit import input_size
-    from ..cli import _console
-    from .deploy import OrtModule
-    from .export import export_qdq
+    from ..quant.deploy import OrtModule
+    from ..quant.export import export_qdq
+    from ..ui import console
 
     model = _load_ptq(args.artifact)
     out = Path(args.out)
@@ -60,16 +60,16 @@ def cmd_export_qdq(args) -> int:
     x = torch.randn(2, *input_size(model))
     with torch.no_grad():
         diff = float((OrtModule(path)(x) - model(x)).abs().max())
-    _console().print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB); max |Δ| vs fake-quant on 2 images {diff:.4g}")
+    console().print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB); max |Δ| vs fake-quant on 2 images {diff:.4g}")
     return 0
 
 
 def cmd_int_eval(args) -> int:
     import torch
 
-    from ..cli import _console, _progress
     from ..data import load_dataset
-    from .integer import to_integer
+    from ..quant.integer import to_integer
+    from ..ui import console, progress
 
     if args.images < 1 or args.batch < 1:
         raise ConfigError("--images and --batch must be positive")
@@ -78,7 +78,7 @@ def cmd_int_eval(args) -> int:
     n = min(args.images, len(data))
     iv = to_integer(model)
     hits_fq = hits_int = agree = 0
-    with _progress() as prog:
+    with progress() as prog:
         task = prog.add_task("integer vs fake-quant", total=n, info="")
         for start in range(0, n, args.batch):
             items = [data[i] for i in range(start, min(n, start + args.batch))]
@@ -91,7 +91,7 @@ def cmd_int_eval(args) -> int:
             hits_int += int((it == y).sum())
             agree += int((fq == it).sum())
             prog.update(task, completed=start + len(items), info=f"agreement {100 * agree / (start + len(items)):.1f}%")
-    _console().print(
+    console().print(
         f"{n} images: fake-quant top-1 {100 * hits_fq / n:.2f}%, integer-only top-1 {100 * hits_int / n:.2f}%, "
         f"top-1 agreement {100 * agree / n:.2f}%"
     )

@@ -27,32 +27,32 @@ def add_commands(sub) -> None:
 
 
 def cmd_export(args) -> int:
+    from ..adapt.peft_io import export_peft
     from ..artifact import is_artifact
-    from ..cli import _console
     from ..errors import CheckpointError
     from ..models import load
-    from .peft_io import export_peft
+    from ..ui import console
 
     if not is_artifact(args.model):
         raise CheckpointError(f"{args.model} is not a vitkit artifact: export needs an artifact with LoRA layers")
     model = load(args.model)
     out = export_peft(model, args.out)
-    _console().print(f"peft LoRA written to {out}")
+    console().print(f"peft LoRA written to {out}")
     return 0
 
 
 def cmd_import(args) -> int:
+    from ..adapt.lora import merge_back
+    from ..adapt.peft_io import import_peft
     from ..artifact import save_artifact
-    from ..cli import _arch_arg, _console
     from ..models import load
-    from .lora import merge_back
-    from .peft_io import import_peft
+    from ..ui import console, parse_arch
 
-    model = load(args.model, arch=_arch_arg(args.arch))
+    model = load(args.model, arch=parse_arch(args.arch))
     import_peft(model, args.adapter)
     if args.merge:
         merge_back(model)
     recipe = {"model": str(args.model), "peft": str(args.adapter), "merge": bool(args.merge)}
     save_artifact(model, recipe, None, args.out, title=f"vitkit peft import: {args.adapter}")
-    _console().print(f"{'merged' if args.merge else 'LoRA'} artifact written to {args.out}")
+    console().print(f"{'merged' if args.merge else 'LoRA'} artifact written to {args.out}")
     return 0

@@ -43,11 +43,11 @@ def _ints(text: str | None) -> list[int] | None:
 def cmd_early_exit(args) -> int:
     from ..api import apply_
     from ..artifact import save_artifact
-    from ..cli import _console, _progress
     from ..data import load_dataset
+    from ..early_exit.config import EarlyExitConfig
+    from ..early_exit.train import evaluate_exits
     from ..models import load
-    from .config import EarlyExitConfig
-    from .train import evaluate_exits
+    from ..ui import console, progress
 
     heads = args.head.split(",") if "," in args.head else args.head
     cfg = EarlyExitConfig(
@@ -61,8 +61,8 @@ def cmd_early_exit(args) -> int:
         data=args.data,
     )
     model = load(args.model)
-    con = _console()
-    with _progress() as prog:
+    con = console()
+    with progress() as prog:
         task = prog.add_task("training exit heads + calibrating", total=None, info="")
         report = apply_(model, cfg)
         prog.update(task, total=1, completed=1)

@@ -1,4 +1,4 @@
-"""``vitkit`` command line: list, train, eval, bench, run, export, demo (+ family plug-ins: merge, prune, ...).
+"""The core commands (list, train, eval, bench, run, export, demo) and the parser that adds each family's.
 
 Bad input exits with code 2 and a one-line ``error: ...`` (add ``--debug`` for the traceback).
 """
@@ -11,38 +11,17 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import VitkitError
+from ..errors import VitkitError
+from ..ui import EXIT_BAD_INPUT, console, parse_arch, progress
+from . import adapt, early_exit, merge, prune, quant, search
 
-EXIT_BAD_INPUT = 2
-
-
-def _console():
-    import sys
-
-    from rich.console import Console
-
-    wide = None if sys.stdout.isatty() else 160  # pipes and CI logs get the whole table
-    return Console(stderr=False, highlight=False, soft_wrap=True, width=wide)
-
-
-def _progress():
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    )
+FAMILY_COMMANDS = (merge, prune, quant, adapt, early_exit, search)
 
 
 def _print_table(variants: list[dict], title: str = "") -> None:
     from rich.table import Table
 
-    from .report import table_rows
+    from ..report import table_rows
 
     header, rows = table_rows(variants)
     table = Table(title=title or None)
@@ -50,16 +29,16 @@ def _print_table(variants: list[dict], title: str = "") -> None:
         table.add_column(h, justify="left" if h == "variant" else "right")
     for r in rows:
         table.add_row(*r)
-    _console().print(table)
+    console().print(table)
 
 
 # -- commands -------------------------------------------------------------------------------------------
 def cmd_list(args) -> int:
-    from .data import DATASETS
-    from .models import PRESETS
-    from .registry import list_transforms
+    from ..data import DATASETS
+    from ..models import PRESETS
+    from ..registry import list_transforms
 
-    con = _console()
+    con = console()
     specs = list_transforms(args.pattern)
     con.print("[bold]transforms[/bold]" + ("" if specs else " (none match)"))
     for s in specs:
@@ -74,9 +53,9 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .reference import train_reference
+    from ..reference import train_reference
 
-    with _progress() as prog:
+    with progress() as prog:
         task = prog.add_task("training", total=None, info="")
 
         def on_step(s: dict) -> None:
@@ -96,18 +75,18 @@ def cmd_train(args) -> int:
             threads=args.threads,
             progress=on_step,
         )
-    _console().print(
+    console().print(
         f"test top-1 {100 * summary['test_top1']:.2f}% after {summary['train_seconds']:.0f} s → artifact {out}"
     )
     return 0
 
 
 def cmd_eval(args) -> int:
-    from .bench.metrics import classify, topk_accuracy
-    from .data import load_dataset
-    from .models import load
+    from ..bench.metrics import classify, topk_accuracy
+    from ..data import load_dataset
+    from ..models import load
 
-    model = load(args.model, arch=_arch_arg(args.arch))
+    model = load(args.model, arch=parse_arch(args.arch))
     data = load_dataset(args.data, args.split, model=model)
     logits, labels = classify(model, data, limit=args.limit)
     result = {
@@ -121,7 +100,7 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        _console().print(
+        console().print(
             f"{args.model} on {args.data}/{args.split} ({result['images']} images): "
             f"top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%"
         )
@@ -129,15 +108,15 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .artifact import save_artifact
-    from .bench import benchmark
-    from .data import load_dataset
-    from .models import load
+    from ..artifact import save_artifact
+    from ..bench import benchmark
+    from ..data import load_dataset
+    from ..models import load
 
-    model = load(args.model, arch=_arch_arg(args.arch))
-    baseline = load(args.baseline, arch=_arch_arg(args.arch)) if args.baseline else None
+    model = load(args.model, arch=parse_arch(args.arch))
+    baseline = load(args.baseline, arch=parse_arch(args.arch)) if args.baseline else None
     data = load_dataset(args.data, args.split, model=model) if args.data else None
-    with _console().status("benchmarking (interleaved, median of repeats)..."):
+    with console().status("benchmarking (interleaved, median of repeats)..."):
         result = benchmark(
             model,
             data,
@@ -159,10 +138,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .recipe import read_recipe, run_recipe
+    from ..recipe import read_recipe, run_recipe
 
     recipe = read_recipe(args.recipe)
-    con = _console()
+    con = console()
     if args.dry_run:
         _, planned = run_recipe(recipe, None, dry_run=True)
         con.print(str(planned))
@@ -177,10 +156,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
-    con = _console()
-    with _progress() as prog:
+    con = console()
+    with progress() as prog:
         tasks: list = []  # the bar appears only if the reference model has to be trained
 
         def on_step(s: dict) -> None:
@@ -198,7 +177,7 @@ def _artifact_eval_data(path: str) -> str | None:
     """The dataset an artifact's recipe evaluated on (``eval.data``), if it records one."""
     import yaml
 
-    from .artifact import RECIPE, is_artifact
+    from ..artifact import RECIPE, is_artifact
 
     if not is_artifact(path):
         return None
@@ -208,12 +187,12 @@ def _artifact_eval_data(path: str) -> str | None:
 
 
 def cmd_export(args) -> int:
-    from .data import load_dataset
-    from .export import export_model
-    from .models import load
+    from ..data import load_dataset
+    from ..export import export_model
+    from ..models import load
 
-    con = _console()
-    model = load(args.model, arch=_arch_arg(args.arch))
+    con = console()
+    model = load(args.model, arch=parse_arch(args.arch))
     data_name = args.data or _artifact_eval_data(args.model)
     data = load_dataset(data_name, args.split, model=model) if data_name else None
     if data is None:
@@ -242,18 +221,6 @@ def cmd_export(args) -> int:
 
 def vars_plain(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func" and isinstance(v, str | int | float | list | type(None))}
-
-
-def _arch_arg(text: str | None):
-    if text is None:
-        return None
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise VitkitError(f"--arch is not valid JSON: {exc}") from None
-    return text
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -330,32 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="vitkit-demo")
     s.add_argument("--retrain", action="store_true", help="ignore the cached reference model")
     s.set_defaults(func=cmd_demo)
-    for module in COMMAND_PLUGINS:  # method families add their own sub-commands (`vitkit merge`)
-        _add_plugin_commands(sub, module)
+    for family in FAMILY_COMMANDS:  # each method family's sub-commands (`vitkit merge`, `vitkit prune`, ...)
+        family.add_commands(sub)
     return p
-
-
-#: Modules with ``add_commands(subparsers)`` that contribute sub-commands; a missing one is skipped.
-COMMAND_PLUGINS = (
-    "vitkit.merging.cli",
-    "vitkit.prune.cli",
-    "vitkit.quant.cli",
-    "vitkit.adapt.cli",
-    "vitkit.early_exit.cli",
-    "vitkit.search.cli",
-)
-
-
-def _add_plugin_commands(sub, module: str) -> None:
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            return
-        raise
-    mod.add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
