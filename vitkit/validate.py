@@ -95,5 +95,6 @@ def check_ints(values: Any, name: str, *, low: int | None = None, high: int | No
     values = tuple(values)
     bounds = _range_text(low, high, False, False)
     if not values or any(not is_int(v) or not _in_range(v, low, high, False, False) for v in values):
-        raise ConfigError(f"{name} must be a non-empty list of ints{' ' + bounds if bounds else ''}{why}, got {values!r}")
+        where = f" {bounds}" if bounds else ""
+        raise ConfigError(f"{name} must be a non-empty list of ints{where}{why}, got {values!r}")
     return values
