@@ -1,4 +1,7 @@
-"""One registry of transforms: listing, recipe parsing, ``apply_`` and the parametrized tests all read it."""
+"""One registry for every user-visible method: transforms (applied to a model in place, composable in a recipe)
+and merge methods (``vitkit.merge``: several state dicts in, one out). Listing (``vitkit list``), recipe and
+merge-YAML parsing, ``apply_`` and the parametrized tests all read it. Method packages register on import
+(``import vitkit`` imports them all)."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from .errors import ConfigError
 KIND_ORDER = ("structure", "weights", "numerics", "runtime")
 
 ApplyFn = Callable[..., dict[str, Any] | None]
+MergeFn = Callable[..., dict[str, Any]]
 RestoreFn = Callable[[nn.Module, TransformConfig, dict[str, Any]], None]
 
 
@@ -46,7 +50,40 @@ class TransformSpec:
         return KIND_ORDER.index(self.kind)
 
 
-_REGISTRY: dict[str, TransformSpec] = {}
+@dataclass(frozen=True)
+class MergeSpec:
+    """A registered merge method: ``fn(sources, base, cfg, ctx) -> state_dict`` (see :mod:`vitkit.merging`).
+    ``needs`` lists extra inputs: ``"model"``, ``"evaluate"``, ``"objective"``, ``"calib"``."""
+
+    name: str
+    config_cls: type[TransformConfig]
+    fn: MergeFn
+    paper: str
+    needs_base: bool
+    needs: tuple[str, ...] = ()
+    kind: str = "merge"
+
+
+_REGISTRY: dict[str, TransformSpec | MergeSpec] = {}
+
+
+def _add(spec: TransformSpec | MergeSpec) -> None:
+    existing = _REGISTRY.get(spec.name)
+    if existing is not None and (
+        type(existing) is not type(spec) or existing.config_cls.__qualname__ != spec.config_cls.__qualname__
+    ):
+        raise ValueError(f"method name {spec.name!r} is already registered by {existing.config_cls.__name__}")
+    _REGISTRY[spec.name] = spec
+
+
+def _lookup(name: str, cls: type, what: str, plural: str):
+    spec = _REGISTRY.get(name)
+    if isinstance(spec, cls):
+        return spec
+    valid = sorted(n for n, s in _REGISTRY.items() if isinstance(s, cls))
+    close = difflib.get_close_matches(str(name), valid, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ConfigError(f"unknown {what} {name!r}{hint}; valid {plural}: {valid}")
 
 
 def register_transform(
@@ -65,10 +102,7 @@ def register_transform(
         raise TypeError("config_cls must be a TransformConfig subclass")
 
     def decorator(fn: ApplyFn) -> ApplyFn:
-        existing = _REGISTRY.get(name)
-        if existing is not None and existing.config_cls.__qualname__ != config_cls.__qualname__:
-            raise ValueError(f"transform name {name!r} is already registered by {existing.config_cls.__name__}")
-        _REGISTRY[name] = TransformSpec(name, config_cls, fn, kind, paper, restore, prepare)
+        _add(TransformSpec(name, config_cls, fn, kind, paper, restore, prepare))
         return fn
 
     return decorator
@@ -79,29 +113,52 @@ def unregister_transform(name: str) -> None:
 
 
 def get_transform(name: str) -> TransformSpec:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"unknown transform {name!r}{hint}; valid transforms: {sorted(_REGISTRY)}") from None
+    return _lookup(name, TransformSpec, "transform", "transforms")
 
 
 def spec_for_config(cfg: TransformConfig) -> TransformSpec:
     for spec in _REGISTRY.values():
-        if type(cfg) is spec.config_cls:
+        if isinstance(spec, TransformSpec) and type(cfg) is spec.config_cls:
             return spec
     raise ConfigError(f"{type(cfg).__name__} is not a registered transform config; see vitkit.list_transforms()")
 
 
 def list_transforms(pattern: str = "*", *, kind: str | None = None) -> list[TransformSpec]:
     """Registered transforms whose name matches the glob ``pattern`` (and ``kind`` if given), by name."""
-    _load_builtin_transforms()
+    return [s for s in list_methods(pattern, kind=kind) if isinstance(s, TransformSpec)]
+
+
+def register_merge(
+    name: str, config_cls: type[TransformConfig], *, paper: str, needs_base: bool, needs: tuple[str, ...] = ()
+) -> Callable[[MergeFn], MergeFn]:
+    """Decorator registering a merge method ``fn(sources, base, cfg, ctx) -> state_dict`` under ``name``."""
+
+    def decorator(fn: MergeFn) -> MergeFn:
+        _add(MergeSpec(name, config_cls, fn, paper, needs_base, tuple(needs)))
+        return fn
+
+    return decorator
+
+
+def get_merge_method(name: str) -> MergeSpec:
+    return _lookup(name, MergeSpec, "merge method", "methods")
+
+
+def merge_method_for_config(cfg: TransformConfig) -> MergeSpec:
+    for spec in _REGISTRY.values():
+        if isinstance(spec, MergeSpec) and type(cfg) is spec.config_cls:
+            return spec
+    valid = sorted(s.config_cls.__name__ for s in _REGISTRY.values() if isinstance(s, MergeSpec))
+    raise ConfigError(f"{type(cfg).__name__} is not a merge config; use one of {valid}")
+
+
+def list_merge_methods(pattern: str = "*") -> list[MergeSpec]:
+    return [s for s in list_methods(pattern) if isinstance(s, MergeSpec)]
+
+
+def list_methods(pattern: str = "*", *, kind: str | None = None) -> list[TransformSpec | MergeSpec]:
+    """Every registered method (transforms and merge methods) matching the glob ``pattern``, by name;
+    ``kind`` is a transform kind (:data:`KIND_ORDER`) or ``"merge"``."""
     return [
         s for n, s in sorted(_REGISTRY.items()) if fnmatch.fnmatchcase(n, pattern) and (kind is None or s.kind == kind)
     ]
-
-
-def _load_builtin_transforms() -> None:
-    """Import the method packages so their ``@register_transform`` decorators run."""
-    from . import methods  # noqa: F401

@@ -36,13 +36,19 @@ def _print_table(variants: list[dict], title: str = "") -> None:
 def cmd_list(args) -> int:
     from ..data import DATASETS
     from ..models import PRESETS
-    from ..registry import list_transforms
+    from ..registry import list_merge_methods, list_transforms
 
     con = console()
     specs = list_transforms(args.pattern)
     con.print("[bold]transforms[/bold]" + ("" if specs else " (none match)"))
     for s in specs:
-        con.print(f"  {s.name:<14} {s.kind:<10} {s.config_cls.__name__:<22} {s.paper}")
+        con.print(f"  {s.name:<16} {s.kind:<10} {s.config_cls.__name__:<22} {s.paper}")
+    merges = list_merge_methods(args.pattern)
+    title = "[bold]merge methods[/bold] (vitkit merge, or the `merge` step of a recipe)"
+    con.print(title + ("" if merges else " (none match)"))
+    for s in merges:
+        needs = ", ".join(("base" if s.needs_base else "no base",) + s.needs)
+        con.print(f"  {s.name:<16} {needs:<20} {s.config_cls.__name__:<22} {s.paper}")
     con.print("[bold]presets[/bold]")
     for name, p in PRESETS.items():
         con.print(f"  {name:<20} {p['doc']}")

@@ -10,6 +10,7 @@ for ckpt in checkpoints:
 The CLI is ``vitkit merge merge.yaml -o out/`` (see :mod:`vitkit.merging.yaml_config`).
 """
 
+from ..registry import get_merge_method, list_merge_methods, register_merge
 from . import data_methods, opcm, step  # noqa: F401  (register their methods and the recipe step)
 from .configs import (
     AverageConfig,
@@ -22,7 +23,7 @@ from .configs import (
     TaskArithmeticConfig,
     TIESConfig,
 )
-from .core import get_merge_method, list_merge_methods, merge, register_merge
+from .core import merge
 from .opcm import OPCMMerger
 from .step import MergeStepConfig
 

@@ -1,7 +1,8 @@
-"""``vitkit.merge``: the merge-method registry and the per-tensor streaming executor.
+"""``vitkit.merge``: the per-tensor streaming executor every merge method runs through.
 
-A method is ``fn(sources, base, cfg, ctx) -> state_dict`` registered with :func:`register_merge`. Per-tensor
-methods (average, task arithmetic, TIES, DARE) run through :func:`stream_merge`, which reads the N tensors of
+A method is ``fn(sources, base, cfg, ctx) -> state_dict`` registered with :func:`vitkit.registry.register_merge`
+(the one registry; ``vitkit list`` shows merge methods beside transforms). Per-tensor methods (average, task
+arithmetic, TIES, DARE) run through :func:`stream_merge`, which reads the N tensors of
 one name, merges them, and moves on — so a merge of N ``.safetensors`` files holds the output plus one
 tensor per model, not N models.
 """
@@ -9,7 +10,6 @@ tensor per model, not N models.
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 import zlib
 from collections.abc import Callable, Sequence
@@ -22,58 +22,13 @@ import torch.nn as nn
 from ..configs import TransformConfig, select_names
 from ..errors import ConfigError
 from ..ops import merging as ops
+from ..registry import merge_method_for_config, register_merge
 from .configs import AverageConfig, DAREConfig, TaskArithmeticConfig, TIESConfig
 from .sources import TensorSource, check_compatible, compute_dtype, open_source, open_sources
 
 _log = logging.getLogger(__name__)
 
-MergeFn = Callable[..., dict[str, torch.Tensor]]
 ProgressFn = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True)
-class MergeMethod:
-    name: str
-    config_cls: type[TransformConfig]
-    fn: MergeFn
-    paper: str
-    needs_base: bool
-    needs: tuple[str, ...] = ()  # extra inputs: "model", "evaluate", "objective", "calib"
-
-
-_METHODS: dict[str, MergeMethod] = {}
-
-
-def register_merge(
-    name: str, config_cls: type[TransformConfig], *, paper: str, needs_base: bool, needs: tuple[str, ...] = ()
-) -> Callable[[MergeFn], MergeFn]:
-    def deco(fn: MergeFn) -> MergeFn:
-        _METHODS[name] = MergeMethod(name, config_cls, fn, paper, needs_base, needs)
-        return fn
-
-    return deco
-
-
-def list_merge_methods() -> list[MergeMethod]:
-    return [_METHODS[n] for n in sorted(_METHODS)]
-
-
-def get_merge_method(name: str) -> MergeMethod:
-    if name not in _METHODS:
-        close = difflib.get_close_matches(str(name), list(_METHODS), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ConfigError(f"unknown merge method {name!r}{hint}; valid methods: {sorted(_METHODS)}")
-    return _METHODS[name]
-
-
-def method_for_config(cfg: TransformConfig) -> MergeMethod:
-    for m in _METHODS.values():
-        if type(cfg) is m.config_cls:
-            return m
-    raise ConfigError(
-        f"{type(cfg).__name__} is not a merge config; use one of "
-        f"{sorted({m.config_cls.__name__ for m in _METHODS.values()})}"
-    )
 
 
 @dataclass
@@ -125,7 +80,7 @@ def merge(
     ``calib=`` (RegMean, PLeaS). Inputs are never modified; ``.safetensors`` inputs are read tensor by tensor.
     ``info`` (a dict) receives the method's decisions (e.g. the greedy soup's ingredients).
     """
-    method = method_for_config(cfg)
+    method = merge_method_for_config(cfg)
     if isinstance(models, dict | str | nn.Module):
         raise ConfigError("models must be a list (of state dicts, paths or artifact dirs), not a single model")
     raw = list(models)

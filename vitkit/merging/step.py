@@ -21,8 +21,8 @@ import torch.nn as nn
 
 from ..configs import TransformConfig
 from ..errors import ConfigError
-from ..registry import register_transform
-from .core import get_merge_method, merge
+from ..registry import get_merge_method, register_transform
+from .core import merge
 
 _NOT_AS_STEP = ("greedy_soup", "fw_merging")
 

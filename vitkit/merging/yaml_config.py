@@ -24,7 +24,7 @@ from typing import Any
 
 from ..configs import TransformConfig, read_yaml_file
 from ..errors import ConfigError
-from .core import get_merge_method, list_merge_methods
+from ..registry import get_merge_method, list_merge_methods
 
 TOP_KEYS = ("merge_method", "base_model", "models", "parameters", "filter", "arch", "dtype")
 DTYPES = ("float32", "float16", "bfloat16", "float64")

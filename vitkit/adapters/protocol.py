@@ -1,0 +1,147 @@
+"""The seam between vitkit's methods and a host model family: :class:`HostAdapter`.
+
+Every method asks the adapter — never the model — where things are: the stages and blocks, each block's
+attention / MLP / norm modules and its (norm → linear) pairs, the prefix tokens, the classifier head(s), the
+role of every state-dict key, and how to run the host forward as ``embed → blocks → pool → head``. Adding a
+model family means writing one adapter (``adapters/<family>.py``) and listing it in :data:`ADAPTERS`; no
+method file changes. Anything an adapter does not handle raises :class:`~vitkit.errors.UnsupportedModelError`
+naming the feature, never a silent patch.
+
+Hierarchical hosts (Swin, EfficientFormer, TinyViT) are part of the design: :meth:`HostAdapter.stages` groups
+blocks into stages with their token grid, window size and the downsampling module between stages; a plain
+ViT is one stage with no windows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn as nn
+
+from ..errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A run of blocks at one resolution. ``window`` is the attention window (None = global attention);
+    ``downsample`` names the module that runs before the stage's first block (patch merging), if any."""
+
+    name: str
+    block_names: tuple[str, ...]
+    grid: tuple[int, int]
+    window: tuple[int, int] | None = None
+    downsample: str | None = None
+
+
+@dataclass(frozen=True)
+class NormLinear:
+    """A LayerNorm feeding Linear layers directly (``norm1 → qkv``, ``norm2 → fc1``): the pairs RepQ-ViT folds
+    per-channel activation scales through. Names are module names relative to the model."""
+
+    norm: str
+    linears: tuple[str, ...]
+    role: str  # "attn" | "mlp"
+
+
+@dataclass(frozen=True)
+class LinearRole:
+    """What a Linear does in the host: ``role`` is one of :data:`LINEAR_ROLES`, ``block`` its block index
+    (``None`` for heads), ``family`` the quantization family name used in reports (``qkv``, ``proj``, ...)."""
+
+    name: str
+    role: str
+    block: int | None
+
+
+#: Roles a Linear can play: attention in/out, MLP in/out, classifier.
+LINEAR_ROLES = ("qkv", "attn_out", "mlp_in", "mlp_out", "head")
+
+
+@dataclass(frozen=True)
+class KeyRole:
+    """The role of one state-dict key: which block (None outside blocks), which part (see :data:`LINEAR_ROLES`
+    plus ``norm1``/``norm2``/``embed``/``pos``/``prefix``/``final_norm``/``layer_scale``), and the tensor kind."""
+
+    key: str
+    block: int | None
+    part: str
+    tensor: str  # "weight" | "bias" | "param"
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+@runtime_checkable
+class HostAdapter(Protocol):
+    """What methods may ask of a host model; one implementation per family (see :mod:`.timm_vit`)."""
+
+    name: str
+
+    def matches(self, model: nn.Module) -> bool:
+        """True when this adapter handles ``model`` (checked in :data:`ADAPTERS` order)."""
+
+    def describe(self, model: nn.Module):
+        """Static facts (:class:`~vitkit.adapters.timm_vit.ViTInfo`): depth, heads, head_dim, prefix tokens, pool."""
+
+    def stages(self, model: nn.Module) -> list[Stage]: ...
+
+    def blocks(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """Every transformer block in forward order, with its module name."""
+
+    def block_parts(self, block: nn.Module, *, index: int | None = None):
+        """norm1 / attn / ls1 / drop_path1 / norm2 / mlp / ls2 / drop_path2 of one block."""
+
+    def norm_linear_pairs(self, model: nn.Module) -> list[NormLinear]: ...
+
+    def linear_roles(self, model: nn.Module) -> dict[str, LinearRole]: ...
+
+    def heads(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The classifier head(s) (a distilled DeiT has two, averaged at inference)."""
+
+    def key_roles(self, state_dict: dict[str, torch.Tensor]) -> dict[str, KeyRole]: ...
+
+    def input_size(self, model: nn.Module) -> tuple[int, int, int]: ...
+
+    # -- the host forward, split once: ``head(pool(blocks(embed(x))))`` -------------------------------------
+    def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) → tokens (B, N, D) entering the first block: patches, prefix tokens, positions."""
+
+    def pool(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block → pooled features (B, D), final norm included."""
+
+    def head(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+        """Pooled features → logits (B, classes)."""
+
+
+#: Registered adapters, tried in order by :func:`adapter_for`. Families append themselves on import.
+ADAPTERS: list[HostAdapter] = []
+
+
+def register_adapter(adapter: HostAdapter) -> HostAdapter:
+    ADAPTERS.append(adapter)
+    return adapter
+
+
+def adapter_for(model: nn.Module) -> HostAdapter:
+    """The adapter for ``model``, or ``UnsupportedModelError`` listing the families vitkit handles."""
+    for adapter in ADAPTERS:
+        if adapter.matches(model):
+            return adapter
+    handled = ", ".join(a.name for a in ADAPTERS) or "none"
+    raise UnsupportedModelError(
+        f"{type(model).__name__} is not a model family vitkit has an adapter for (handled: {handled}); "
+        "load a supported timm model or add an adapter in vitkit/adapters/"
+    )
+
+
+def run_forward(
+    model: nn.Module, x: torch.Tensor, *, block_fn: Callable[[int, nn.Module, torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The host forward through the adapter: ``head(pool(blocks(embed(x))))``; ``block_fn(i, block, tokens)``
+    replaces the plain ``block(tokens)`` call (token reduction, early exit, feature capture)."""
+    host = adapter_for(model)
+    tokens = host.embed(model, x)
+    for i, (_, block) in enumerate(host.blocks(model)):
+        tokens = block(tokens) if block_fn is None else block_fn(i, block, tokens)
+    return host.head(model, host.pool(model, tokens))
