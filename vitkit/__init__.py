@@ -12,7 +12,7 @@ result = vitkit.benchmark(model, data=vitkit.data.load_dataset("mnist5k", model=
 from . import data
 from ._version import __version__
 from .adapt import AdapterConfig, FineTuneConfig, LoRAConfig, LoRAMergeConfig, PromptConfig, SlimFitConfig
-from .api import apply_
+from .api import apply_, merge_back
 from .artifact import load_artifact, save_artifact
 from .bench import BenchResult, benchmark
 from .configs import TransformConfig, resolve_schedule, select_names
@@ -92,6 +92,7 @@ __all__ = [
     "load",
     "load_artifact",
     "merge",
+    "merge_back",
     "register_transform",
     "resolve_schedule",
     "save_artifact",

@@ -70,3 +70,16 @@ def apply_(model: nn.Module, cfgs, calib=None, dry_run: bool = False) -> Report:
             model.__dict__ = snapshot.__dict__
         raise
     return report
+
+
+def merge_back(model: nn.Module) -> nn.Module:
+    """Fold every LoRA update into the weights (in place) and return the now plain timm model: ``apply_`` of
+    the ``lora_merge`` step (Hu et al. 2022, §4.1: W = W0 + (α/r) B A), recorded so artifacts replay it.
+
+    The result has exactly the state-dict keys of the model before LoRA was added, and the same outputs.
+    Merging twice raises :class:`ConfigError`.
+    """
+    from .adapt import LoRAMergeConfig
+
+    apply_(model, LoRAMergeConfig())
+    return model

@@ -35,3 +35,24 @@ def drop_steps(model: nn.Module, drop: Callable[[Any], bool]) -> None:
 
 def steps_named(model: nn.Module, name: str) -> list:
     return [s for s in step_history(model) if s.name == name]
+
+
+#: Where a structural step keeps a frozen copy of the model as it was before the first such step in this process
+#: (held in a tuple so it is not registered as a sub-module and never saved).
+ORIGINAL_ATTR = "_vitkit_unpruned"
+
+
+def stash_original(model: nn.Module) -> None:
+    """Keep a frozen copy of ``model`` as it is now, unless one is already kept (the first call wins)."""
+    import copy
+
+    if getattr(model, ORIGINAL_ATTR, None) is None:
+        original = copy.deepcopy(model)
+        original.__dict__.pop(ORIGINAL_ATTR, None)
+        model.__dict__[ORIGINAL_ATTR] = (original.eval(),)
+
+
+def original_model(model: nn.Module) -> nn.Module | None:
+    """The model as it was before its first structural (``prune``) step in this process; None if never pruned here."""
+    held = model.__dict__.get(ORIGINAL_ATTR)
+    return held[0] if held else None

@@ -6,8 +6,9 @@ import torch
 
 import vitkit
 from vitkit import ConfigError
-from vitkit.adapt import AdapterConfig, AdaptFormerMlp, PromptConfig, adapter_kind, merge_back
+from vitkit.adapt import AdapterConfig, AdaptFormerMlp, PromptConfig, adapter_kind
 from vitkit.adapters import describe
+from vitkit.api import merge_back
 from vitkit.tokens import ToMeConfig
 
 from ..conftest import make_tiny

@@ -10,13 +10,12 @@ from vitkit import CheckpointError, ConfigError
 from vitkit.adapt import (
     LoRAConfig,
     aggregate_lora,
-    export_peft,
-    import_peft,
     load_lora_state_dict,
     lora_modules,
     lora_state_dict,
-    merge_back,
 )
+from vitkit.api import merge_back
+from vitkit.interop import export_peft, import_peft
 from vitkit.ops.lora import aggregate_lora_factors, fold_lora, mean_delta, mean_factors, relative_error
 
 from ..conftest import make_tiny

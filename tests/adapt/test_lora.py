@@ -6,9 +6,9 @@ import torch.nn as nn
 
 import vitkit
 from vitkit import ConfigError, OrderError
-from vitkit.adapt import AdapterConfig, LoRAConfig, LoRALinear, PromptConfig, lora_modules, merge_back
+from vitkit.adapt import AdapterConfig, LoRAConfig, LoRALinear, PromptConfig, lora_modules
 from vitkit.adapt.lora import DEFAULT_TARGETS
-from vitkit.api import check_order
+from vitkit.api import check_order, merge_back
 
 from ..conftest import make_tiny
 
@@ -124,7 +124,7 @@ def test_hira_is_identity_at_init_high_rank_and_folds_back_exactly(tiny_model, i
 
 
 def test_hira_refuses_peft_export(tmp_path, tiny_model):
-    from vitkit.adapt import export_peft
+    from vitkit.interop import export_peft
 
     vitkit.apply_(tiny_model, LoRAConfig(rank=2, variant="hira"))
     with pytest.raises(ConfigError, match="plain LoRA only; this model uses HiRA"):
@@ -158,7 +158,7 @@ def test_pissa_starts_at_the_principal_part_and_folds_back_exactly(tiny_model, i
 def test_pissa_exports_to_peft_as_a_rank_2r_lora_on_the_original_weights(tmp_path, images):
     import json
 
-    from vitkit.adapt import export_peft, import_peft
+    from vitkit.interop import export_peft, import_peft
 
     model = make_tiny("vit", seed=0)
     vitkit.apply_(model, LoRAConfig(rank=2, alpha=4, init="pissa"))

@@ -7,7 +7,8 @@ import torch
 
 import vitkit
 from vitkit import ConfigError
-from vitkit.adapt import LoRAConfig, lora_modules, merge_back, truncate_to_rank, update_spectrum
+from vitkit.adapt import LoRAConfig, lora_modules, truncate_to_rank, update_spectrum
+from vitkit.api import merge_back
 from vitkit.ops.lora import truncate_update, update_energy
 
 from ..conftest import make_tiny

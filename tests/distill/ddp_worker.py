@@ -10,8 +10,8 @@ def main(out: str, batch_size: int) -> None:
 
     from tests.conftest import make_tiny
     from vitkit.data import load_dataset
-    from vitkit.distill.distributed import init_from_env
     from vitkit.training import TrainConfig, fit
+    from vitkit.training.distributed import init_from_env
 
     torch.set_num_threads(1)
     init_from_env()

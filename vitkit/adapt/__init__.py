@@ -1,5 +1,5 @@
 """Cheap adaptation of a pretrained ViT: LoRA (folded back to plain weights), AdaptFormer adapters, visual
-prompts, SlimFit freezing, LoRA-FAIR aggregation, peft-format LoRA files, and the rank a full fine-tuning used.
+prompts, SlimFit freezing, LoRA-FAIR aggregation, and the rank a full fine-tuning used.
 
 Registered steps and their kinds (order: structure → weights → numerics → runtime):
 
@@ -15,8 +15,7 @@ linear-foldable and stay modules (saved and restored with the artifact).
 from .adapter import AdapterConfig, AdaptFormerMlp
 from .aggregate import aggregate_lora, load_lora_state_dict, lora_state_dict
 from .common import adapter_kind, adapter_kinds, trainable_summary
-from .lora import DEFAULT_TARGETS, LoRAConfig, LoRALinear, LoRAMergeConfig, lora_modules, merge_back
-from .peft_io import export_peft, import_peft
+from .lora import DEFAULT_TARGETS, LoRAConfig, LoRALinear, LoRAMergeConfig, lora_modules
 from .prompt import PromptConfig
 from .rank import truncate_to_rank, update_spectrum
 from .train import (
@@ -45,14 +44,11 @@ __all__ = [
     "adapter_kind",
     "adapter_kinds",
     "aggregate_lora",
-    "export_peft",
     "finetune",
-    "import_peft",
     "load_lora_state_dict",
     "lora_modules",
     "lora_plus_scales",
     "lora_state_dict",
-    "merge_back",
     "trainable_summary",
     "truncate_to_rank",
     "update_spectrum",

@@ -1,7 +1,7 @@
 """Aggregating several LoRA updates of one base model into one (LoRA-FAIR, beside plain factor averaging).
 
 A LoRA update is a dict ``{"<module>.lora_A": [r, in], "<module>.lora_B": [out, r]}`` — what
-:func:`lora_state_dict` returns for a model with LoRA (and :func:`~vitkit.adapt.import_peft` reads from
+:func:`lora_state_dict` returns for a model with LoRA (and :func:`~vitkit.interop.import_peft` reads from
 peft files). See :mod:`vitkit.ops.lora` for the math and why averaging A and B separately is biased.
 """
 

@@ -40,9 +40,9 @@ def check_can_add(model: nn.Module, kind: str) -> None:
         return
     have = ", ".join(KIND_NAMES.get(k, k) for k in present)
     if kind in present:
-        fix = "vitkit.adapt.merge_back(model) first" if kind == "lora" else "start from the base model"
+        fix = "vitkit.merge_back(model) first" if kind == "lora" else "start from the base model"
         raise ConfigError(f"model already has {have}; adding {KIND_NAMES[kind]} twice is not supported: {fix}")
-    fix = "merge them back first (vitkit.adapt.merge_back)" if present == ["lora"] else "start from the base model"
+    fix = "merge them back first (vitkit.merge_back)" if present == ["lora"] else "start from the base model"
     raise ConfigError(f"model already has {have}; cannot add {KIND_NAMES[kind]} on top: {fix}")
 
 

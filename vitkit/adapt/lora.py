@@ -7,8 +7,8 @@ exactly as the base model. Only ``A``, ``B`` (and by default the classifier head
 
 What changes (``__class__`` swap, ToMe-style): a targeted ``nn.Linear`` becomes :class:`LoRALinear` (a
 subclass) with two extra parameters ``lora_A [r, in]`` / ``lora_B [out, r]``; its ``weight``/``bias`` keys
-are untouched. :func:`merge_back` folds ``W0 + (α/r) B A`` into ``weight``, deletes the factors and swaps
-the class back, leaving a plain timm model with the original state-dict keys.
+are untouched. :func:`vitkit.merge_back` (the ``lora_merge`` step) folds ``W0 + (α/r) B A`` into ``weight``,
+deletes the factors and swaps the class back, leaving a plain timm model with the original state-dict keys.
 
 ``variant="hira"`` (HiRA, Huang et al., ICLR 2025) trains the same factors but applies them as
 ``y = W0 x + b + (α/r) · (W0 ⊙ B A) dropout(x)``: a high-rank update for LoRA's parameter count, folded back
@@ -278,15 +278,3 @@ def lora_merge(model: nn.Module, cfg: LoRAMergeConfig, *, calib=None, dry_run: b
     mods = _check_mergeable(model)
     names = _fold_all(model)
     return {"modules": names, "summary": f"folded {len(names)} LoRA updates into their weights"}
-
-
-def merge_back(model: nn.Module) -> nn.Module:
-    """Fold every LoRA update into the weights (in place) and return the now plain timm model.
-
-    The result has exactly the state-dict keys of the model before LoRA was added, and the same outputs.
-    Recorded as a ``lora_merge`` step, so artifacts replay it. Merging twice raises :class:`ConfigError`.
-    """
-    from ..api import apply_
-
-    apply_(model, LoRAMergeConfig())
-    return model

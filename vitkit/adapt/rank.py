@@ -30,7 +30,7 @@ def _paired_weights(base: nn.Module, tuned: nn.Module, targets: Sequence[str] | 
     for which, model in (("base", base), ("fine-tuned", tuned)):
         if kinds := adapter_kinds(model):
             raise ConfigError(
-                f"the {which} model still holds {', '.join(kinds)} adapters: fold LoRA first (vitkit.adapt.merge_back) "
+                f"the {which} model still holds {', '.join(kinds)} adapters: fold LoRA first (vitkit.merge_back) "
                 "or compare plain models"
             )
     names = select_names(linear_names(tuned), targets or DEFAULT_TARGETS, (), what="linear layers")

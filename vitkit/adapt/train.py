@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from ..configs import TransformConfig, select_names
 from ..errors import ConfigError, DataError
 from ..registry import register_transform
-from ..training import TrainConfig, TrainResult, _ce_loss, fit
+from ..training import TrainConfig, TrainResult, ce_loss, fit
 from .common import trainable_summary
 
 _log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def finetune(
         raise ConfigError("model has no trainable parameters: add an adapter (LoRAConfig, ...) or unfreeze some")
     freezer = SlimFitFreezer(model, slimfit) if slimfit is not None and slimfit.ratio > 0 else None
     meter = MemoryMeter(model) if measure_memory else None
-    loss_fn = _ce_loss(cfg)
+    loss_fn = ce_loss(cfg)
     if meter is not None:
         loss_fn = meter.wrap(loss_fn)
 

@@ -27,9 +27,9 @@ def add_commands(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from ..adapt.peft_io import export_peft
     from ..artifact import is_artifact
     from ..errors import CheckpointError
+    from ..interop.peft import export_peft
     from ..models import load
     from ..ui import console
 
@@ -42,9 +42,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from ..adapt.lora import merge_back
-    from ..adapt.peft_io import import_peft
+    from ..api import merge_back
     from ..artifact import save_artifact
+    from ..interop.peft import import_peft
     from ..models import load
     from ..ui import console, parse_arch
 

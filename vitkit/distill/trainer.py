@@ -262,7 +262,7 @@ def distill(
         if two_stage:
             gdir = _stage_dir(cfg.checkpoint_dir, "generic", True)
             sdir = _stage_dir(cfg.checkpoint_dir, "specific", True)
-            from .checkpoint import META
+            from ..training.checkpoint import META
 
             resume_specific = cfg.resume and sdir is not None and (Path(sdir) / META).is_file()
             g = fit(
@@ -316,7 +316,7 @@ def replace_epochs(tcfg: TrainConfig, epochs: int) -> TrainConfig:
 
 
 def resolve_teacher(model: nn.Module, cfg: DistillConfig) -> nn.Module | None:
-    from ..prune.transform import unpruned_teacher
+    from ..history import original_model as unpruned_teacher
 
     if cfg.teacher == "original":
         teacher = unpruned_teacher(model)

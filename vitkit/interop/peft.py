@@ -27,9 +27,9 @@ import torch
 import torch.nn as nn
 
 from .._io import atomic_write_bytes, atomic_write_text
+from ..adapt.common import head_param_names
+from ..adapt.lora import LoRAConfig, lora_modules
 from ..errors import CheckpointError, ConfigError
-from .common import head_param_names
-from .lora import LoRAConfig, lora_modules
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .data import iterate_batches
+from ..data import iterate_batches
 
 _log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def train_classifier(
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, tuple[int, int, int]], tuple[torch.Tensor, torch.Tensor]]
 
 
-def _ce_loss(cfg: TrainConfig) -> LossFn:
+def ce_loss(cfg: TrainConfig) -> LossFn:
     def loss_fn(model, x, y, where):
         logits = model(x)
         return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing), logits
@@ -110,7 +110,7 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """AdamW (torch) with no decay on biases/norms; other names through ``timm.optim`` (``adan``, ``lamb``...).
     ``cfg.lr_scales`` puts matching parameters in groups whose ``lr_scale`` multiplies the scheduled lr."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     def scale_of(param_name: str) -> float:
         for pattern, factor in cfg.lr_scales:
@@ -162,14 +162,14 @@ def fit(
     so the result matches a single process with the same global batch. ``limit``: use the first N samples
     of each epoch's shuffled order.
     """
-    from .distill import checkpoint as ckpt  # lives with the trainer family that needs it
-    from .distill.distributed import DistContext
+    from . import checkpoint as ckpt
+    from .distributed import DistContext
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     dist = DistContext.current(cfg.batch_size)
-    loss_fn = loss_fn or _ce_loss(cfg)
+    loss_fn = loss_fn or ce_loss(cfg)
     opt = make_optimizer([(n, p) for n, p in model.named_parameters() if p.requires_grad], cfg, optimizer)
     n_samples = len(train_set) if limit is None else min(limit, len(train_set))
     steps_per_epoch = math.ceil(n_samples / cfg.batch_size)
