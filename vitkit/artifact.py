@@ -21,6 +21,7 @@ import yaml
 from ._io import state_dict_for_saving
 from .errors import CheckpointError, ConfigError
 from .history import set_step_history, step_history
+from .models.load import DIRECTORY_LOADERS
 
 _log = logging.getLogger(__name__)
 
@@ -173,3 +174,6 @@ def _restore(spec, model: nn.Module, step) -> None:
         spec.apply(model, cfg, calib=None, dry_run=False)
     elif spec.kind in ("structure", "numerics"):
         raise CheckpointError(f"transform {spec.name!r} cannot be restored from an artifact (no restore hook)")
+
+
+DIRECTORY_LOADERS.append(load_artifact)  # vitkit.load(<artifact dir>) reads artifacts through this

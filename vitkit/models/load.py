@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,11 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, 
     model.load_state_dict(state, strict=True)
 
 
+#: How a directory is loaded: :mod:`vitkit.artifact` registers ``load_artifact`` here on import, so this layer
+#: never imports the artifact layer above it.
+DIRECTORY_LOADERS: list[Callable[[Path], nn.Module]] = []
+
+
 def load(spec: str | Path, *, arch: str | dict | None = None, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Load a ViT.
 
@@ -171,9 +177,9 @@ def load(spec: str | Path, *, arch: str | dict | None = None, pretrained: bool =
     text = str(spec)
     path = Path(text).expanduser()
     if path.is_dir():
-        from ..artifact import load_artifact
-
-        return load_artifact(path)
+        if not DIRECTORY_LOADERS:
+            raise CheckpointError(f"{path} is a directory: import vitkit (which can read artifact directories) first")
+        return DIRECTORY_LOADERS[-1](path)
     if path.suffix in CHECKPOINT_SUFFIXES or "/" in text or path.exists():
         if not path.exists():
             raise CheckpointError(f"file not found: {path}")
