@@ -18,6 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check vitkit tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
@@ -25,6 +26,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check vitkit tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check vitkit tests benchmarks
 
 bench: $(STAMP)

@@ -33,7 +33,10 @@ class TransformConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, list):
+            section = _section_default(f)
+            if section is not None:
+                object.__setattr__(self, f.name, _as_section(section, value, f"{type(self).__name__}.{f.name}"))
+            elif isinstance(value, list):
                 object.__setattr__(self, f.name, _freeze(value))
             elif isinstance(value, dict):
                 object.__setattr__(self, f.name, _freeze(value))
@@ -50,12 +53,18 @@ class TransformConfig:
 
     # -- serialization -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field (tuples become lists), defaults included."""
+        """Plain dict of every field (tuples become lists, nested sections become dicts), defaults included."""
         return {f.name: _thaw(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
+    def migrate(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Rewrite a dict written by config ``version`` (older than :attr:`version`) into today's keys."""
+        return data
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, version: int | None = None) -> TransformConfig:
-        """Build from a dict, refusing unknown keys (listing the valid ones) and newer versions."""
+        """Build from a dict, refusing unknown keys (listing the valid ones) and newer versions; dicts of an
+        older version pass through :meth:`migrate` first."""
         data = dict(data or {})
         if "version" in data:
             version = data.pop("version")
@@ -64,9 +73,18 @@ class TransformConfig:
                 f"{cls.__name__} version {version} is newer than this vitkit understands "
                 f"({cls.version}): upgrade vitkit"
             )
+        if version is not None and int(version) < cls.version:
+            data = cls.migrate(data, int(version))
         valid = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(valid))
         if unknown:
+            for f in dataclasses.fields(cls):
+                section = _section_type(f)
+                if section is not None and set(unknown) <= {g.name for g in dataclasses.fields(section)}:
+                    raise ConfigError(
+                        f"{unknown} are {section.__name__} keys: put them under {f.name!r} in {cls.__name__} "
+                        f"(e.g. {f.name}: {{{unknown[0]}: ...}})"
+                    )
             raise ConfigError(f"unknown key(s) {unknown} for {cls.__name__}; valid keys: {valid}")
         try:
             return cls(**data)
@@ -85,7 +103,41 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _section_default(f: dataclasses.Field) -> Any:
+    """The default of a nested config section (a field whose default is a dataclass instance), else None."""
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            return default
+    return None
+
+
+def _section_type(f: dataclasses.Field) -> type | None:
+    default = _section_default(f)
+    return None if default is None else type(default)
+
+
+def _as_section(default: Any, value: Any, where: str) -> Any:
+    """A nested section given as a dict (YAML) becomes its dataclass, missing keys taken from the field's own
+    default (so ``train: {epochs: 3}`` keeps the method's lr); unknown keys are refused by name."""
+    section = type(default)
+    if isinstance(value, section):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a mapping of {section.__name__} keys, got {value!r}")
+    valid = [f.name for f in dataclasses.fields(section)]
+    unknown = sorted(set(value) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; valid keys: {valid}")
+    try:
+        return dataclasses.replace(default, **{k: _freeze(v) for k, v in value.items()})
+    except TypeError as exc:
+        raise ConfigError(f"invalid {where}: {exc}") from None
+
+
 def _thaw(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _thaw(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, tuple):
         return [_thaw(v) for v in value]
     if isinstance(value, dict):

@@ -22,6 +22,9 @@ KIND_ORDER = ("structure", "weights", "numerics", "runtime")
 
 ApplyFn = Callable[..., dict[str, Any] | None]
 MergeFn = Callable[..., dict[str, Any]]
+#: ``workdir -> config kwargs`` for settings that need files: ``workdir / "model"`` holds the untouched model
+#: saved as an artifact (a teacher to distil from, models to merge).
+ExampleFn = Callable[[Any], dict[str, Any]]
 RestoreFn = Callable[[nn.Module, TransformConfig, dict[str, Any]], None]
 
 
@@ -35,6 +38,12 @@ class TransformSpec:
     steps before the weights are loaded, runtime steps after. ``prepare(model, cfg, decisions)`` (optional)
     runs before the weights are loaded for a runtime step that owns parameters (early-exit heads), so their
     keys exist for the strict load; its ``restore`` then runs after the weights, in step order.
+
+    ``example`` and ``zero`` are config keyword sets the registry-wide tests use, so a new method is tested
+    for free: ``example`` a cheap setting that really changes a tiny model (dry-run, YAML round trip, save →
+    load), ``zero`` the zero-strength setting that must leave its outputs unchanged (None: the method has none,
+    e.g. quantization). ``after`` names transforms that must have run before this one (``lora_merge`` after
+    ``lora``); the tests apply their examples first.
     """
 
     name: str
@@ -44,6 +53,9 @@ class TransformSpec:
     paper: str
     restore: RestoreFn | None = None
     prepare: RestoreFn | None = None
+    example: dict[str, Any] | ExampleFn | None = None
+    zero: dict[str, Any] | ExampleFn | None = None
+    after: tuple[str, ...] = ()
 
     @property
     def rank(self) -> int:
@@ -94,6 +106,9 @@ def register_transform(
     paper: str = "",
     restore: RestoreFn | None = None,
     prepare: RestoreFn | None = None,
+    example: dict[str, Any] | ExampleFn | None = None,
+    zero: dict[str, Any] | ExampleFn | None = None,
+    after: tuple[str, ...] = (),
 ) -> Callable[[ApplyFn], ApplyFn]:
     """Decorator registering ``fn(model, cfg, *, calib=None, dry_run=False) -> decisions`` under ``name``."""
     if kind not in KIND_ORDER:
@@ -102,7 +117,7 @@ def register_transform(
         raise TypeError("config_cls must be a TransformConfig subclass")
 
     def decorator(fn: ApplyFn) -> ApplyFn:
-        _add(TransformSpec(name, config_cls, fn, kind, paper, restore, prepare))
+        _add(TransformSpec(name, config_cls, fn, kind, paper, restore, prepare, example, zero, tuple(after)))
         return fn
 
     return decorator

@@ -24,6 +24,7 @@ def is_number(value: Any) -> bool:
 
 
 def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    low, high = (f"{v:g}" if isinstance(v, float) else v for v in (low, high))
     if low is not None and high is not None:
         return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
     if low is not None:
@@ -67,11 +68,12 @@ def check_number(
     if optional and value is None:
         return value
     if not is_number(value) or not _in_range(value, low, high, low_open, high_open):
-        bounds = _range_text(low, high, low_open, high_open)
-        raise ConfigError(
-            f"{name} must be a number{' ' + bounds if bounds else ''}{' or null' if optional else ''}{why}, "
-            f"got {value!r}"
-        )
+        if low == 0 and low_open and high is None:
+            kind = "a positive number"
+        else:
+            bounds = _range_text(low, high, low_open, high_open)
+            kind = bounds if low is not None and high is not None else f"a number{' ' + bounds if bounds else ''}"
+        raise ConfigError(f"{name} must be {kind}{' or null' if optional else ''}{why}, got {value!r}")
     return value
 
 

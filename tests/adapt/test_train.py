@@ -80,7 +80,7 @@ def test_recipe_path_lora_finetune_merge(tmp_path):
         model,
         [
             LoRAConfig(rank=2),
-            FineTuneConfig(data="digits", epochs=1, batch_size=32, num_classes=10, limit=64),
+            FineTuneConfig(data="digits", num_classes=10, limit=64, train=dict(epochs=1, batch_size=32)),
             vitkit.adapt.LoRAMergeConfig(),
         ],
     )

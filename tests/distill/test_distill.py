@@ -84,7 +84,7 @@ def test_prune_then_distill_recovers_agreement(train_set):
     teacher = copy.deepcopy(model)
     vitkit.apply_(model, PruneConfig(ratio=0.4, importance="l1"))
     before = _kl_to(teacher, model, x)
-    rep = vitkit.apply_(model, DistillConfig(limit=64, batch_size=32, epochs=2, lr=1e-3))
+    rep = vitkit.apply_(model, DistillConfig(limit=64, train=dict(batch_size=32, epochs=2, lr=1e-3)))
     assert rep.steps[-1].name == "distill" and rep.steps[-1].kind == "weights"
     assert _kl_to(teacher, model, x) < before
 
@@ -96,7 +96,7 @@ def test_original_teacher_needs_prune():
 
 def test_cached_logits_match_live_teacher(train_set, tmp_path):
     teacher = make_tiny("vit", seed=1)
-    cfg = DistillConfig(limit=32, batch_size=16, lr=1e-3, temperature=2.0)
+    cfg = DistillConfig(limit=32, temperature=2.0, train=dict(batch_size=16, lr=1e-3))
     live = make_tiny("vit")
     distill(live, teacher, train_set, cfg)
     cached_cfg = cfg.replace(cache_dir=str(tmp_path), topk=10)  # k = C: the cache holds the full distribution
@@ -116,7 +116,7 @@ def test_deit_distillation_token_and_nkd(train_set, loss):
     student = make_tiny("distilled")
     teacher = make_tiny("vit", seed=2)
     before = _weights(student)
-    out = distill(student, teacher, train_set, DistillConfig(limit=32, batch_size=16, loss=loss, alpha=0.5))
+    out = distill(student, teacher, train_set, DistillConfig(limit=32, loss=loss, alpha=0.5, train=dict(batch_size=16)))
     assert out["images_seen"] == 32 and student.distilled_training is False
     after = _weights(student)
     assert not torch.equal(before["head_dist.weight"], after["head_dist.weight"])
@@ -124,12 +124,21 @@ def test_deit_distillation_token_and_nkd(train_set, loss):
 
 def test_feature_distillation(train_set):
     student, teacher = make_tiny("vit"), make_tiny("vit", seed=4)
-    out = distill(student, teacher, train_set, DistillConfig(limit=32, batch_size=16, feature_weight=1.0))
+    out = distill(student, teacher, train_set, DistillConfig(limit=32, feature_weight=1.0, train=dict(batch_size=16)))
     assert out["final_loss"] > 0
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"loss": "mse"}, {"alpha": 1.5}, {"epochs": 0}, {"resume": True}, {"generic_epochs": -1}]
+    "kwargs",
+    [
+        {"loss": "mse"},
+        {"alpha": 1.5},
+        {"train": {"epochs": 0}},
+        {"train": {"lr": 0}},
+        {"train": {"epochs": 1, "oops": 1}},
+        {"resume": True},
+        {"generic_epochs": -1},
+    ],
 )
 def test_bad_distill_config(kwargs):
     with pytest.raises(ConfigError):
@@ -147,7 +156,7 @@ def test_distill_leaves_the_teacher_trainable():
     teacher = make_tiny()
     student = copy.deepcopy(teacher)
     data = load_dataset("digits", "train", model=teacher)
-    distill(student, teacher, data, DistillConfig(epochs=1, limit=32, batch_size=16))
+    distill(student, teacher, data, DistillConfig(limit=32, train=dict(epochs=1, batch_size=16)))
     assert all(p.requires_grad for p in teacher.parameters())
 
 
@@ -165,7 +174,7 @@ def test_g2sd_generic_then_specific_stage_and_progress(train_set, tmp_path):
     x = torch.stack([train_set[i][0] for i in range(32)])
     before = _feature_mse(student, teacher, x)
     seen = []
-    cfg = DistillConfig(generic_epochs=2, epochs=1, limit=32, batch_size=16, lr=1e-3)
+    cfg = DistillConfig(generic_epochs=2, limit=32, train=dict(epochs=1, batch_size=16, lr=1e-3))
     with progress_to(seen.append):
         out = distill(student, teacher, train_set, cfg.replace(checkpoint_dir=str(tmp_path), checkpoint_every=1))
     assert [s["stage"] for s in seen] == ["generic"] * 4 + ["specific"] * 2

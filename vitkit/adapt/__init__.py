@@ -18,12 +18,11 @@ from .common import adapter_kind, adapter_kinds, trainable_summary
 from .lora import DEFAULT_TARGETS, LoRAConfig, LoRALinear, LoRAMergeConfig, lora_modules
 from .prompt import PromptConfig
 from .rank import truncate_to_rank, update_spectrum
+from .slimfit import SlimFitConfig, SlimFitFreezer
 from .train import (
     FineTuneConfig,
     FineTuneResult,
     MemoryMeter,
-    SlimFitConfig,
-    SlimFitFreezer,
     finetune,
     lora_plus_scales,
 )

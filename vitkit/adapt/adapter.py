@@ -31,6 +31,7 @@ from ..adapters.timm_vit import block_parts, describe
 from ..configs import TransformConfig, select_names
 from ..errors import ConfigError, UnsupportedModelError
 from ..registry import register_transform
+from ..validate import check_int, check_number
 from .common import check_can_add, freeze_base, trainable_summary
 
 
@@ -47,12 +48,11 @@ class AdapterConfig(TransformConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        if isinstance(self.bottleneck, bool) or not isinstance(self.bottleneck, int) or self.bottleneck <= 0:
-            raise ConfigError(f"AdapterConfig.bottleneck must be a positive int, got {self.bottleneck!r}")
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float) or self.scale == 0:
+        check_int(self.bottleneck, "AdapterConfig.bottleneck", low=1)
+        check_number(self.scale, "AdapterConfig.scale")
+        if self.scale == 0:
             raise ConfigError(f"AdapterConfig.scale must be a non-zero number, got {self.scale!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"AdapterConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        check_number(self.dropout, "AdapterConfig.dropout", low=0.0, high=1.0, high_open=True)
 
 
 class AdaptFormerMlp(Mlp):
@@ -114,8 +114,9 @@ def _add_adapters(model: nn.Module, cfg: AdapterConfig, names: list[str]) -> Non
     kind="structure",
     paper="AdaptFormer (Chen et al., NeurIPS 2022)",
     restore=lambda model, cfg, decisions: _add_adapters(model, cfg, decisions["blocks"]),
+    example={"bottleneck": 4, "scale": 0.5},
 )
-def adapter(model: nn.Module, cfg: AdapterConfig, *, calib=None, dry_run: bool = False) -> dict:
+def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, calib=None, dry_run: bool = False) -> dict:
     check_can_add(model, "adapter")
     names = plan_adapter(model, cfg)
     dim = describe(model).embed_dim

@@ -44,6 +44,7 @@ from ..errors import ConfigError
 from ..history import step_history
 from ..ops.lora import fold_lora, init_lora, pissa_init
 from ..registry import register_transform
+from ..validate import check_choice, check_int, check_number
 from .common import KIND_NAMES, adapter_kinds, check_can_add, freeze_base, trainable_summary, unfreeze_base
 
 _log = logging.getLogger(__name__)
@@ -74,16 +75,11 @@ class LoRAConfig(TransformConfig):
     init: str = "lora"
 
     def validate(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
-            raise ConfigError(f"LoRAConfig.rank must be a positive int, got {self.rank!r}")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or self.alpha <= 0:
-            raise ConfigError(f"LoRAConfig.alpha must be a positive number, got {self.alpha!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"LoRAConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if self.variant not in VARIANTS:
-            raise ConfigError(f"LoRAConfig.variant must be one of {list(VARIANTS)}, got {self.variant!r}")
-        if self.init not in INITS:
-            raise ConfigError(f"LoRAConfig.init must be one of {list(INITS)}, got {self.init!r}")
+        check_int(self.rank, "LoRAConfig.rank", low=1)
+        check_number(self.alpha, "LoRAConfig.alpha", low=0.0, low_open=True)
+        check_number(self.dropout, "LoRAConfig.dropout", low=0.0, high=1.0, high_open=True)
+        check_choice(self.variant, "LoRAConfig.variant", VARIANTS)
+        check_choice(self.init, "LoRAConfig.init", INITS)
         if self.init == "pissa" and self.variant != "lora":
             raise ConfigError(
                 f"LoRAConfig.init='pissa' applies to variant='lora' only (got variant={self.variant!r}): "
@@ -202,8 +198,10 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     paper="LoRA (Hu et al., ICLR 2022); LoRAT — Tracking Meets LoRA (CVPR 2024); HiRA (Huang et al., ICLR 2025); "
     "PiSSA (Meng et al., NeurIPS 2024)",
     restore=lambda model, cfg, decisions: _add_lora(model, cfg, decisions["modules"]),
+    example={"rank": 2, "init": "pissa"},
+    zero={"rank": 2},  # B starts at zero: the adapted model computes exactly the base model
 )
-def lora(model: nn.Module, cfg: LoRAConfig, *, calib=None, dry_run: bool = False) -> dict:
+def apply_lora(model: nn.Module, cfg: LoRAConfig, *, calib=None, dry_run: bool = False) -> dict:
     """Inject LoRA into the target linears and freeze the rest (see module docstring)."""
     check_can_add(model, "lora")
     names = plan_lora(model, cfg)
@@ -270,8 +268,11 @@ def _fold_all(model: nn.Module) -> list[str]:
     kind="weights",
     paper="LoRA (Hu et al., ICLR 2022) §4.1: merged weights, no inference latency",
     restore=lambda model, cfg, decisions: _fold_all(model),
+    example={},
+    zero={},  # folding a LoRA that has not trained (B = 0) changes nothing
+    after=("lora",),
 )
-def lora_merge(model: nn.Module, cfg: LoRAMergeConfig, *, calib=None, dry_run: bool = False) -> dict:
+def apply_lora_merge(model: nn.Module, cfg: LoRAMergeConfig, *, calib=None, dry_run: bool = False) -> dict:
     if dry_run:  # earlier steps of the same dry run have not added their LoRA layers: plan, do not check
         mods = lora_modules(model)
         return {"modules": list(mods), "summary": "fold the LoRA updates (added by the lora step) into the weights"}

@@ -30,6 +30,7 @@ from ..adapters.timm_vit import PROMPT_TOKENS_ATTR, describe
 from ..configs import TransformConfig
 from ..errors import ConfigError, UnsupportedModelError
 from ..registry import register_transform
+from ..validate import check_bool, check_int, check_number
 from .common import check_can_add, freeze_base, trainable_summary
 
 START_ATTR = "_vitkit_prompt_start"
@@ -49,12 +50,9 @@ class PromptConfig(TransformConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        if isinstance(self.num_tokens, bool) or not isinstance(self.num_tokens, int) or self.num_tokens <= 0:
-            raise ConfigError(f"PromptConfig.num_tokens must be a positive int, got {self.num_tokens!r}")
-        if not isinstance(self.deep, bool):
-            raise ConfigError(f"PromptConfig.deep must be true or false, got {self.deep!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"PromptConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        check_int(self.num_tokens, "PromptConfig.num_tokens", low=1)
+        check_bool(self.deep, "PromptConfig.deep")
+        check_number(self.dropout, "PromptConfig.dropout", low=0.0, high=1.0, high_open=True)
         if self.targets is not None or self.skip:
             raise ConfigError("PromptConfig takes no targets/skip: prompts enter at block 0 (and every block if deep)")
 
@@ -147,8 +145,9 @@ def _add_prompts(model: nn.Module, cfg: PromptConfig) -> list[str]:
     kind="structure",
     paper="VPT — Visual Prompt Tuning (Jia et al., ECCV 2022); DVPT (He et al., 2023)",
     restore=lambda model, cfg, decisions: _add_prompts(model, cfg),
+    example={"num_tokens": 2, "deep": True},
 )
-def prompt(model: nn.Module, cfg: PromptConfig, *, calib=None, dry_run: bool = False) -> dict:
+def apply_prompt(model: nn.Module, cfg: PromptConfig, *, calib=None, dry_run: bool = False) -> dict:
     check_can_add(model, "prompt")
     info = describe(model)
     _check_promptable(model)

@@ -2,15 +2,7 @@
 
 * :func:`finetune` trains only the parameters that require grad (what an adaptation step left trainable)
   with vitkit's one training loop, optionally with :class:`SlimFitConfig` freezing and a memory meter.
-* SlimFit — Ardakani et al., "SlimFit: Memory-Efficient Fine-Tuning of Transformer-based Models Using
-  Training Dynamics" (2023), §3 inter-layer scheduling: every ``interval`` steps the trainable layers are
-  ranked by how much their weights moved since the last check (``‖W_t − W_{t−k}‖ / ‖W_{t−k}‖``) and the
-  ``ratio`` fraction that moved least is frozen until the next check (frozen layers keep their last
-  score, so they can come back). From step 0 the earliest ``ratio`` of the layers are frozen (no dynamics
-  known yet), so the fraction is frozen at every step and the *peak* memory drops. Frozen layers need no
-  weight gradients and their linears save no input activations. Deliberate differences: we freeze whole
-  ``nn.Linear`` layers only (not norms/embeddings), start from the earliest layers rather than from a
-  measured schedule, and SlimFit's quantization/pruning of the "static" activations is not implemented.
+* SlimFit freezing lives in :mod:`vitkit.adapt.slimfit`.
 * ``finetune`` is also a registered *weights* step (:class:`FineTuneConfig`), so a recipe can run
   ``lora → finetune → lora_merge``.
 * LoRA+ — Hayou, Ghosh & Yu, "LoRA+: Efficient Low Rank Adaptation of Large Models" (ICML 2024), §3:
@@ -21,93 +13,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..configs import TransformConfig, select_names
+from ..configs import TransformConfig
 from ..errors import ConfigError, DataError
 from ..registry import register_transform
 from ..training import TrainConfig, TrainResult, ce_loss, fit
+from ..validate import check_int, check_number
 from .common import trainable_summary
+from .slimfit import SlimFitConfig, SlimFitFreezer
 
 _log = logging.getLogger(__name__)
 
 
 def lora_plus_scales(ratio: float = 16.0) -> tuple[tuple[str, float], ...]:
     """LoRA+ (Hayou et al., 2024, §3): ``η_B = ratio · η_A`` as ``TrainConfig.lr_scales`` (ratio 1 = plain LoRA)."""
-    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio > 0:
-        raise ConfigError(f"LoRA+ ratio must be a positive number, got {ratio!r}")
+    check_number(ratio, "LoRA+ ratio", low=0.0, low_open=True)
     return () if float(ratio) == 1.0 else (("*.lora_B", float(ratio)),)
-
-
-@dataclass(frozen=True)
-class SlimFitConfig(TransformConfig):
-    """Freeze the ``ratio`` fraction of trainable linear layers (``targets``: globs over linear names,
-    default ``blocks.*``) whose weights moved least, re-decided every ``interval`` steps after ``warmup``."""
-
-    ratio: float = 0.5
-    interval: int = 10
-    warmup: int = 10
-
-    def validate(self) -> None:
-        if not 0.0 <= float(self.ratio) < 1.0:
-            raise ConfigError(f"SlimFitConfig.ratio must be in [0, 1), got {self.ratio!r}")
-        for name in ("interval", "warmup"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (1 if name == "interval" else 0):
-                raise ConfigError(f"SlimFitConfig.{name} must be an int >= {int(name == 'interval')}, got {v!r}")
-
-
-class SlimFitFreezer:
-    """Call :meth:`step` after every optimizer step (``fit``'s progress callback does)."""
-
-    def __init__(self, model: nn.Module, cfg: SlimFitConfig) -> None:
-        names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.weight.requires_grad]
-        if not names:
-            raise ConfigError("SlimFit found no trainable nn.Linear layers to schedule")
-        targets = cfg.targets if cfg.targets is not None else ("blocks.*",)
-        self.names = select_names(names, targets, cfg.skip, what="trainable linear layers")
-        self.cfg = cfg
-        self.layers = {n: model.get_submodule(n) for n in self.names}
-        self.prev = {n: m.weight.detach().clone() for n, m in self.layers.items()}
-        self.score = dict.fromkeys(self.names, float("inf"))
-        self.history: list[int] = []  # frozen layer count at each check
-        # before any dynamics are known, freeze the earliest layers (they move least in fine-tuning); their
-        # score stays unknown (inf), so the first check brings them back and freezes measured ones instead
-        self.frozen = set(self.names[: int(cfg.ratio * len(self.names))])
-        for n in self.frozen:
-            self._set(n, False)
-
-    def _set(self, name: str, trainable: bool) -> None:
-        for p in self.layers[name].parameters(recurse=False):
-            p.requires_grad_(trainable)
-
-    def step(self, step: int) -> None:
-        c = self.cfg
-        if step < c.warmup or (step - c.warmup) % c.interval:
-            return
-        for n, m in self.layers.items():
-            w = m.weight.detach()
-            if n not in self.frozen:
-                self.score[n] = float((w - self.prev[n]).norm() / self.prev[n].norm().clamp_min(1e-12))
-            self.prev[n] = w.clone()
-        k = int(c.ratio * len(self.names))
-        ranked = sorted(self.names, key=lambda n: self.score[n])
-        new = set(ranked[:k])
-        for n in self.names:
-            self._set(n, n not in new)
-        self.frozen = new
-        self.history.append(len(new))
-
-    def release(self) -> None:
-        """Unfreeze every scheduled layer (end of training)."""
-        for n in self.names:
-            self._set(n, True)
-        self.frozen = set()
 
 
 class MemoryMeter:
@@ -211,52 +140,46 @@ def finetune(
 
 
 # -- the recipe step ---------------------------------------------------------------------------------------------
+#: The training loop's settings for a recipe's fine-tuning step (``FineTuneConfig.train``).
+FINETUNE_TRAIN = TrainConfig(epochs=10, batch_size=32, lr=1e-3, weight_decay=0.05, label_smoothing=0.1)
+_FLAT_TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing", "seed")
+
+
 @dataclass(frozen=True)
 class FineTuneConfig(TransformConfig):
     """Fine-tune the trainable parameters on a dataset (``vitkit.data.load_dataset`` name) inside a recipe.
     ``num_classes``: replace the classifier with a fresh one first (a new label space); ``slimfit``: SlimFit
     freezing ratio (0 = off); ``limit``: train on the first N samples of each epoch's shuffled order;
-    ``lora_plus``: LoRA+ ratio η_B/η_A for LoRA's B factors (1 = plain LoRA)."""
+    ``lora_plus``: LoRA+ ratio η_B/η_A for LoRA's B factors (1 = plain LoRA); ``train``: the loop's
+    :class:`~vitkit.training.TrainConfig` (YAML ``train: {epochs: 3, lr: 0.001}``)."""
 
+    version: ClassVar[int] = 2
     data: str = "digits"
     split: str = "train"
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
     num_classes: int | None = None
     slimfit: float = 0.0
     limit: int | None = None
-    seed: int = 0
     lora_plus: float = 1.0
+    train: TrainConfig = field(default_factory=lambda: FINETUNE_TRAIN)
+
+    @classmethod
+    def migrate(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 held the training settings flat (``epochs: 3``); they now live under ``train``."""
+        flat = {k: data.pop(k) for k in _FLAT_TRAIN_KEYS if k in data}
+        if flat:
+            data["train"] = {**dict(data.get("train") or {}), **flat}
+        return data
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"FineTuneConfig.{name} must be a positive int, got {v!r}")
-        if not float(self.lr) > 0:
-            raise ConfigError(f"FineTuneConfig.lr must be positive, got {self.lr!r}")
-        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes <= 1):
-            raise ConfigError(f"FineTuneConfig.num_classes must be an int >= 2 or null, got {self.num_classes!r}")
+        check_int(self.train.epochs, "FineTuneConfig.train.epochs", low=1)
+        check_int(self.num_classes, "FineTuneConfig.num_classes", low=2, optional=True)
         SlimFitConfig(ratio=self.slimfit)
-        if self.limit is not None and (
-            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
-        ):
-            raise ConfigError(f"FineTuneConfig.limit must be a positive int or null, got {self.limit!r}")
+        check_int(self.limit, "FineTuneConfig.limit", low=1, optional=True)
         lora_plus_scales(self.lora_plus)
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=float(self.lr),
-            weight_decay=float(self.weight_decay),
-            label_smoothing=float(self.label_smoothing),
-            seed=int(self.seed),
-            lr_scales=lora_plus_scales(self.lora_plus),
-        )
+        """``train`` with LoRA+'s per-parameter lr multipliers added."""
+        return dataclasses.replace(self.train, lr_scales=self.train.lr_scales + lora_plus_scales(self.lora_plus))
 
 
 def _reset_head(model: nn.Module, cfg: FineTuneConfig) -> None:
@@ -270,8 +193,9 @@ def _reset_head(model: nn.Module, cfg: FineTuneConfig) -> None:
     kind="weights",
     paper="SlimFit (Ardakani et al., 2023) for optional freezing",
     restore=lambda model, cfg, decisions: _reset_head(model, cfg),
+    example={"data": "digits", "limit": 8, "train": {"epochs": 1, "batch_size": 8}},
 )
-def finetune_step(model: nn.Module, cfg: FineTuneConfig, *, calib=None, dry_run: bool = False) -> dict:
+def apply_finetune(model: nn.Module, cfg: FineTuneConfig, *, calib=None, dry_run: bool = False) -> dict:
     from ..data import load_dataset
 
     data = load_dataset(cfg.data, cfg.split, model=model)
@@ -280,7 +204,7 @@ def finetune_step(model: nn.Module, cfg: FineTuneConfig, *, calib=None, dry_run:
     if top >= n_classes:
         raise DataError(f"{cfg.data} has labels up to {top} but the model has {n_classes} classes: set num_classes")
     if dry_run:
-        return {"images": len(data), "summary": f"fine-tune {cfg.epochs} epochs on {cfg.data}/{cfg.split}"}
+        return {"images": len(data), "summary": f"fine-tune {cfg.train.epochs} epochs on {cfg.data}/{cfg.split}"}
     _reset_head(model, cfg)
     slim = SlimFitConfig(ratio=float(cfg.slimfit)) if cfg.slimfit > 0 else None
     res = finetune(model, data, cfg.train_config(), slimfit=slim, limit=cfg.limit)
@@ -289,5 +213,5 @@ def finetune_step(model: nn.Module, cfg: FineTuneConfig, *, calib=None, dry_run:
         "trainable": res.trainable,
         "final_loss": round(float(res.train.final_loss), 5),
         "seconds": round(res.train.seconds, 2),
-        "summary": f"fine-tuned {res.trainable['trainable']} params for {cfg.epochs} epochs on {cfg.data}",
+        "summary": f"fine-tuned {res.trainable['trainable']} params for {cfg.train.epochs} epochs on {cfg.data}",
     }

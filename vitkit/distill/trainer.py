@@ -12,8 +12,8 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -23,6 +23,7 @@ from ..configs import TransformConfig
 from ..errors import ConfigError
 from ..registry import register_transform
 from ..training import TrainConfig, fit
+from ..validate import check_choice, check_int, check_number
 from . import losses as L
 
 _log = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ def progress_to(fn: Callable[[dict], None] | None) -> Iterator[None]:
         _PROGRESS.reset(token)
 
 
+#: The training loop's settings for distillation (``DistillConfig.train``): one short epoch, small lr, no warm-up.
+DISTILL_TRAIN = TrainConfig(epochs=1, batch_size=32, lr=2e-4, weight_decay=0.05, warmup_epochs=0.0, label_smoothing=0.0)
+#: Keys version 1 of DistillConfig held flat; version 2 nests them under ``train``.
+_FLAT_TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "shift", "rotate", "scale", "seed")
+
+
 @dataclass(frozen=True)
 class DistillConfig(TransformConfig):
     """Knowledge-distillation recovery (fine-tune the model against a teacher).
@@ -57,14 +64,11 @@ class DistillConfig(TransformConfig):
     final features of student and teacher. ``cache_dir``: store/reuse the teacher's top-``topk`` probabilities
     there (TinyViT) so repeated recoveries skip the teacher. ``data``/``split``/``limit``: training images.
     ``checkpoint_dir``/``checkpoint_every``/``resume``: exact-resume checkpoints. ``optimizer``: ``adamw`` or
-    a timm optimizer name (``adan``, ``lamb`` ...).
+    a timm optimizer name (``adan``, ``lamb`` ...). ``train``: the loop's :class:`~vitkit.training.TrainConfig`
+    (epochs, batch_size, lr, warm-up, augmentation, seed, threads; YAML ``train: {epochs: 3}``).
     """
 
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 2e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.0
+    version: ClassVar[int] = 2
     loss: str = "soft"
     temperature: float = 1.0
     alpha: float = 1.0
@@ -74,9 +78,6 @@ class DistillConfig(TransformConfig):
     data: str = "mnist5k"
     split: str = "train"
     limit: int | None = None
-    shift: float = 2.0
-    rotate: float = 0.0
-    scale: float = 0.0
     generic_epochs: int = 0
     cache_dir: str | None = None
     topk: int = 10
@@ -84,45 +85,28 @@ class DistillConfig(TransformConfig):
     checkpoint_dir: str | None = None
     checkpoint_every: int = 0
     resume: bool = False
-    seed: int = 0
-    threads: int | None = None
+    train: TrainConfig = field(default_factory=lambda: DISTILL_TRAIN)
+
+    @classmethod
+    def migrate(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 held the training settings flat (``epochs: 3``); they now live under ``train``."""
+        flat = {k: data.pop(k) for k in (*_FLAT_TRAIN_KEYS, "threads") if k in data}
+        if flat:
+            data["train"] = {**dict(data.get("train") or {}), **flat}
+        return data
 
     def validate(self) -> None:
         n = type(self).__name__
-        if self.loss not in L.LOSSES:
-            raise ConfigError(f"{n}.loss must be one of {list(L.LOSSES)}, got {self.loss!r}")
-        for f in ("epochs", "batch_size", "topk"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{n}.{f} must be a positive int, got {v!r}")
-        g = self.generic_epochs
-        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
-            raise ConfigError(f"{n}.generic_epochs must be an int >= 0 (G2SD feature stage), got {g!r}")
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise ConfigError(f"{n}.alpha must be in [0, 1], got {self.alpha}")
-        if float(self.temperature) <= 0 or float(self.lr) <= 0:
-            raise ConfigError(f"{n}.temperature and lr must be positive")
-        if float(self.feature_weight) < 0:
-            raise ConfigError(f"{n}.feature_weight must be >= 0, got {self.feature_weight}")
+        check_choice(self.loss, f"{n}.loss", L.LOSSES)
+        check_int(self.train.epochs, f"{n}.train.epochs", low=1)
+        check_int(self.topk, f"{n}.topk", low=1)
+        check_int(self.generic_epochs, f"{n}.generic_epochs", low=0, why=" (G2SD feature stage)")
+        check_number(self.alpha, f"{n}.alpha", low=0.0, high=1.0)
+        check_number(self.temperature, f"{n}.temperature", low=0.0, low_open=True)
+        check_number(self.feature_weight, f"{n}.feature_weight", low=0.0)
         if self.resume and not self.checkpoint_dir:
             raise ConfigError(f"{n}.resume needs checkpoint_dir")
-        if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
-            raise ConfigError(f"{n}.limit must be a positive int or null, got {self.limit!r}")
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_epochs=self.warmup_epochs,
-            label_smoothing=0.0,
-            shift=self.shift,
-            rotate=self.rotate,
-            scale=self.scale,
-            seed=self.seed,
-            threads=self.threads,
-        )
+        check_int(self.limit, f"{n}.limit", low=1, optional=True)
 
 
 def _split_outputs(out) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,7 +216,7 @@ def distill(
     from .cache import LogitCache, fingerprint
 
     progress = progress or _PROGRESS.get()
-    tcfg = cfg.train_config()
+    tcfg = cfg.train
     if teacher is not None:  # runs under no_grad in the loss; its parameters' flags are left untouched
         teacher.eval()
     two_stage = cfg.generic_epochs > 0
@@ -245,8 +229,8 @@ def distill(
         num_classes = int(getattr(student, "num_classes", 0))
         cache = LogitCache(cfg.cache_dir, k=cfg.topk, temperature=cfg.temperature, num_classes=num_classes)
         t0 = time.perf_counter()
-        header = {"seed": cfg.seed, "batch_size": cfg.batch_size, "n": len(train_set), "limit": cfg.limit}
-        for epoch in range(cfg.epochs):
+        header = {"seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "n": len(train_set), "limit": cfg.limit}
+        for epoch in range(cfg.train.epochs):
             batches = epoch_batches(train_set, tcfg, epoch, limit=cfg.limit)  # the stream fit() will replay
             if teacher is None:
                 break
@@ -296,12 +280,12 @@ def distill(
         if distilled:
             student.set_distilled_training(False)
     per_epoch = len(train_set) if cfg.limit is None else min(cfg.limit, len(train_set))
-    epochs = cfg.epochs + cfg.generic_epochs
+    epochs = cfg.train.epochs + cfg.generic_epochs
     return {
-        "epochs": cfg.epochs,
+        "epochs": cfg.train.epochs,
         "generic_epochs": cfg.generic_epochs,
         "images_seen": epochs * per_epoch,
-        "steps": epochs * -(-per_epoch // cfg.batch_size),
+        "steps": epochs * -(-per_epoch // cfg.train.batch_size),
         "seconds": round(res.seconds + generic_seconds, 2),
         "generic_seconds": round(generic_seconds, 2),
         "cache_seconds": round(cache_seconds, 2),
@@ -332,14 +316,18 @@ def resolve_teacher(model: nn.Module, cfg: DistillConfig) -> nn.Module | None:
 
 
 @register_transform(
-    DistillConfig, name="distill", kind="weights", paper="DeiT (Touvron et al., ICML 2021) / NKD / TinyViT"
+    DistillConfig,
+    name="distill",
+    kind="weights",
+    paper="DeiT (Touvron et al., ICML 2021) / NKD / TinyViT",
+    example=lambda workdir: {"teacher": str(workdir / "model"), "limit": 8, "train": {"epochs": 1, "batch_size": 8}},
 )
 def apply_distill(model: nn.Module, cfg: DistillConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     """Fine-tune ``model`` in place by distillation (a weights step: nothing to replay when loading)."""
     from ..data import load_dataset
 
     if dry_run:
-        return {"summary": f"would distil {cfg.epochs} epoch(s) of {cfg.data}/{cfg.split} with {cfg.loss} KD"}
+        return {"summary": f"would distil {cfg.train.epochs} epoch(s) of {cfg.data}/{cfg.split} with {cfg.loss} KD"}
     teacher = resolve_teacher(model, cfg)
     train_set = load_dataset(cfg.data, cfg.split, model=model)
     out = distill(model, teacher, train_set, cfg)

@@ -6,6 +6,7 @@ families (distillation, adaptation) build on :func:`train_classifier` rather tha
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import logging
 import math
@@ -39,6 +40,23 @@ class TrainConfig:
     #: ``((glob over parameter names, lr multiplier), ...)``: the first matching glob scales that parameter's
     #: learning rate (warm-up and cosine follow); e.g. LoRA+ is ``(("*.lora_B", 16.0),)``
     lr_scales: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        """Validate (one-line :class:`ConfigError` naming the field); YAML lists become tuples so it stays hashable."""
+        from ..validate import check_int, check_number
+
+        object.__setattr__(self, "lr_scales", tuple((str(g), float(m)) for g, m in self.lr_scales))
+        check_int(self.epochs, "TrainConfig.epochs", low=0)
+        check_int(self.batch_size, "TrainConfig.batch_size", low=1)
+        check_number(self.lr, "TrainConfig.lr", low=0.0, low_open=True)
+        for name in ("weight_decay", "warmup_epochs", "shift", "rotate", "scale"):
+            check_number(getattr(self, name), f"TrainConfig.{name}", low=0.0)
+        check_number(self.label_smoothing, "TrainConfig.label_smoothing", low=0.0, high=1.0, high_open=True)
+        check_int(self.seed, "TrainConfig.seed")
+        check_int(self.threads, "TrainConfig.threads", low=1, optional=True)
+
+    def to_dict(self) -> dict:
+        return {k: [list(p) for p in v] if k == "lr_scales" else v for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass
