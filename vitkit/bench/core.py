@@ -105,6 +105,41 @@ def _example(data, batch: int, shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
 
 
+def _accuracy(rows: list[VariantResult], models, data, limit: int | None, *, has_baseline: bool) -> None:
+    """top-1/top-5 of every model; agreement and KL against the first (the baseline) when there is one."""
+    logits = [classify(m, data, limit=limit) for m in models]
+    for row, (out, labels) in zip(rows, logits, strict=True):
+        row.top1 = topk_accuracy(out, labels, 1)
+        row.top5 = topk_accuracy(out, labels, 5)
+        row.agreement, row.kl = 1.0, 0.0
+    if has_baseline:
+        for row, (out, _) in zip(rows[1:], logits[1:], strict=True):
+            agr = agreement(out, logits[0][0])
+            row.agreement, row.kl = agr["agreement"], agr["kl"]
+
+
+def _size_and_memory(row: VariantResult, m: nn.Module, data, shape, memory_batch: int | None) -> None:
+    if is_external(m):  # an ONNX Runtime session: its file, no PyTorch parameters or MAC counter
+        row.file_bytes = int(m.file_bytes)
+        row.params = None
+        row.extra["runtime"] = type(m).__name__
+    else:
+        row.params = param_count(m)
+        row.file_bytes = file_bytes(m)
+        row.macs = count_macs(m, _example(data, 1, shape))
+    if memory_batch is not None:
+        row.peak_mem_mb = peak_inference_mb(m, _example(data, memory_batch, shape))
+
+
+def _ratios(base: VariantResult, candidates: list[VariantResult]) -> None:
+    """Throughput speed-up and batch-1 latency ratio of each candidate over the baseline."""
+    for cand in candidates:
+        cand.speedup = round(cand.throughput / base.throughput, 3) if base.throughput else None
+        if base.latency_p50_ms and cand.latency_p50_ms:
+            cand.latency_ratio = round(base.latency_p50_ms / cand.latency_p50_ms, 3)
+    base.speedup = base.latency_ratio = 1.0
+
+
 def benchmark(
     model: nn.Module,
     data=None,
@@ -144,15 +179,7 @@ def benchmark(
     rows = [VariantResult(name=n) for n in names]
 
     if data is not None:
-        logits = [classify(m, data, limit=eval_limit) for m in models]
-        for row, (out, labels) in zip(rows, logits, strict=True):
-            row.top1 = topk_accuracy(out, labels, 1)
-            row.top5 = topk_accuracy(out, labels, 5)
-            row.agreement, row.kl = 1.0, 0.0
-        if baseline is not None:
-            for row, (out, _) in zip(rows[1:], logits[1:], strict=True):
-                agr = agreement(out, logits[0][0])
-                row.agreement, row.kl = agr["agreement"], agr["kl"]
+        _accuracy(rows, models, data, eval_limit, has_baseline=baseline is not None)
 
     if data is not None and robust is not None:
         for row, r in zip(rows, robustness(models, data, robust), strict=True):
@@ -177,23 +204,9 @@ def benchmark(
             row.latency_p90_ms = round(1e3 * timing.percentile(s, 90), 3)
 
     for row, m in zip(rows, models, strict=True):
-        if is_external(m):  # an ONNX Runtime session: its file, no PyTorch parameters or MAC counter
-            row.file_bytes = int(m.file_bytes)
-            row.params = None
-            row.extra["runtime"] = type(m).__name__
-        else:
-            row.params = param_count(m)
-            row.file_bytes = file_bytes(m)
-            row.macs = count_macs(m, _example(data, 1, shape))
-        if measure_memory:
-            row.peak_mem_mb = peak_inference_mb(m, _example(data, big, shape))
+        _size_and_memory(row, m, data, shape, big if measure_memory else None)
     if baseline is not None:
-        base = rows[0]
-        for cand in rows[1:]:
-            cand.speedup = round(cand.throughput / base.throughput, 3) if base.throughput else None
-            if base.latency_p50_ms and cand.latency_p50_ms:
-                cand.latency_ratio = round(base.latency_p50_ms / cand.latency_p50_ms, 3)
-        base.speedup = base.latency_ratio = 1.0
+        _ratios(rows[0], rows[1:])
     settings = dict(batch_sizes=list(batch_sizes), repeats=repeats, warmup=warmup, latency_runs=latency_runs)
     if data is not None:
         settings["data"] = getattr(data, "name", type(data).__name__)

@@ -201,6 +201,26 @@ def _stage_dir(checkpoint_dir: str | None, stage: str, two_stage: bool) -> str |
     return str(Path(checkpoint_dir) / stage)
 
 
+def _logit_cache(student: nn.Module, teacher: nn.Module | None, train_set, cfg: DistillConfig):
+    """TinyViT's cache: the teacher's top-k logits for every (epoch, batch) the loop will replay, built (or
+    reused) in ``cfg.cache_dir`` before training."""
+    from ..training import epoch_batches
+    from .cache import LogitCache, fingerprint
+
+    if cfg.feature_weight > 0:
+        raise ConfigError("the logit cache stores logits only: set feature_weight: 0 or drop cache_dir")
+    num_classes = int(getattr(student, "num_classes", 0))
+    cache = LogitCache(cfg.cache_dir, k=cfg.topk, temperature=cfg.temperature, num_classes=num_classes)
+    header = {"seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "n": len(train_set), "limit": cfg.limit}
+    for epoch in range(cfg.train.epochs):
+        batches = epoch_batches(train_set, cfg.train, epoch, limit=cfg.limit)  # the stream fit() will replay
+        if teacher is None:
+            break
+        header["teacher"] = fingerprint(teacher)
+        cache.build(teacher, batches, epoch, header)
+    return cache
+
+
 def distill(
     student: nn.Module, teacher: nn.Module | None, train_set, cfg: DistillConfig, *, progress=None
 ) -> dict[str, Any]:
@@ -212,9 +232,6 @@ def distill(
     """
     from pathlib import Path
 
-    from ..training import epoch_batches
-    from .cache import LogitCache, fingerprint
-
     progress = progress or _PROGRESS.get()
     tcfg = cfg.train
     if teacher is not None:  # runs under no_grad in the loss; its parameters' flags are left untouched
@@ -222,21 +239,9 @@ def distill(
     two_stage = cfg.generic_epochs > 0
     if two_stage and teacher is None:
         raise ConfigError("generic_epochs > 0 needs a live teacher (features are not cached): pass the teacher")
-    cache, cache_seconds = None, 0.0
-    if cfg.cache_dir:
-        if cfg.feature_weight > 0:
-            raise ConfigError("the logit cache stores logits only: set feature_weight: 0 or drop cache_dir")
-        num_classes = int(getattr(student, "num_classes", 0))
-        cache = LogitCache(cfg.cache_dir, k=cfg.topk, temperature=cfg.temperature, num_classes=num_classes)
-        t0 = time.perf_counter()
-        header = {"seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "n": len(train_set), "limit": cfg.limit}
-        for epoch in range(cfg.train.epochs):
-            batches = epoch_batches(train_set, tcfg, epoch, limit=cfg.limit)  # the stream fit() will replay
-            if teacher is None:
-                break
-            header["teacher"] = fingerprint(teacher)
-            cache.build(teacher, batches, epoch, header)
-        cache_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cache = _logit_cache(student, teacher, train_set, cfg) if cfg.cache_dir else None
+    cache_seconds = time.perf_counter() - t0 if cache is not None else 0.0
     distilled = hasattr(student, "set_distilled_training") and getattr(student, "dist_token", None) is not None
     if distilled:
         student.set_distilled_training(True)

@@ -157,6 +157,37 @@ def make_optimizer(
     return create_optimizer_v2(groups, opt=name.lower(), lr=cfg.lr)
 
 
+#: Where a fresh run starts (a resumed one reads these from its checkpoint).
+FRESH_STATE = {"step": 0, "loss_ema": float("nan"), "epoch": 0, "batch": 0, "correct": 0, "seen": 0}
+
+
+def warmup_cosine(cfg: TrainConfig, steps_per_epoch: int) -> tuple[Callable[[int], float], int]:
+    """(lr at step, total steps): linear warm-up over ``cfg.warmup_epochs`` then cosine decay to 0."""
+    total = cfg.epochs * steps_per_epoch
+    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return lr_at, total
+
+
+def _start_state(resume: bool, checkpoint_dir: str | None, model: nn.Module, opt) -> dict:
+    """:data:`FRESH_STATE`, or when resuming the state saved in ``checkpoint_dir`` (model and optimizer restored)."""
+    if not resume:
+        return dict(FRESH_STATE, history=[])
+    from . import checkpoint as ckpt
+
+    state = ckpt.load_training_state(checkpoint_dir, model, opt)
+    _log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint_dir, *map(state.get, STATE_KEYS))
+    return state
+
+
+STATE_KEYS = ("step", "epoch", "batch")
+
+
 def fit(
     model: nn.Module,
     train_set: Dataset,
@@ -190,24 +221,11 @@ def fit(
     loss_fn = loss_fn or ce_loss(cfg)
     opt = make_optimizer([(n, p) for n, p in model.named_parameters() if p.requires_grad], cfg, optimizer)
     n_samples = len(train_set) if limit is None else min(limit, len(train_set))
-    steps_per_epoch = math.ceil(n_samples / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    warm = max(1, int(cfg.warmup_epochs * steps_per_epoch))
-
-    def lr_at(step: int) -> float:
-        if step < warm:
-            return cfg.lr * (step + 1) / warm
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    start, step, loss_ema = time.perf_counter(), 0, float("nan")
-    history: list[dict] = []
-    first_epoch, skip, correct, seen = 0, 0, 0, 0
-    if resume:
-        state = ckpt.load_training_state(checkpoint_dir, model, opt)
-        step, loss_ema, history = state["step"], state["loss_ema"], state["history"]
-        first_epoch, skip = state["epoch"], state["batch"]
-        correct, seen = state["correct"], state["seen"]
-        _log.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint_dir, step, first_epoch, skip)
+    lr_at, total = warmup_cosine(cfg, math.ceil(n_samples / cfg.batch_size))
+    start = time.perf_counter()
+    state = _start_state(resume, checkpoint_dir, model, opt)
+    step, loss_ema, history = state["step"], state["loss_ema"], state["history"]
+    first_epoch, skip, correct, seen = state["epoch"], state["batch"], state["correct"], state["seen"]
     net = dist.wrap(model)
 
     def save() -> None:
