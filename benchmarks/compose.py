@@ -42,8 +42,8 @@ from vitkit.bench.metrics import agreement, classify, topk_accuracy  # noqa: E40
 from vitkit.bench.record import env_lines, write_section  # noqa: E402
 from vitkit.bench.timing import interleaved_times  # noqa: E402
 from vitkit.data import calibration_set, load_dataset  # noqa: E402
+from vitkit.deploy import OrtModule, deploy_int8, export_onnx  # noqa: E402
 from vitkit.prune import PruneConfig  # noqa: E402
-from vitkit.quant.deploy import OrtModule, deploy_int8, export_onnx  # noqa: E402
 from vitkit.recipe import read_recipe  # noqa: E402
 from vitkit.tokens.tome import ToMeConfig  # noqa: E402
 

@@ -6,7 +6,7 @@ On the reference model (vitkit_mnist_tiny, MNIST-5k), one artifact of each kind 
 original, ToMe r=4, pruned −50 % MACs (taylor, no recovery: parity does not need accuracy), W8A8 RepQ-ViT ptq
 (exported as QDQ with vitkit's scales, and deployed as ORT dynamic int8), early exit (attention-pool heads after
 blocks 1-4, τ calibrated for 0.5 pt; exported as the static select graph) — and exported with
-``vitkit.export.export_model`` exactly as ``vitkit export`` does. Reported per kind: the graph mode, max
+``vitkit.deploy.export_model`` exactly as ``vitkit export`` does. Reported per kind: the graph mode, max
 |ONNX − PyTorch| over the logits and top-1 agreement on the 500 real test images, the file size, and the ONNX
 Runtime session's batch-64 throughput against the same model in PyTorch (interleaved, median of repeats).
 """
@@ -32,11 +32,10 @@ from vitkit.bench.env import environment  # noqa: E402
 from vitkit.bench.record import env_lines, write_section  # noqa: E402
 from vitkit.bench.timing import interleaved_times  # noqa: E402
 from vitkit.data import calibration_set, load_dataset  # noqa: E402
+from vitkit.deploy import OrtModule, export_model  # noqa: E402
 from vitkit.early_exit import EarlyExitConfig  # noqa: E402
-from vitkit.export import export_model  # noqa: E402
 from vitkit.prune import PruneConfig  # noqa: E402
 from vitkit.quant import PTQConfig  # noqa: E402
-from vitkit.quant.deploy import OrtModule  # noqa: E402
 from vitkit.tokens.tome import ToMeConfig  # noqa: E402
 
 warnings.simplefilter("ignore")  # TorchScript tracer warnings of the runtime patches during export
@@ -97,7 +96,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     lines = ["## ONNX export parity per artifact kind (`benchmarks/export.py`)", "", env_lines(environment()), ""]
     lines += [
-        f"Reference model, each artifact exported with `vitkit.export.export_model` (what `vitkit export ART "
+        f"Reference model, each artifact exported with `vitkit.deploy.export_model` (what `vitkit export ART "
         f"--format onnx` runs); parity on the first {images} MNIST-5k test images; throughput of the ONNX Runtime "
         f"session (CPU, {threads} threads) against the same model in PyTorch eager, batch {batch}, interleaved, "
         f"median of {repeats}{' — quick run' if args.quick else ''}. The QDQ graph carries vitkit's own scales, "

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import vitkit  # noqa: E402
-from vitkit.merging import testbed as tb  # noqa: E402
+from benchmarks import merge_testbed as tb  # noqa: E402
 
 
 def rss_anon_kb() -> int:
@@ -312,9 +312,9 @@ def main() -> None:
     lines = [
         "## Model merging (`benchmarks/merge.py" + (" --quick" if args.quick else "") + "`)",
         "",
-        f"Offline testbed (`vitkit.merging.testbed`): tiny timm ViT (28×28, patch 7, width 96, depth 6) pretrained on "
-        f"upright MNIST, fine-tuned on {n_t} derived tasks ({', '.join(tasks)}) with fixed random frozen heads; "
-        f"backbones merged, every merge scored with each task's head on its test split. "
+        f"Offline testbed (`benchmarks/merge_testbed.py`): tiny timm ViT (28×28, patch 7, width 96, depth 6) "
+        f"pretrained on upright MNIST, fine-tuned on {n_t} derived tasks ({', '.join(tasks)}) with fixed random frozen "
+        f"heads; backbones merged, every merge scored with each task's head on its test split. "
         f"Pretraining {bed.seconds['pretrain']:.0f} s, fine-tuning {bed.seconds['finetune']:.0f} s on this machine "
         f"(torch threads: {args.threads}; nan = weights from the --cache).",
         "",

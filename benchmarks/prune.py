@@ -85,7 +85,7 @@ def recovery_table(limit: int, epochs: int, calib_n: int) -> list[str]:
     test = load_dataset("mnist5k", "test", model=ref)
     calib = calibration_set(train, calib_n, seed=0)
     base = evaluate_top1(ref, test)
-    kd = DistillConfig(epochs=epochs, limit=limit, batch_size=32, lr=5e-4, loss="soft", temperature=1.0)
+    kd = DistillConfig(limit=limit, loss="soft", temperature=1.0, train=dict(epochs=epochs, batch_size=32, lr=5e-4))
     rows = [
         f"Reference model dense test top-1: **{100 * base:.2f}%** (500 test images). Pruning: 50% of MACs, "
         f"heads+MLP, global allocation, taylor/hessian scored on 32 images (calib_images default) "
@@ -149,7 +149,9 @@ def target_table(quick: bool) -> list[str]:
     t_prune = time.perf_counter() - t0
     dec = rep.steps[0].decisions
     pruned = evaluate_top1(m, test)
-    out = distill(m, ref, train, DistillConfig(**kd_kw))
+    train_keys = {k: v for k, v in kd_kw.items() if k in ("epochs", "batch_size", "lr", "warmup_epochs")}
+    kd_cfg = DistillConfig(**{k: v for k, v in kd_kw.items() if k not in train_keys}, train=train_keys)
+    out = distill(m, ref, train, kd_cfg)
     after = evaluate_top1(m, test)
     ok = "yes" if base - after <= 0.01 else "**no**"
     kd_desc = ", ".join(f"{k}={v}" for k, v in kd_kw.items())

@@ -4,7 +4,7 @@
    {minmax, percentile, ptq4vit, repq, repq+dopq (median), mixed ~4-bit} and W4A4 repq + APHQ-style block
    reconstruction: top-1 and agreement with FP32, calibration time (32 train images, 2 threads).
 2. Integer-only path (``vitkit.quant.to_integer``, I-ViT ops) and ONNX QDQ export with vitkit's scales
-   (``vitkit.quant.export_qdq``, run in ONNX Runtime) of the W8A8 RepQ-ViT model: top-1, agreement with the
+   (``vitkit.deploy.export_qdq``, run in ONNX Runtime) of the W8A8 RepQ-ViT model: top-1, agreement with the
    fake-quant model, max logit difference; artifact ``model.safetensors`` sizes with packed int8/int4 weights.
 3. Deployment accuracy on the same model: ONNX Runtime fp32, ORT dynamic int8 with the tool's defaults,
    vitkit's deployment (RepQ reparameterization + ORT dynamic MatMul int8, per-channel, reduce_range),
@@ -39,15 +39,16 @@ from vitkit.bench import environment
 from vitkit.bench.metrics import agreement, classify, topk_accuracy
 from vitkit.bench.record import env_lines, write_section
 from vitkit.bench.timing import interleaved_times, median
-from vitkit.quant import MixedPrecisionConfig, PTQConfig, export_qdq, to_integer
-from vitkit.quant.deploy import (
+from vitkit.deploy import (
     OrtModule,
     deploy_int8,
     export_onnx,
+    export_qdq,
     ort_dynamic_int8,
     reparameterize_,
     to_torch_dynamic,
 )
+from vitkit.quant import MixedPrecisionConfig, PTQConfig, to_integer
 
 _log = logging.getLogger("benchmarks.quant")
 warnings.filterwarnings("ignore")

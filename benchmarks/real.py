@@ -58,11 +58,11 @@ from vitkit.bench.metrics import agreement, classify, topk_accuracy  # noqa: E40
 from vitkit.bench.record import env_lines, write_section  # noqa: E402
 from vitkit.bench.timing import interleaved_times, median  # noqa: E402
 from vitkit.data import TensorImageDataset, input_spec, iterate_batches, load_dataset  # noqa: E402
+from vitkit.deploy import OrtModule, deploy_int8, export_onnx  # noqa: E402
 from vitkit.distill import DistillConfig, distill  # noqa: E402
 from vitkit.early_exit import EarlyExitConfig, calibrate, evaluate_exits, reset_histogram, train_exit_heads  # noqa: E402
 from vitkit.prune import PruneConfig  # noqa: E402
 from vitkit.quant import MixedPrecisionConfig, PTQConfig, quantizers, to_integer  # noqa: E402
-from vitkit.quant.deploy import OrtModule, deploy_int8, export_onnx  # noqa: E402
 from vitkit.tokens import RandomDropConfig, ToMeConfig  # noqa: E402
 
 _log = logging.getLogger("benchmarks.real")
@@ -79,7 +79,8 @@ QUICK_N = {"test": 32, "calib": 16, "train": 32, "val": 32}
 BATCH = 16
 #: KD recovery (prune, compose): soft KD from the unpruned model, labels unused (one image per class), AdamW
 #: with warm-up then cosine; augmentation: random ±16 px shifts and ±10 % zoom of the 224² images
-KD = dict(batch_size=32, lr=2e-4, warmup_epochs=0.5, loss="soft", alpha=1.0, temperature=1.0, shift=16.0, scale=0.1)
+KD = dict(loss="soft", alpha=1.0, temperature=1.0)
+KD_TRAIN = dict(batch_size=32, lr=2e-4, warmup_epochs=0.5, shift=16.0, scale=0.1)
 
 
 def pct(v: float) -> str:
@@ -157,7 +158,7 @@ class Ctx:
         return [x.shape[0] / median(t) for t in times]
 
     def kd(self, student, epochs: int) -> dict:
-        cfg = DistillConfig(epochs=epochs, **{**KD, "lr": self.args.kd_lr})
+        cfg = DistillConfig(**KD, train={**KD_TRAIN, "lr": self.args.kd_lr, "epochs": epochs})
         return distill(student, self.model, self.split("train"), cfg)
 
 
@@ -589,7 +590,7 @@ def part_prune(ctx: Ctx) -> dict:
     ips = ctx.speed([ctx.model, *(m for _, m in got)])
     for (row, _), v in zip(got, ips[1:], strict=True):
         row["speedup"] = v / ips[0]
-    kd = {**KD, "lr": ctx.args.kd_lr}
+    kd = {**KD, **KD_TRAIN, "lr": ctx.args.kd_lr}
     return {"rows": [r for r, _ in got], "epochs": ctx.args.epochs, "train": len(ctx.split("train")), "kd": kd}
 
 

@@ -1,11 +1,13 @@
 import pytest
 import timm
+import torch
 from timm.models.vision_transformer import ResPostBlock, VisionTransformer
 
 from vitkit import UnsupportedModelError
-from vitkit.adapters import block_parts, describe
+from vitkit.adapters import TIMM_VIT, HostAdapter, adapter_for, block_parts, describe, run_forward
+from vitkit.adapters.runtime import HostRun, block_modules
 
-from .conftest import make_tiny
+from .conftest import VARIANTS, make_tiny
 
 EXPECTED = {
     "vit": (1, set()),
@@ -57,3 +59,75 @@ def test_attention_pool_named():
     model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, global_pool="map")
     with pytest.raises(UnsupportedModelError, match="attention-pool head"):
         describe(model)
+
+
+# -- the host forward through the adapter: embed → blocks → pool → head --------------------------------------
+def _images(n=3, seed=2):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_timm_adapter_implements_the_protocol():
+    model = make_tiny("vit")
+    host = adapter_for(model)
+    assert host is TIMM_VIT and isinstance(host, HostAdapter)
+    with pytest.raises(UnsupportedModelError, match="not a model family vitkit has an adapter for"):
+        adapter_for(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_forward_through_the_adapter_is_bit_identical(variant):
+    model = make_tiny(variant)
+    host, x = adapter_for(model), _images()
+    with torch.no_grad():
+        ref, ref_feats = model(x), model.forward_features(x)
+        run = HostRun(model)
+        tokens = run.tokens(x)
+        assert torch.equal(run_forward(model, x), ref)
+        assert torch.equal(run.logits(tokens), ref)
+        assert torch.equal(run.features(tokens), ref_feats)
+        assert torch.equal(host.head(model, host.pool(model, tokens)), ref)
+        blocks = block_modules(model)  # a block = attention half then MLP half
+        h = host.embed(model, x)
+        half, extras = host.attention_residual(blocks[0], h)
+        assert extras == {} and torch.equal(host.mlp_residual(blocks[0], half), blocks[0](h))
+    assert run.depth == 3 and run.size is None
+    assert host.token_grid(model, x) == (4, 4) and host.prefix_tokens(model) == describe(model).num_prefix_tokens
+
+
+@pytest.mark.parametrize("variant", ["vit", "avgpool"])
+def test_unit_token_sizes_pool_like_the_plain_model(variant):
+    model = make_tiny(variant)
+    host, x = adapter_for(model), _images()
+    with torch.no_grad():
+        tokens = HostRun(model).tokens(x)
+        plain = host.pool(model, tokens)
+        sized = host.pool(model, tokens, size=torch.ones(*tokens.shape[:2], 1))
+    torch.testing.assert_close(sized, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_attention_extras_match_the_attention_maps():
+    model = make_tiny("vit")
+    host, block = adapter_for(model), block_modules(model)[0]
+    with torch.no_grad():
+        h = host.embed(model, _images())
+        out, extras = host.attention_residual(block, h, needs=frozenset({"metric", "global_attn"}))
+        plain, _ = host.attention_residual(block, h)
+    torch.testing.assert_close(out, plain, rtol=1e-5, atol=1e-6)
+    assert extras["metric"].shape == (3, 17, 16)
+    torch.testing.assert_close(extras["global_attn"].sum(-1), torch.ones(3))  # each query row sums to 1
+    torch.testing.assert_close(extras["cls_attn"].sum(-1), torch.ones(3))
+
+
+def test_block_linears_and_branches_by_role():
+    model = make_tiny("vit")
+    host, block = adapter_for(model), block_modules(model)[1]
+    lin = host.block_linears(block, index=1)
+    assert set(lin) == {"qkv", "attn_out", "attn_gate", "mlp_in", "mlp_out"} and lin["attn_gate"] is None
+    assert lin["qkv"].out_features == 3 * 48 and lin["mlp_in"].out_features == lin["mlp_out"].in_features
+    attn_branch, mlp_branch = host.residual_branches(block, index=1)
+    x = torch.randn(2, 17, 48)
+    with torch.no_grad():
+        y, _ = host.attention_residual(block, x)
+        assert torch.equal(x + attn_branch(x), y)  # no layer scale, no drop path at eval
+        assert torch.equal(x + mlp_branch(x), host.mlp_residual(block, x))
+    assert host.feature_norm(model) is model.norm and host.heads(model)[0][1] is model.head

@@ -11,8 +11,8 @@ import torch.nn as nn
 import vitkit
 from vitkit.cli import main
 from vitkit.data import load_dataset
+from vitkit.deploy import export_model
 from vitkit.errors import ConfigError, UnsupportedModelError
-from vitkit.export import export_model
 
 from .conftest import make_tiny
 
@@ -43,6 +43,17 @@ def test_export_quantized_model(tmp_path):
     res = export_model(model, tmp_path / "q", data=load_dataset("digits", "test", model=model), images=64, bench=False)
     assert res.mode == "qdq"  # our calibrated scales as QuantizeLinear/DequantizeLinear pairs
     assert res.agreement >= 0.95, res
+
+
+def test_export_fake_quant_graph(tmp_path):
+    """--quant fake traces the fake-quant model itself (its state dict read as fp32, not packed codes)."""
+    model = make_tiny("vit")
+    data = load_dataset("digits", "train", model=model)
+    calib = torch.stack([data[i][0] for i in range(16)])
+    vitkit.apply_(model, vitkit.PTQConfig(w_bits=8, a_bits=8, method="repq", calib_images=16), calib=calib)
+    test = load_dataset("digits", "test", model=model)
+    res = export_model(model, tmp_path / "f", data=test, images=64, quant="fake", bench=False)
+    assert res.mode == "fake" and res.agreement >= 0.95 and res.max_abs_diff < 1e-2, res
 
 
 def test_export_benchmarks_ort_against_pytorch(tmp_path):
@@ -91,3 +102,19 @@ def test_cli_export_artifact(tmp_path, capsys):
     assert (tmp_path / "art-onnx" / "model.onnx").exists()
     assert sorted(p.name for p in art.iterdir()) == before  # the input artifact is untouched
     assert main(["export", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--quant", "int4"], "quant mode"),  # not a quant mode
+        (["--quant", "qdq"], "needs a quantized (ptq) artifact"),  # an int8 graph the float model cannot give
+        (["--format", "tflite"], "export format"),
+    ],
+)
+def test_cli_export_bad_request_is_one_line(argv, match, tmp_path, capsys):
+    art = vitkit.save_artifact(make_tiny("vit"), {"eval": {"data": "digits"}}, None, tmp_path / "art")
+    assert main(["export", str(art), "--images", "4", "--no-bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and match in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

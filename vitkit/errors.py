@@ -27,3 +27,8 @@ class NumericsError(VitkitError):
 
 class OrderError(ConfigError):
     """Transforms were requested in an order that cannot work (e.g. quantize before pruning)."""
+
+
+class DeployError(VitkitError):
+    """A model cannot be deployed to the requested runtime (its package is missing, calibration images are
+    needed, the runtime rejects the graph)."""

@@ -16,12 +16,9 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from .configs import TransformConfig, read_yaml_file
 from .errors import ConfigError
@@ -62,7 +59,8 @@ class DeploySpec:
     """Also measure the composed model deployed in ONNX Runtime (``runtime: onnxruntime``), next to the
     original model in ONNX Runtime fp32 so that the runtime's own share of the speed-up is visible.
     ``int8``: ``dynamic`` (RepQ reparameterization + ORT dynamic int8, the fastest path on AVX2), ``qdq`` (our
-    calibrated scales; needs a ``ptq`` step), or ``none`` (fp32). The ONNX file is written into the artifact."""
+    calibrated scales; needs a ``ptq`` step), or ``none`` (fp32). The ONNX file is written into the artifact.
+    Deployed by :func:`vitkit.deploy.deploy` (runtimes ``ort-int8``, ``ort-qdq``, ``ort-fp32`` / ``ort-fake``)."""
 
     runtime: str | None = None
     int8: str = "dynamic"
@@ -242,16 +240,14 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
 
 
 def deploy_onnx(baseline, candidate, spec: DeploySpec, calib, tmp: Path):
-    """ONNX Runtime sessions of the original (fp32) and of the composed model (``spec.int8``)."""
-    from .export import write_onnx
-    from .quant.deploy import OrtModule
-    from .quant.modules import quantizers
+    """ONNX Runtime sessions of the original (fp32) and of the composed model (``spec.int8``), both through
+    :func:`vitkit.deploy.deploy`."""
+    from .deploy import deploy
+    from .quant import quantizers
 
     example = calib[:2]
-    mode = {"dynamic": "dynamic", "qdq": "qdq", "none": "fake" if quantizers(candidate) else "float"}[spec.int8]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # data-dependent branches of the patches, traced
-        base_path, _ = write_onnx(baseline, example, tmp / "baseline.onnx", "float")
-        cand_path, mode = write_onnx(candidate, example, tmp / "model.onnx", mode, calib=calib)
-    label = {"dynamic": "int8 (dynamic)", "qdq": "int8 (QDQ)", "fake": "fake-quant", "float": "fp32"}[mode]
-    return OrtModule(base_path), OrtModule(cand_path), label
+    runtime = {"dynamic": "ort-int8", "qdq": "ort-qdq", "none": "ort-fake" if quantizers(candidate) else "ort-fp32"}
+    base_ort = deploy(baseline, tmp, runtime="ort-fp32", example=example, name="baseline.onnx")
+    cand_ort = deploy(candidate, tmp, runtime=runtime[spec.int8], example=example, calib=calib, name="model.onnx")
+    label = {"dynamic": "int8 (dynamic)", "qdq": "int8 (QDQ)", "fake": "fake-quant", "float": "fp32"}[cand_ort.graph]
+    return base_ort, cand_ort, label

@@ -113,3 +113,25 @@ def test_prompt_bad_input():
         PromptConfig(num_tokens=0)
     with pytest.raises(ConfigError, match="takes no targets"):
         PromptConfig(targets=["blocks.0"])
+
+
+def test_adaptation_attaches_through_the_host_adapter():
+    import timm
+
+    from vitkit import UnsupportedModelError
+    from vitkit.adapters import adapter_for
+
+    model = make_tiny("vit")
+    host = adapter_for(model)
+    assert host.mlp_branch_dim(model, "blocks.1") == describe(model).embed_dim
+    vitkit.apply_(model, AdapterConfig(bottleneck=4))
+    assert type(model.blocks[0].mlp).__name__ == "AdaptFormerMlp" and isinstance(model.blocks[0].mlp, AdaptFormerMlp)
+    glu = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, mlp_layer=timm.layers.GluMlp)
+    with pytest.raises(UnsupportedModelError, match="blocks.0.mlp is a GluMlp"):
+        vitkit.apply_(glu, AdapterConfig(bottleneck=4))
+    dynamic = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, dynamic_img_size=True)
+    with pytest.raises(UnsupportedModelError, match="dynamic_img_size"):
+        vitkit.apply_(dynamic, PromptConfig(num_tokens=2), dry_run=True)
+    prompted = make_tiny("vit")
+    decisions = vitkit.apply_(prompted, PromptConfig(num_tokens=2)).steps[0].decisions
+    assert decisions["prefix_tokens"] == 3 and type(prompted).__name__ == "PromptVisionTransformer"

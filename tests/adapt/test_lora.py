@@ -233,3 +233,14 @@ def test_pissa_init_math_and_bad_input():
         pissa_init(w, 9, 1.0)
     with pytest.raises(ValueError, match="scale must be > 0"):
         pissa_init(w, 2, 0.0)
+
+
+def test_default_targets_come_from_the_adapters_linear_roles(tiny_variant):
+    from vitkit.adapt.lora import default_targets, linear_names
+    from vitkit.configs import select_names
+
+    _, model = tiny_variant
+    as_globs = select_names(linear_names(model), DEFAULT_TARGETS, (), what="linear layers")
+    assert default_targets(model) == as_globs  # the documented timm globs and the adapter's roles agree
+    report = vitkit.apply_(model, LoRAConfig(rank=2, skip=["blocks.1.*", "head"]), dry_run=True)
+    assert report.steps[0].decisions["modules"] == [n for n in as_globs if not n.startswith("blocks.1.")]

@@ -296,8 +296,8 @@ def test_cli_writes_a_loadable_artifact(tmp_path, capsys):
 @pytest.mark.parametrize("head", HEADS)
 def test_onnx_export_makes_the_same_exit_decisions(head, tmp_path):
     pytest.importorskip("onnxruntime")
-    from vitkit.early_exit.onnx_graph import ExitSelectGraph
-    from vitkit.export import export_model
+    from vitkit.deploy import export_model
+    from vitkit.early_exit.runtime import ExitSelectGraph
 
     model = _exit_model("vit", head=head, exits=(0, 1))
     x = _x(8)
@@ -315,7 +315,7 @@ def test_onnx_export_makes_the_same_exit_decisions(head, tmp_path):
 
 # -- cost-aware per-exit calibration -------------------------------------------------------------------
 def test_switched_off_exit_is_never_taken_and_survives_save_load(tmp_path):
-    from vitkit.early_exit.onnx_graph import ExitSelectGraph
+    from vitkit.early_exit.runtime import ExitSelectGraph
 
     model = _exit_model("vit", exits=(0, 1))
     x = _x(8)

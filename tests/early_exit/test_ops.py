@@ -33,7 +33,7 @@ def test_first_exit_and_simulate():
     correct = torch.tensor([[True, False, False], [False, True, False], [False, False, True]])
     _, hit = simulate(scores, correct, torch.tensor([0.5, 0.5]))
     assert hit.tolist() == [True, True, True]
-    costs = ExitCosts(embed=1.0, blocks=(1.0, 1.0, 1.0), exits=(0, 1), heads=(0.5, 0.5), final=0.5)
+    costs = ExitCosts(embed=1.0, block_costs=(1.0, 1.0, 1.0), exits=(0, 1), heads=(0.5, 0.5), final=0.5)
     assert costs.path().tolist() == [2.5, 4.0, 5.5] and costs.full == 4.5
     assert costs.path([False, True]).tolist() == [2.0, 3.5, 5.0]  # an inactive head is not paid
 
@@ -75,7 +75,7 @@ def _table(seed: int = 0, E: int = 3, N: int = 400):
 
 def test_per_exit_calibration_fits_the_budget_and_never_costs_more_than_one_threshold():
     scores, correct = _table()
-    costs = ExitCosts(embed=2.0, blocks=(1.0,) * 6, exits=(1, 2, 3), heads=(0.3, 0.3, 0.3), final=0.2)
+    costs = ExitCosts(embed=2.0, block_costs=(1.0,) * 6, exits=(1, 2, 3), heads=(0.3, 0.3, 0.3), final=0.2)
     for budget in (0.0, 1.0, 3.0):
         t, _ = calibrate_threshold(scores, correct, budget)
         single_idx, _ = simulate(scores, correct, torch.full((3,), t))
@@ -95,6 +95,6 @@ def test_per_exit_calibration_fits_the_budget_and_never_costs_more_than_one_thre
 def test_per_exit_calibration_switches_off_an_exit_that_never_pays():
     scores, correct = _table(1)
     scores[1] = 0.0  # the middle exit is never confident: evaluating its head is pure cost
-    costs = ExitCosts(embed=0.0, blocks=(1.0,) * 5, exits=(0, 1, 2), heads=(0.5, 0.5, 0.5), final=0.0)
+    costs = ExitCosts(embed=0.0, block_costs=(1.0,) * 5, exits=(0, 1, 2), heads=(0.5, 0.5, 0.5), final=0.0)
     _, active, info = calibrate_per_exit(scores, correct, 2.0, costs)
     assert active[1] is False and info["exits"][1] == 0

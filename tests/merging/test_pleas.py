@@ -3,9 +3,12 @@ permuted copies, chosen MLP width, and a real merge of two models trained from d
 
 import pytest
 import torch
+import torch.nn as nn
 
 import vitkit
-from vitkit.errors import ConfigError
+from vitkit.adapters import adapter_for
+from vitkit.adapters.timm_vit_keys import BLOCK_LINEARS, block_keys, permutation_axes
+from vitkit.errors import ConfigError, UnsupportedModelError
 from vitkit.merging.pleas import model_for, permute_state_dict
 
 from ..conftest import make_tiny
@@ -53,6 +56,33 @@ def test_head_and_neuron_permutations_preserve_function(variant):
     with torch.no_grad():
         assert torch.allclose(m(x), m2(x), atol=1e-5)
         assert not torch.allclose(m.blocks[0].attn.qkv.weight, m2.blocks[0].attn.qkv.weight)
+
+
+@pytest.mark.parametrize("variant", ["vit", "layerscale", "qknorm", "registers", "avgpool", "distilled"])
+def test_every_key_has_a_role_and_a_permutation_rule(variant):
+    m = make_tiny(variant)
+    roles = adapter_for(m).key_roles(m.state_dict())
+    assert [r.part for r in roles.values() if r.part == "other"] == []
+    assert set(permutation_axes(roles)) == set(roles)
+    blocks = block_keys(roles)
+    assert len(blocks) == len(m.blocks)
+    assert all(set(b.linears) == set(BLOCK_LINEARS) for b in blocks)
+    assert blocks[1].linears["mlp_out"] == "blocks.1.mlp.fc2"
+    assert all(b.qk_norm == (variant == "qknorm") for b in blocks)
+    want_ls = {"attn_out": "blocks.0.ls1.gamma", "mlp_out": "blocks.0.ls2.gamma"} if variant == "layerscale" else {}
+    assert blocks[0].layer_scale == want_ls
+    assert roles["head.weight"].part == "head" and roles["head.weight"].block is None
+
+
+def test_pleas_refuses_what_it_cannot_permute():
+    a, b = make_tiny("vit", seed=6), make_tiny("vit", seed=7)
+    calib = torch.randn(8, 3, 32, 32)
+    extra = [{**sd(m), "blocks.0.mlp.scale.weight": torch.ones(4)} for m in (a, b)]
+    with pytest.raises(UnsupportedModelError, match="blocks.0.mlp.scale.weight"):
+        vitkit.merge(extra, vitkit.PLeaSConfig(), model=a, calib=calib)
+    lin = nn.Linear(4, 4)
+    with pytest.raises(UnsupportedModelError, match="Linear"):
+        vitkit.merge([sd(lin), sd(lin)], vitkit.PLeaSConfig(), model=lin, calib=torch.randn(4, 4))
 
 
 def test_pleas_realigns_permuted_copies_of_one_model():

@@ -189,7 +189,7 @@ def test_recipe_prune_then_distill_parses_and_dry_runs():
             "model_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 48, "depth": 3, "num_heads": 3},
             "steps": [
                 {"prune": {"target": "macs", "ratio": 0.5, "importance": "hessian", "groups": ["heads", "mlp"]}},
-                {"distill": {"epochs": 2, "teacher": "original"}},
+                {"distill": {"train": {"epochs": 2}, "teacher": "original"}},
             ],
         }
     )

@@ -8,8 +8,17 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.deploy import (
+    OrtModule,
+    deploy,
+    deploy_int8,
+    export_onnx,
+    ort_dynamic_int8,
+    reparameterize_,
+    strip_quant,
+)
+from vitkit.errors import ConfigError, DeployError
 from vitkit.quant import PTQConfig
-from vitkit.quant.deploy import OrtModule, deploy_int8, export_onnx, ort_dynamic_int8, reparameterize_, strip_quant
 
 from ..conftest import make_tiny
 
@@ -87,5 +96,43 @@ def test_deploy_from_ptq_model(tmp_path):
 
 
 def test_deploy_float_needs_calib(tmp_path):
-    with pytest.raises(ValueError, match="calib"):
+    with pytest.raises(DeployError, match="calib"):
         deploy_int8(make_tiny("vit"), tmp_path)
+
+
+def test_bad_deploy_requests_are_named_errors(tmp_path):
+    m = make_tiny("vit")
+    with pytest.raises(ConfigError, match="backend"):
+        deploy_int8(m, tmp_path, calib=_x(), backend="tensorrt")
+    with pytest.raises(ConfigError, match="runtime"):
+        deploy(m, tmp_path, runtime="ort-int4")
+    with pytest.raises(ConfigError, match="reduce"):
+        deploy(m, tmp_path, calib=_x(), reduce="max")
+    with pytest.raises(ConfigError, match="quantized"):
+        deploy(m, tmp_path, runtime="ort-qdq")
+    assert not list(tmp_path.iterdir())
+    vitkit.apply_(m, PTQConfig(calib_images=8), calib=_x())
+    with pytest.raises(DeployError, match="fake-quant"):
+        reparameterize_(m, _x())
+
+
+def test_runtime_failures_are_named_errors(tmp_path):
+    with pytest.raises(DeployError, match="cannot load"):
+        OrtModule(tmp_path / "missing.onnx")
+    session = deploy(make_tiny("vit"), tmp_path, runtime="ort-fp32")
+    with pytest.raises(DeployError, match=r"shape \(2, 3, 16, 16\)"):
+        session(torch.randn(2, 3, 16, 16))
+
+
+def test_one_deploy_path(tmp_path):
+    """deploy_int8 and the recipe / search / export runtimes write the same int8 graph."""
+    m = make_tiny("vit")
+    x = _x()
+    torch.manual_seed(0)
+    a = deploy_int8(m, tmp_path / "a", calib=x)
+    torch.manual_seed(0)
+    b = deploy(m, tmp_path / "b", runtime="ort-int8", calib=x)
+    assert b.graph == "dynamic" and (tmp_path / "b" / "model.int8.onnx").is_file()
+    assert (tmp_path / "a" / "model.int8.onnx").read_bytes() == (tmp_path / "b" / "model.int8.onnx").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["model.int8.onnx"]  # no fp32 leftovers
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)

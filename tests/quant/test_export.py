@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import vitkit
+from vitkit.deploy import OrtModule, export_qdq
 from vitkit.errors import ConfigError, UnsupportedModelError
-from vitkit.quant import PTQConfig, export_qdq
-from vitkit.quant.deploy import OrtModule
+from vitkit.quant import PTQConfig
 
 from ..conftest import make_tiny
 
@@ -52,7 +52,7 @@ def test_qdq_matches_fake_quant_and_stores_int8_weights(tmp_path, method):
 
 
 def test_qdq_file_smaller_than_float(tmp_path):
-    from vitkit.quant.deploy import export_onnx
+    from vitkit.deploy import export_onnx
 
     m = _ptq()
     q = export_qdq(m, tmp_path / "q.onnx")

@@ -12,7 +12,8 @@ import torch
 import vitkit
 from vitkit.ops import quant as Q
 from vitkit.quant import MixedPrecisionConfig, PTQConfig, quantizers, set_quant_enabled
-from vitkit.quant.modules import QuantLinear, clear_quant_cache, reference_quant
+from vitkit.quant.modules import QuantLinear
+from vitkit.quant.quantizer import clear_quant_cache, reference_quant
 
 from ..conftest import make_tiny
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from vitkit.deploy import OrtModule, deploy_int8, to_torch_dynamic
 from vitkit.ops.quant import outlier_channels
-from vitkit.quant.deploy import OrtModule, deploy_int8, to_torch_dynamic
 from vitkit.quant.outliers import OutlierSplitLinear, split_outlier_inputs_
 
 from ..conftest import make_tiny
@@ -108,8 +108,9 @@ def test_ptq_outlier_ratio_simulates_the_split(tmp_path):
     """PTQConfig(outlier_ratio=...): the massive channel passes the fc2 input quantizer in float, the rest is
     quantized on a scale searched without it; reload, deployment and the refusing exporters agree."""
     import vitkit
+    from vitkit.deploy import export_qdq
     from vitkit.errors import ConfigError, UnsupportedModelError
-    from vitkit.quant import PTQConfig, export_qdq, quantizers, to_integer
+    from vitkit.quant import PTQConfig, quantizers, to_integer
 
     x = _x(8)
     ref = massive_fc2_channel(make_tiny("vit"))

@@ -225,7 +225,7 @@ def test_evit_without_class_token_is_refused_by_name():
 
 
 def test_unsupported_host_model_is_named():
-    with pytest.raises(UnsupportedModelError, match="not a timm VisionTransformer"):
+    with pytest.raises(UnsupportedModelError, match="not a model family vitkit has an adapter for"):
         vitkit.apply_(torch.nn.Sequential(torch.nn.Linear(2, 2)), ToMeConfig(r=1))
 
 

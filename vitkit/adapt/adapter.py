@@ -6,11 +6,12 @@
 with ``W_down [d → d̂]``, ``W_up [d̂ → d]``, scale ``s`` (0.1 in the paper), ``W_up`` zero-initialised so the
 adapted model starts as the base model. Only the adapters (and by default the head) are trained.
 
-What changes (``__class__`` swap): each targeted block's ``mlp`` (timm ``Mlp``) becomes
-:class:`AdaptFormerMlp`, which adds ``adapter_down`` / ``adapter_up`` Linears and returns
-``mlp(h) + s · up(ReLU(down(h)))`` for the block's normed input ``h = norm2(x')`` (the LN is shared, as in
-Eq. 4). Deliberate differences: with LayerScale/drop-path the adapter branch goes through the block's
-``ls2``/``drop_path2`` together with the MLP (the paper's ViT has neither).
+What changes (``__class__`` swap, done by the host adapter: ``adapter_for(model).add_mlp_branch``): each
+targeted block's MLP (timm ``Mlp``) becomes ``AdaptFormerMlp`` (:class:`AdaptFormerMlp` mixed before the MLP's
+class), which adds ``adapter_down`` / ``adapter_up`` Linears and returns ``mlp(h) + s · up(ReLU(down(h)))`` for
+the block's normed input ``h = norm2(x')`` (the LN is shared, as in Eq. 4). Deliberate differences: with
+LayerScale/drop-path the adapter branch goes through the block's ``ls2``/``drop_path2`` together with the MLP
+(the paper's ViT has neither).
 
 Not foldable: the branch has a ReLU, so it cannot be merged into ``fc1``/``fc2``; the adapter stays a
 module. It is a *structure* step with a restore hook, so artifacts rebuild the adapters before the
@@ -25,11 +26,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Mlp
 
-from ..adapters.timm_vit import block_parts, describe
+from ..adapters import adapter_for
 from ..configs import TransformConfig, select_names
-from ..errors import ConfigError, UnsupportedModelError
+from ..errors import ConfigError
 from ..registry import register_transform
 from ..validate import check_int, check_number
 from .common import check_can_add, freeze_base, trainable_summary
@@ -55,20 +55,20 @@ class AdapterConfig(TransformConfig):
         check_number(self.dropout, "AdapterConfig.dropout", low=0.0, high=1.0, high_open=True)
 
 
-class AdaptFormerMlp(Mlp):
-    """timm ``Mlp`` + parallel AdaptMLP: ``mlp(h) + s · up(drop(ReLU(down(h))))`` (AdaptFormer Eq. 4–5)."""
+class AdaptFormerMlp(nn.Module):
+    """Parallel AdaptMLP, mixed before the host's MLP class: ``mlp(h) + s · up(drop(ReLU(down(h))))``
+    (AdaptFormer Eq. 4–5). The patched module's class is named ``AdaptFormerMlp`` and is a subclass of this."""
 
     vitkit_adapt_kind = "adapter"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = super().forward(x)  # [B, N, C]
+        base = super().forward(x)  # [B, N, C]: the host MLP
         low = self.adapter_drop(F.relu(self.adapter_down(x)))  # [B, N, d̂]
         return base + self.adapter_scale * self.adapter_up(low)  # [B, N, C]
 
 
-def add_adapter(mlp: Mlp, dim: int, bottleneck: int, scale: float, dropout: float, generator: torch.Generator):
-    """Turn a timm ``Mlp`` into :class:`AdaptFormerMlp` in place (``up`` zero ⇒ identity at start)."""
-    dev, dt = mlp.fc1.weight.device, mlp.fc1.weight.dtype
+def adapter_branch(dim: int, bottleneck: int, dropout: float, generator: torch.Generator) -> dict[str, nn.Module]:
+    """The AdaptMLP modules for an MLP of width ``dim``, in registration order (``up`` zero ⇒ identity at start)."""
     down, up = nn.Linear(dim, bottleneck), nn.Linear(bottleneck, dim)
     with torch.no_grad():  # AdaptFormer's "lora" init: down Kaiming-uniform, biases and up zero
         bound = 1.0 / math.sqrt(dim)
@@ -76,35 +76,35 @@ def add_adapter(mlp: Mlp, dim: int, bottleneck: int, scale: float, dropout: floa
         down.bias.zero_()
         up.weight.zero_()
         up.bias.zero_()
-    mlp.__class__ = AdaptFormerMlp
-    mlp.adapter_down = down.to(dev, dt)
-    mlp.adapter_up = up.to(dev, dt)
-    mlp.adapter_drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-    mlp.adapter_scale = float(scale)
+    return {
+        "adapter_down": down,
+        "adapter_up": up,
+        "adapter_drop": nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+    }
 
 
-def plan_adapter(model: nn.Module, cfg: AdapterConfig) -> list[str]:
-    info = describe(model)
+def plan_adapter(model: nn.Module, cfg: AdapterConfig) -> dict[str, int]:
+    """``{block name: MLP width}`` of the blocks ``cfg`` adapts, checked."""
+    host = adapter_for(model)
+    info = host.describe(model)
     names = select_names(info.block_names, cfg.targets, cfg.skip, what="blocks")
     if cfg.bottleneck > info.embed_dim:
         raise ConfigError(
             f"AdapterConfig.bottleneck={cfg.bottleneck} is wider than the model (embed_dim {info.embed_dim}); "
             f"use bottleneck <= {info.embed_dim}"
         )
-    for name in names:
-        mlp = block_parts(model.get_submodule(name), index=int(name.split(".")[1])).mlp
-        if type(mlp) is not Mlp:
-            raise UnsupportedModelError(f"{name}.mlp is a {type(mlp).__name__}; AdaptFormer needs timm's plain Mlp")
-    return names
+    return {name: host.mlp_branch_dim(model, name) for name in names}
 
 
 def _add_adapters(model: nn.Module, cfg: AdapterConfig, names: list[str]) -> None:
-    dim = describe(model).embed_dim
+    host = adapter_for(model)
     gen = torch.Generator().manual_seed(int(cfg.seed))
     params = []
     for name in names:
-        add_adapter(model.get_submodule(name).mlp, dim, cfg.bottleneck, cfg.scale, float(cfg.dropout), gen)
-        params += [f"{name}.mlp.adapter_{w}.{p}" for w in ("down", "up") for p in ("weight", "bias")]
+        dim = host.mlp_branch_dim(model, name)
+        branch = adapter_branch(dim, cfg.bottleneck, float(cfg.dropout), gen)
+        mlp = host.add_mlp_branch(model, name, AdaptFormerMlp, branch, adapter_scale=float(cfg.scale))
+        params += [f"{mlp}.adapter_{w}.{p}" for w in ("down", "up") for p in ("weight", "bias")]
     freeze_base(model, params, cfg.train_also)
 
 
@@ -118,9 +118,9 @@ def _add_adapters(model: nn.Module, cfg: AdapterConfig, names: list[str]) -> Non
 )
 def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, calib=None, dry_run: bool = False) -> dict:
     check_can_add(model, "adapter")
-    names = plan_adapter(model, cfg)
-    dim = describe(model).embed_dim
-    added = len(names) * (2 * dim * cfg.bottleneck + dim + cfg.bottleneck)
+    dims = plan_adapter(model, cfg)
+    names = list(dims)
+    added = sum(2 * dim * cfg.bottleneck + dim + cfg.bottleneck for dim in dims.values())
     decisions = {
         "blocks": names,
         "adapter_params": int(added),

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import torch.nn as nn
 
-from ..adapters.timm_vit import classifier_heads
+from ..adapters import adapter_for
 from ..errors import ConfigError
 
 #: Class attribute set on every module class an adaptation method adds (value: the method's name).
@@ -48,7 +48,7 @@ def check_can_add(model: nn.Module, kind: str) -> None:
 
 def head_param_names(model: nn.Module) -> list[str]:
     """Parameter names of the classifier head(s) (``head.*``, and ``head_dist.*`` on distilled DeiT)."""
-    heads = {id(h) for h in classifier_heads(model)}
+    heads = {id(h) for _, h in adapter_for(model).heads(model)}
     out = []
     for mname, mod in model.named_modules():
         if id(mod) in heads:

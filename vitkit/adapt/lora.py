@@ -19,8 +19,10 @@ begins as the top-r SVD part of ``W0`` and the frozen ``weight`` becomes the res
 (outputs unchanged at start); training then moves the principal directions instead of starting from zero.
 It folds back the same way (``W_res + (α/r) B A``) to a plain model with the original keys.
 
-Default targets: ``blocks.*.attn.qkv``, ``blocks.*.attn.proj``, ``blocks.*.mlp.fc1``, ``blocks.*.mlp.fc2`` —
-never ``patch_embed.proj`` (a Conv2d) or the classifier unless asked (peft's ``target_modules=["proj"]``
+Default targets: the attention and MLP linears of every block, as the host adapter names them (linear roles
+``qkv`` / ``attn_out`` / ``mlp_in`` / ``mlp_out``; on a timm ViT ``blocks.*.attn.qkv``, ``blocks.*.attn.proj``,
+``blocks.*.mlp.fc1``, ``blocks.*.mlp.fc2``, see :data:`DEFAULT_TARGETS`) — never ``patch_embed.proj`` (a Conv2d)
+or the classifier unless asked (peft's ``target_modules=["proj"]``
 would also wrap ``patch_embed.proj``; ``"all-linear"`` wraps the head). ``targets`` are globs over the
 names of the model's ``nn.Linear`` modules.
 
@@ -32,13 +34,15 @@ ptq → tome`` and the order check refuses folding after quantization.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..adapters.timm_vit import describe
+from ..adapters import adapter_for
+from ..adapters.timm_vit_adapt import LORA_TARGETS
 from ..configs import TransformConfig, select_names
 from ..errors import ConfigError
 from ..history import step_history
@@ -54,7 +58,11 @@ VARIANTS = ("lora", "hira")
 #: ``init`` → how the factors start: LoRA's (``A`` random, ``B`` zero) or PiSSA's (principal SVD part).
 INITS = ("lora", "pissa")
 
-DEFAULT_TARGETS = ("blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2")
+#: Linear roles (see :data:`vitkit.adapters.protocol.LINEAR_ROLES`) adapted when no ``targets`` are given.
+DEFAULT_ROLES = ("qkv", "attn_out", "mlp_in", "mlp_out")
+#: The default targets on a timm ViT as globs over module names (documentation: the default is taken from the
+#: host adapter's linear roles, :func:`default_targets`; on a timm ViT both select the same layers).
+DEFAULT_TARGETS = LORA_TARGETS
 
 
 @dataclass(frozen=True)
@@ -126,12 +134,30 @@ def linear_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
 
 
+def default_targets(model: nn.Module) -> list[str]:
+    """The attention and MLP linears of every block (roles :data:`DEFAULT_ROLES`), by the host adapter."""
+    return [name for name, r in adapter_for(model).linear_roles(model).items() if r.role in DEFAULT_ROLES]
+
+
+def target_linears(
+    model: nn.Module, targets: Iterable[str] | None, skip: Iterable[str] = (), *, what: str = "linear layers"
+) -> list[str]:
+    """Names of the ``nn.Linear`` layers matching ``targets`` globs minus ``skip`` globs, in model order;
+    no ``targets``: the :func:`default_targets` that are ``nn.Linear`` layers (minus ``skip``)."""
+    names = linear_names(model)
+    if targets:
+        return select_names(names, targets, skip, what=what)
+    defaults = set(default_targets(model)).intersection(names)
+    if not defaults:
+        sample = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise ConfigError(f"no attention/MLP linear layers to use as the default {what}; {what} are: {sample}")
+    return [n for n in select_names(names, None, skip, what=what) if n in defaults]
+
+
 def plan_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:
     """The linear layers ``cfg`` adapts, checked (rank not above the layer's smaller side)."""
-    describe(model)  # refuses models vitkit does not handle, naming the feature
-    names = select_names(
-        linear_names(model), cfg.targets or DEFAULT_TARGETS, cfg.skip, what="linear layers (LoRA targets)"
-    )
+    adapter_for(model).describe(model)  # refuses models vitkit does not handle, naming the feature
+    names = target_linears(model, cfg.targets, cfg.skip, what="linear layers (LoRA targets)")
     for name in names:
         lin = model.get_submodule(name)
         limit = min(lin.in_features, lin.out_features)

@@ -19,11 +19,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from ..configs import select_names
 from ..errors import ConfigError
 from ..ops.lora import truncate_update, update_energy
 from .common import adapter_kinds
-from .lora import DEFAULT_TARGETS, linear_names
+from .lora import target_linears
 
 
 def _paired_weights(base: nn.Module, tuned: nn.Module, targets: Sequence[str] | None) -> dict[str, tuple]:
@@ -33,7 +32,7 @@ def _paired_weights(base: nn.Module, tuned: nn.Module, targets: Sequence[str] | 
                 f"the {which} model still holds {', '.join(kinds)} adapters: fold LoRA first (vitkit.merge_back) "
                 "or compare plain models"
             )
-    names = select_names(linear_names(tuned), targets or DEFAULT_TARGETS, (), what="linear layers")
+    names = target_linears(tuned, targets, (), what="linear layers")
     pairs = {}
     for name in names:
         try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from ..adapters import adapter_for
 from ..configs import TransformConfig, select_names
 from ..errors import ConfigError
 from ..validate import check_int, check_number
@@ -24,7 +25,8 @@ from ..validate import check_int, check_number
 @dataclass(frozen=True)
 class SlimFitConfig(TransformConfig):
     """Freeze the ``ratio`` fraction of trainable linear layers (``targets``: globs over linear names,
-    default ``blocks.*``) whose weights moved least, re-decided every ``interval`` steps after ``warmup``."""
+    default: every linear inside a block) whose weights moved least, re-decided every ``interval`` steps after
+    ``warmup``."""
 
     ratio: float = 0.5
     interval: int = 10
@@ -36,6 +38,20 @@ class SlimFitConfig(TransformConfig):
         check_int(self.warmup, "SlimFitConfig.warmup", low=0)
 
 
+def _scheduled(model: nn.Module, names: list[str], cfg: SlimFitConfig) -> list[str]:
+    """The trainable linears SlimFit schedules: ``cfg.targets`` globs, or every one inside a block (the host
+    adapter names the blocks), minus ``cfg.skip``."""
+    what = "trainable linear layers"
+    if cfg.targets is not None:
+        return select_names(names, cfg.targets, cfg.skip, what=what)
+    prefixes = tuple(f"{block}." for block, _ in adapter_for(model).blocks(model))
+    inside = {n for n in names if n.startswith(prefixes)}
+    if not inside:
+        sample = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise ConfigError(f"no {what} inside the model's blocks to schedule; {what} are named like: {sample}")
+    return [n for n in select_names(names, None, cfg.skip, what=what) if n in inside]
+
+
 class SlimFitFreezer:
     """Call :meth:`step` after every optimizer step (``fit``'s progress callback does)."""
 
@@ -43,8 +59,7 @@ class SlimFitFreezer:
         names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.weight.requires_grad]
         if not names:
             raise ConfigError("SlimFit found no trainable nn.Linear layers to schedule")
-        targets = cfg.targets if cfg.targets is not None else ("blocks.*",)
-        self.names = select_names(names, targets, cfg.skip, what="trainable linear layers")
+        self.names = _scheduled(model, names, cfg)
         self.cfg = cfg
         self.layers = {n: model.get_submodule(n) for n in self.names}
         self.prev = {n: m.weight.detach().clone() for n, m in self.layers.items()}

@@ -54,6 +54,19 @@ class LinearRole:
     name: str
     role: str
     block: int | None
+    family: str = ""
+
+
+@dataclass(frozen=True)
+class AttentionCore:
+    """The module of one block that computes ``softmax(q·kᵀ·scale)·v`` — the inputs of its two matmuls are what
+    attention quantizers see. ``name`` relative to the model; ``scale`` multiplies ``q`` before ``q·kᵀ``."""
+
+    name: str
+    block: int
+    num_heads: int
+    head_dim: int
+    scale: float
 
 
 #: Roles a Linear can play: attention in/out, MLP in/out, classifier.
@@ -96,6 +109,16 @@ class HostAdapter(Protocol):
 
     def linear_roles(self, model: nn.Module) -> dict[str, LinearRole]: ...
 
+    def attention_cores(self, model: nn.Module) -> list[AttentionCore]:
+        """Each block's attention core (where ``q·kᵀ`` and ``attn·v`` happen), in forward order."""
+
+    def outer_layers(self, model: nn.Module):
+        """The layers around the blocks: patch projection, prefix tokens, positions, pre/final/pool norms."""
+
+    def block_layers(self, block: nn.Module, *, index: int | None = None):
+        """One block by role (norms, the four linears, attention core, MLP activation, layer scales), for
+        converters that rebuild the whole block."""
+
     def heads(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         """The classifier head(s) (a distilled DeiT has two, averaged at inference)."""
 
@@ -107,11 +130,77 @@ class HostAdapter(Protocol):
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) → tokens (B, N, D) entering the first block: patches, prefix tokens, positions."""
 
-    def pool(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens after the last block → pooled features (B, D), final norm included."""
+    def pool(self, model: nn.Module, tokens: torch.Tensor, *, size: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens after the last block → pooled features (B, D), final norm included (a host with several
+        classifier heads may return one feature per head, (B, heads, D), for :meth:`head` to combine).
+        ``size`` (B, N, 1): token sizes after merging, weighting average pooling."""
 
     def head(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
         """Pooled features → logits (B, classes)."""
+
+    def token_grid(self, model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+        """The patch-token grid (h, w) for images ``x`` (the first stage's grid for a hierarchical host)."""
+
+    def prefix_tokens(self, model: nn.Module) -> int:
+        """Tokens ahead of the patch tokens right now (cls, dist, registers, prompts): never merged or dropped."""
+
+    def final_norm(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block → final token features (B, N, D), before pooling."""
+
+    def feature_norm(self, model: nn.Module) -> nn.Module | None:
+        """The norm module the pooled feature has passed before the classifier (exit heads start from it)."""
+
+    # -- inside a block: ``mlp_residual(attention_residual(x))``; runtime steps go in between ------------------
+    def attention_residual(
+        self,
+        block: nn.Module,
+        x: torch.Tensor,
+        *,
+        bias: torch.Tensor | None = None,
+        is_causal: bool = False,
+        needs: frozenset[str] = frozenset(),
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``x`` + the attention branch, and the extras named in ``needs`` (``metric``: head-mean keys,
+        ``cls_attn``: the first token's attention row, ``global_attn``: attention each token receives)."""
+
+    def mlp_residual(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``x`` + the MLP branch."""
+
+    def block_linears(self, block: nn.Module, *, index: int | None = None) -> dict[str, nn.Module | None]:
+        """A block's Linear layers by role: ``qkv``, ``attn_out``, ``attn_gate``, ``mlp_in``, ``mlp_out``."""
+
+    def residual_branches(self, block: nn.Module, *, index: int | None = None) -> tuple[nn.Module, nn.Module]:
+        """The attention and MLP residual branches (norm included) as modules sharing the block's weights."""
+
+    # -- structured pruning: shape surgery that keeps the model exact ----------------------------------------
+    def check_prunable(self, model: nn.Module, groups) -> None:
+        """Raise ``UnsupportedModelError`` naming the feature when ``groups`` cannot be pruned exactly."""
+
+    def prune_heads(self, block: nn.Module, keep, *, index: int | None = None) -> None:
+        """Keep only attention heads ``keep`` of ``block``."""
+
+    def prune_mlp(self, block: nn.Module, keep, *, index: int | None = None) -> None:
+        """Keep only hidden MLP neurons ``keep`` of ``block``."""
+
+    def keep_blocks(self, model: nn.Module, keep) -> None:
+        """Keep only blocks ``keep`` (indices in forward order)."""
+
+    # -- adaptation: where extra tokens and parallel branches attach ----------------------------------------
+    def check_prompt_tokens(self, model: nn.Module) -> None:
+        """Raise ``UnsupportedModelError`` naming the feature when prompt tokens cannot be inserted."""
+
+    def add_prompt_tokens(self, model: nn.Module, shallow: torch.Tensor, deep=(), *, dropout: float = 0.0) -> list[str]:
+        """Insert prompt tokens ``shallow`` ``[1, P, D]`` after the prefix tokens (they count as prefix tokens
+        from then on); ``deep``: empty or one ``[1, P, D]`` set per block after the first, replacing the prompt
+        slots of that block's input. Returns the new parameters' names."""
+
+    def mlp_branch_dim(self, model: nn.Module, block_name: str) -> int:
+        """Input width of block ``block_name``'s MLP, or ``UnsupportedModelError`` when no parallel branch can
+        be attached to it."""
+
+    def add_mlp_branch(self, model: nn.Module, block_name: str, mixin: type, modules: dict, **attrs) -> str:
+        """Mix ``mixin`` into block ``block_name``'s MLP (its ``forward`` sees the MLP's input ``h`` and calls
+        ``super().forward(h)``), register ``modules`` and set ``attrs`` on it; returns the MLP's module name."""
 
 
 #: Registered adapters, tried in order by :func:`adapter_for`. Families append themselves on import.

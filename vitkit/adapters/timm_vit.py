@@ -59,6 +59,7 @@ class ViTInfo:
     block_names: tuple[str, ...]
     features: frozenset[str]
     num_prompt_tokens: int = 0
+    pool_include_prefix: bool = False  # average pooling includes the prefix tokens
 
     @property
     def num_patches(self) -> int:
@@ -145,6 +146,7 @@ def describe(model: nn.Module) -> ViTInfo:
         block_names=tuple(f"blocks.{i}" for i in range(len(model.blocks))),
         features=frozenset(features),
         num_prompt_tokens=num_prompts,
+        pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)),
     )
 
 
@@ -164,6 +166,34 @@ def block_parts(block: nn.Module, *, index: int | None = None) -> BlockParts:
     return BlockParts(
         block.norm1, block.attn, block.ls1, block.drop_path1, block.norm2, block.mlp, block.ls2, block.drop_path2
     )
+
+
+def block_linears(block: nn.Module, *, index: int | None = None) -> dict[str, nn.Module | None]:
+    """The Linear layers of one block by role: ``qkv``, ``attn_out``, ``attn_gate`` (None without a gate),
+    ``mlp_in``, ``mlp_out`` (None where the MLP has no such single Linear, e.g. SwiGLU's split input)."""
+    parts = block_parts(block, index=index)
+    attn, mlp = parts.attn, parts.mlp
+    return {
+        "qkv": attn.qkv,
+        "attn_out": attn.proj,
+        "attn_gate": getattr(attn, "gate", None),
+        "mlp_in": getattr(mlp, "fc1", None),
+        "mlp_out": getattr(mlp, "fc2", None),
+    }
+
+
+def residual_branches(block: nn.Module, *, index: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """The attention and the MLP residual branch of a pre-norm block as modules sharing its weights:
+    ``norm1 → attn`` and ``norm2 → mlp`` (no layer scale, drop path or residual add)."""
+    parts = block_parts(block, index=index)
+    return nn.Sequential(parts.norm1, parts.attn), nn.Sequential(parts.norm2, parts.mlp)
+
+
+def feature_norm(model: nn.Module) -> nn.Module | None:
+    """The norm the pooled feature has passed before the classifier: ``fc_norm`` for average pooling, the
+    final token norm for [CLS] pooling."""
+    fc_norm = getattr(model, "fc_norm", None)
+    return fc_norm if isinstance(fc_norm, nn.LayerNorm) else getattr(model, "norm", None)
 
 
 def _mlp_hidden(mlp: nn.Module) -> int:

@@ -6,8 +6,17 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from . import timm_vit, timm_vit_forward, timm_vit_keys, timm_vit_layers
-from .protocol import KeyRole, LinearRole, NormLinear, Stage, register_adapter
+from ..data.core import INPUT_SIZE_READERS
+from . import (
+    timm_vit,
+    timm_vit_adapt,
+    timm_vit_forward,
+    timm_vit_keys,
+    timm_vit_layers,
+    timm_vit_prompts,
+    timm_vit_surgery,
+)
+from .protocol import AttentionCore, KeyRole, LinearRole, NormLinear, Stage, register_adapter
 
 
 class TimmViTAdapter:
@@ -37,6 +46,15 @@ class TimmViTAdapter:
     def linear_roles(self, model: nn.Module) -> dict[str, LinearRole]:
         return timm_vit_layers.linear_roles(model)
 
+    def attention_cores(self, model: nn.Module) -> list[AttentionCore]:
+        return timm_vit_layers.attention_cores(model)
+
+    def outer_layers(self, model: nn.Module) -> timm_vit_layers.OuterLayers:
+        return timm_vit_layers.outer_layers(model)
+
+    def block_layers(self, block: nn.Module, *, index: int | None = None) -> timm_vit_layers.BlockLayers:
+        return timm_vit_layers.block_layers(block, index=index)
+
     def heads(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         names = ("head", "head_dist")
         return [(n, h) for n, h in zip(names, timm_vit.classifier_heads(model), strict=False)]
@@ -50,11 +68,79 @@ class TimmViTAdapter:
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return timm_vit_forward.embed(model, x)
 
-    def pool(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        return timm_vit_forward.pool(model, tokens)
+    def pool(self, model: nn.Module, tokens: torch.Tensor, *, size: torch.Tensor | None = None) -> torch.Tensor:
+        return timm_vit_forward.pool(model, tokens, size=size)
 
     def head(self, model: nn.Module, features: torch.Tensor) -> torch.Tensor:
         return timm_vit_forward.head(model, features)
 
+    def token_grid(self, model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+        return timm_vit_forward.token_grid(model, x)
+
+    def prefix_tokens(self, model: nn.Module) -> int:
+        return timm_vit_forward.prefix_tokens(model)
+
+    def final_norm(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        return timm_vit_forward.final_norm(model, tokens)
+
+    def feature_norm(self, model: nn.Module) -> nn.Module | None:
+        return timm_vit.feature_norm(model)
+
+    def attention_residual(
+        self,
+        block: nn.Module,
+        x: torch.Tensor,
+        *,
+        bias: torch.Tensor | None = None,
+        is_causal: bool = False,
+        needs: frozenset[str] = frozenset(),
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return timm_vit_forward.attention_residual(block, x, bias=bias, is_causal=is_causal, needs=needs)
+
+    def mlp_residual(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return timm_vit_forward.mlp_residual(block, x)
+
+    def block_linears(self, block: nn.Module, *, index: int | None = None) -> dict[str, nn.Module | None]:
+        return timm_vit.block_linears(block, index=index)
+
+    def residual_branches(self, block: nn.Module, *, index: int | None = None) -> tuple[nn.Module, nn.Module]:
+        return timm_vit.residual_branches(block, index=index)
+
+    def check_prunable(self, model: nn.Module, groups) -> None:
+        timm_vit_surgery.check_prunable(model, groups)
+
+    def prune_heads(self, block: nn.Module, keep, *, index: int | None = None) -> None:
+        timm_vit_surgery.prune_heads(block, keep, index=index)
+
+    def prune_mlp(self, block: nn.Module, keep, *, index: int | None = None) -> None:
+        timm_vit_surgery.prune_mlp(block, keep, index=index)
+
+    def keep_blocks(self, model: nn.Module, keep) -> None:
+        timm_vit_surgery.keep_blocks(model, keep)
+
+    def check_prompt_tokens(self, model: nn.Module) -> None:
+        timm_vit_prompts.check_prompt_tokens(model)
+
+    def add_prompt_tokens(self, model: nn.Module, shallow: torch.Tensor, deep=(), *, dropout: float = 0.0) -> list[str]:
+        return timm_vit_prompts.add_prompt_tokens(model, shallow, deep, dropout=dropout)
+
+    def mlp_branch_dim(self, model: nn.Module, block_name: str) -> int:
+        return timm_vit_adapt.mlp_branch_dim(model, block_name)
+
+    def add_mlp_branch(self, model: nn.Module, block_name: str, mixin: type, modules: dict, **attrs) -> str:
+        return timm_vit_adapt.add_mlp_branch(model, block_name, mixin, modules, **attrs)
+
 
 TIMM_VIT = register_adapter(TimmViTAdapter())
+
+
+def _patch_embed_input_size(model: nn.Module) -> tuple[int, int, int] | None:
+    """(C, H, W) from a timm model's patch embedding (any family that has one), None without one: the geometry
+    :func:`vitkit.data.input_spec` prefers to the model's data config."""
+    pe = getattr(model, "patch_embed", None)
+    if pe is None or getattr(pe, "img_size", None) is None:
+        return None
+    return int(pe.proj.in_channels), int(pe.img_size[0]), int(pe.img_size[1])
+
+
+INPUT_SIZE_READERS.append(_patch_embed_input_size)

@@ -1,16 +1,176 @@
-"""Linear roles and (norm → linear) pairs of a timm ``VisionTransformer``: the names quantization and
-reparameterization act on."""
+"""The layers of a timm ``VisionTransformer`` by role: what quantization and reparameterization act on.
+
+* :func:`linear_roles` — every Linear by role (``qkv`` / ``attn_out`` / ``mlp_in`` / ``mlp_out`` / ``head``);
+* :func:`norm_linear_pairs` — the LayerNorms that feed Linears directly (RepQ-ViT folds scales through them);
+* :func:`attention_cores` — the module of each block that computes ``softmax(q·kᵀ·scale)·v``, with its heads;
+* :func:`outer_layers` / :func:`block_layers` — the layers around and inside the blocks, for converters that
+  rebuild the whole network (the integer-only path);
+* :class:`ExplicitAttention` — timm's attention with both matmuls written out and a hook at each matmul input.
+
+Names are module names relative to the model (as ``model.named_modules()`` gives them).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
 import torch.nn as nn
+from timm.layers import Attention, LayerScale
 
-from .protocol import LinearRole, NormLinear
+from ..errors import UnsupportedModelError
+from .protocol import AttentionCore, LinearRole, NormLinear
+from .timm_vit import block_parts, classifier_heads
 
-
-def norm_linear_pairs(model: nn.Module) -> list[NormLinear]:
-    raise NotImplementedError
+#: (role, parent in the block, attribute) of each block Linear, in forward order
+_BLOCK_LINEARS = (
+    ("qkv", "attn", "qkv"),
+    ("attn_out", "attn", "proj"),
+    ("mlp_in", "mlp", "fc1"),
+    ("mlp_out", "mlp", "fc2"),
+)
+_HEAD_NAMES = ("head", "head_dist")
 
 
 def linear_roles(model: nn.Module) -> dict[str, LinearRole]:
-    raise NotImplementedError
+    """``{name: LinearRole}`` in forward order: per block qkv, attn_out (``proj``), mlp_in (``fc1``), mlp_out
+    (``fc2``) — whatever module sits there, so that a wrapped layer is reported by name rather than skipped —
+    then the classifier head(s) that are Linears (``head``, ``head_dist`` on a distilled DeiT)."""
+    roles: dict[str, LinearRole] = {}
+    for i, blk in enumerate(model.blocks):
+        parts = block_parts(blk, index=i)
+        for role, parent, attr in _BLOCK_LINEARS:
+            if hasattr(getattr(parts, parent), attr):
+                name = f"blocks.{i}.{parent}.{attr}"
+                roles[name] = LinearRole(name, role, i, attr)
+    for name, head in zip(_HEAD_NAMES, classifier_heads(model), strict=False):
+        if isinstance(head, nn.Linear):
+            roles[name] = LinearRole(name, "head", None, name)
+    return roles
+
+
+def norm_linear_pairs(model: nn.Module) -> list[NormLinear]:
+    """Per block ``norm1 → qkv`` (role ``attn``) then ``norm2 → fc1`` (role ``mlp``)."""
+    pairs = []
+    for i in range(len(model.blocks)):
+        pairs.append(NormLinear(f"blocks.{i}.norm1", (f"blocks.{i}.attn.qkv",), "attn"))
+        pairs.append(NormLinear(f"blocks.{i}.norm2", (f"blocks.{i}.mlp.fc1",), "mlp"))
+    return pairs
+
+
+def attention_cores(model: nn.Module) -> list[AttentionCore]:
+    """Each block's attention module (q·kᵀ and attn·v happen inside it), with heads, head size and logit scale."""
+    cores = []
+    for i, blk in enumerate(model.blocks):
+        attn = block_parts(blk, index=i).attn
+        cores.append(AttentionCore(f"blocks.{i}.attn", i, int(attn.num_heads), int(attn.head_dim), float(attn.scale)))
+    return cores
+
+
+@dataclass(frozen=True)
+class OuterLayers:
+    """The layers around the blocks: the patch projection (``patch_proj_name`` relative to the model), the prefix
+    token parameters in sequence order (cls, dist, registers; ``[1, n, D]`` each), the position embedding, the
+    norm before the first block, the final norm and the norm after pooling (``nn.Identity`` when absent)."""
+
+    patch_proj_name: str
+    patch_proj: nn.Module
+    prefix_tokens: tuple[torch.Tensor, ...]
+    positions: torch.Tensor | None
+    pre_norm: nn.Module
+    final_norm: nn.Module
+    pool_norm: nn.Module
+
+
+def _or_identity(module: nn.Module | None) -> nn.Module:
+    return nn.Identity() if module is None else module
+
+
+def outer_layers(model: nn.Module) -> OuterLayers:
+    tokens = [getattr(model, n, None) for n in ("cls_token", "dist_token", "reg_token")]
+    return OuterLayers(
+        patch_proj_name="patch_embed.proj",
+        patch_proj=model.patch_embed.proj,
+        prefix_tokens=tuple(t for t in tokens if t is not None),
+        positions=getattr(model, "pos_embed", None),
+        pre_norm=_or_identity(getattr(model, "norm_pre", None)),
+        final_norm=model.norm,
+        pool_norm=_or_identity(getattr(model, "fc_norm", None)),
+    )
+
+
+@dataclass(frozen=True)
+class BlockLayers:
+    """One pre-norm block by role: ``x + γ_attn·linears["attn_out"](attention(norms["attn"](x)))``, then
+    ``x + γ_mlp·linears["mlp_out"](mlp_inner_norm(act(linears["mlp_in"](norms["mlp"](x)))))``. ``linears`` is keyed
+    by linear role (``qkv``, ``attn_out``, ``mlp_in``, ``mlp_out``), ``norms`` and ``gammas`` (layer-scale vectors,
+    None = no layer scale) by branch (``attn``, ``mlp``); ``attention`` is the attention core (it holds the
+    ``qkv`` linear and, once quantized, the matmul-input quantizers)."""
+
+    attention: nn.Module
+    linears: dict[str, nn.Module]
+    norms: dict[str, nn.Module]
+    gammas: dict[str, torch.Tensor | None]
+    act: nn.Module
+    mlp_inner_norm: nn.Module
+
+
+def _gamma(ls: nn.Module, where: str) -> torch.Tensor | None:
+    if isinstance(ls, LayerScale):
+        return ls.gamma
+    if isinstance(ls, nn.Identity):
+        return None
+    raise UnsupportedModelError(f"{where} is a {type(ls).__name__}: only LayerScale or no layer scale is handled")
+
+
+def block_layers(block: nn.Module, *, index: int | None = None) -> BlockLayers:
+    p = block_parts(block, index=index)
+    where = f"blocks.{index}" if index is not None else "block"
+    return BlockLayers(
+        attention=p.attn,
+        linears={"qkv": p.attn.qkv, "attn_out": p.attn.proj, "mlp_in": p.mlp.fc1, "mlp_out": p.mlp.fc2},
+        norms={"attn": p.norm1, "mlp": p.norm2},
+        gammas={
+            "attn": _gamma(p.ls1, f"{where} attention layer scale"),
+            "mlp": _gamma(p.ls2, f"{where} MLP layer scale"),
+        },
+        act=p.mlp.act,
+        mlp_inner_norm=_or_identity(getattr(p.mlp, "norm", None)),
+    )
+
+
+class ExplicitAttention(Attention):
+    """timm ``Attention`` with explicit ``q·kᵀ`` and ``attn·v`` matmuls (no fused SDPA kernel), each matmul input
+    passed through :meth:`site` — ``"q"`` (already scaled), ``"k"``, ``"attn"`` (the softmax map after dropout)
+    and ``"v"``; the base hook returns its input. An additive or boolean ``attn_mask`` (e.g. token merging's
+    proportional-attention bias) is applied to the logits before the softmax. Subclasses (fake quantization)
+    override :meth:`site`; the layer swaps in by ``__class__`` so its parameters keep their names."""
+
+    #: the host class this explicit twin replaces
+    host_class: ClassVar[type] = Attention
+
+    def site(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,H,N,d]
+        q, k, v = qkv.unbind(0)  # each [B,H,N,d]
+        q, k = self.q_norm(q), self.k_norm(k)
+        q = self.site("q", q * self.scale)
+        k = self.site("k", k)
+        logits = q @ k.transpose(-2, -1)  # [B,H,N,N]
+        if is_causal:
+            logits = logits.masked_fill(logits.new_ones(N, N, dtype=torch.bool).triu(1), float("-inf"))
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))
+        elif attn_mask is not None:
+            logits = logits + attn_mask
+        attn = logits.softmax(dim=-1)  # [B,H,N,N]
+        attn = self.site("attn", self.attn_drop(attn))
+        v = self.site("v", v)
+        x = (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim)  # [B,N,H*d]
+        x = self.norm(x)
+        x = self.proj(x)
+        return self.proj_drop(x)

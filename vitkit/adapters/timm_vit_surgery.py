@@ -41,7 +41,7 @@ def check_prunable(model: nn.Module, groups: Sequence[str]) -> None:
             if isinstance(lin, nn.Linear) and type(lin) is not nn.Linear:  # LoRA / fake-quant subclasses
                 raise UnsupportedModelError(
                     f"blocks.{i}.{name} is a {type(lin).__name__}: slicing it would drop its extra branch; "
-                    "prune before adapting, or fold it first (lora_merge step / vitkit.adapt.merge_back)"
+                    "prune before adapting, or fold it first (lora_merge step / vitkit.merge_back)"
                 )
         if "heads" in groups:
             if not isinstance(attn.norm, nn.Identity):
@@ -64,7 +64,7 @@ def check_prunable(model: nn.Module, groups: Sequence[str]) -> None:
                 )
 
 
-def _slice_linear(lin: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
+def slice_linear(lin: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
     w = lin.weight.detach()
     if rows is not None:
         w = w.index_select(0, rows)
@@ -102,10 +102,10 @@ def prune_heads(block: nn.Module, keep: Sequence[int], *, index: int | None = No
         return
     rows = qkv_rows(h, d, keep).to(attn.qkv.weight.device)  # [3·K·d]
     cols = head_cols(d, keep).to(attn.qkv.weight.device)  # [K·d]
-    attn.qkv = _slice_linear(attn.qkv, rows=rows)
-    attn.proj = _slice_linear(attn.proj, cols=cols)
+    attn.qkv = slice_linear(attn.qkv, rows=rows)
+    attn.proj = slice_linear(attn.proj, cols=cols)
     if getattr(attn, "gate", None) is not None:
-        attn.gate = _slice_linear(attn.gate, rows=cols)
+        attn.gate = slice_linear(attn.gate, rows=cols)
     attn.num_heads = len(keep)
     attn.attn_dim = len(keep) * d
     if abs(float(attn.scale) - d**-0.5) > 1e-12:  # SDPA's default scale must still equal attn.scale
@@ -130,8 +130,8 @@ def prune_head_dims(block: nn.Module, keep_dims: Sequence[int], *, index: int | 
     scale_now = float(attn.scale)
     rows = head_dim_rows(h, d, keep).to(attn.qkv.weight.device)  # [3·H·d′]
     cols = head_dim_cols(h, d, keep).to(attn.qkv.weight.device)  # [H·d′]
-    attn.qkv = _slice_linear(attn.qkv, rows=rows)
-    attn.proj = _slice_linear(attn.proj, cols=cols)
+    attn.qkv = slice_linear(attn.qkv, rows=rows)
+    attn.proj = slice_linear(attn.proj, cols=cols)
     d_new = len(keep)
     fold = scale_now * d_new**0.5  # SDPA will use 1/sqrt(d′); q·fold restores the old temperature
     idx = torch.as_tensor(keep, dtype=torch.long)
@@ -174,8 +174,8 @@ def prune_mlp(block: nn.Module, keep: Sequence[int], *, index: int | None = None
     if len(keep) == n:
         return
     idx = torch.as_tensor(keep, dtype=torch.long, device=mlp.fc1.weight.device)
-    mlp.fc1 = _slice_linear(mlp.fc1, rows=idx)
-    mlp.fc2 = _slice_linear(mlp.fc2, cols=idx)
+    mlp.fc1 = slice_linear(mlp.fc1, rows=idx)
+    mlp.fc2 = slice_linear(mlp.fc2, cols=idx)
 
 
 def keep_blocks(model: nn.Module, keep: Sequence[int]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.metadata
 import platform
 import statistics
 import time
@@ -34,14 +35,12 @@ def gemm_gflops(n: int = 1024, repeats: int = 7) -> float:
 
 
 def environment(*, probe: bool = True) -> dict:
-    import timm
-
     from .._version import __version__
 
     env = {
         "vitkit": __version__,
         "torch": torch.__version__,
-        "timm": timm.__version__,
+        "timm": importlib.metadata.version("timm"),
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
         "cpu": cpu_model(),

@@ -194,7 +194,7 @@ def _artifact_eval_data(path: str) -> str | None:
 
 def cmd_export(args) -> int:
     from ..data import load_dataset
-    from ..export import export_model
+    from ..deploy import export_model
     from ..models import load
 
     con = console()
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default=None, help="images for the parity check (default: the artifact's eval data)")
     s.add_argument("--split", default="test")
     s.add_argument("--images", type=int, default=128, help="images in the parity check")
-    s.add_argument("--quant", default="auto", help="quantized models: auto|qdq|fake|dynamic")
+    s.add_argument("--quant", default="auto", help="quantized models: auto|qdq|fake|dynamic|float")
     s.add_argument("--opset", type=int, default=17)
     s.add_argument("--arch", default=None)
     s.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime vs PyTorch timing")

@@ -85,7 +85,7 @@ def _arch_model(plan):
             return load(plan.arch)
         if isinstance(plan.arch, dict) and "name" in plan.arch:
             return load(plan.arch["name"], **dict(plan.arch.get("kwargs") or {}))
-        raise ConfigError(f"arch must be a timm name or {{name, kwargs}}, got {plan.arch!r}")
+        raise ConfigError(f"arch must be a model name or {{name, kwargs}}, got {plan.arch!r}")
     from ..artifact import is_artifact
 
     for p in [plan.base] + plan.models:

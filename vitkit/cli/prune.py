@@ -66,12 +66,10 @@ def _configs(args):
     if args.distill_epochs:
         steps.append(
             DistillConfig(
-                epochs=args.distill_epochs,
-                lr=args.distill_lr,
-                warmup_epochs=0.5,
                 teacher="original",
                 data=args.data,
                 limit=args.distill_limit,
+                train=dict(epochs=args.distill_epochs, lr=args.distill_lr, warmup_epochs=0.5),
             )
         )
     return steps

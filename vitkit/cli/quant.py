@@ -48,8 +48,7 @@ def cmd_export_qdq(args) -> int:
     import torch
 
     from ..adapters.timm_vit import input_size
-    from ..quant.deploy import OrtModule
-    from ..quant.export import export_qdq
+    from ..deploy import OrtModule, export_qdq
     from ..ui import console
 
     model = _load_ptq(args.artifact)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,12 @@ DATASETS = {
 }
 
 
+#: Readers of a model's real input geometry ``(C, H, W)`` (None: not theirs to say), tried in order by
+#: :func:`input_spec`. :mod:`vitkit.adapters` registers the host adapters' reader on import: this layer sits
+#: below the adapters and reads no host internals itself.
+INPUT_SIZE_READERS: list[Callable[[torch.nn.Module], tuple[int, int, int] | None]] = []
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a model expects: (C, H, W) and per-channel normalisation."""
@@ -48,9 +54,10 @@ def input_spec(model: torch.nn.Module | None = None, **overrides) -> InputSpec:
 
         cfg = resolve_data_config({}, model=model)
         c, h, w = cfg["input_size"]
-        pe = getattr(model, "patch_embed", None)
-        if pe is not None and getattr(pe, "img_size", None) is not None:  # the real geometry wins
-            c, (h, w) = int(pe.proj.in_channels), (int(pe.img_size[0]), int(pe.img_size[1]))
+        for read in INPUT_SIZE_READERS:  # the real geometry wins
+            if (size := read(model)) is not None:
+                c, h, w = size
+                break
         mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
         spec = dict(chans=c, height=h, width=w, mean=mean, std=std)
         spec.update(interpolation=cfg.get("interpolation", "bilinear"), crop_pct=float(cfg.get("crop_pct", 1.0)))

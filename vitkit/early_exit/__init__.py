@@ -1,4 +1,4 @@
-"""Early exit for timm ViTs (LGViT): exit heads after intermediate blocks, per-sample exiting in a batch.
+"""Early exit for ViTs (LGViT): exit heads after intermediate blocks, per-sample exiting in a batch.
 
 ```python
 import vitkit
@@ -7,7 +7,7 @@ vitkit.apply_(model, EarlyExitConfig(exits=[2, 3, 4], head="linear", epochs=3)) 
 calibrate(model, val_set, max_drop=1.0)     # one threshold: most exits within a 1-point top-1 drop
 calibrate(model, val_set, 1.0, per_exit=True, cost="latency")  # or: τ per exit, minimising measured latency
 logits = model(x)                           # eval: each sample leaves at its first confident exit
-exit_histogram(model)                       # {"blocks.2": n, ..., "final": n}
+exit_histogram(model)                       # {block name: n, ..., "final": n}
 ```
 """
 

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..configs import TransformConfig
 from ..errors import ConfigError
 from ..ops.early_exit import CRITERIA
+from ..validate import check_choice, check_int, check_ints, check_number, is_number
 
 HEADS = ("linear", "attention-pool")
-
-
-def _number(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, int | float)
 
 
 @dataclass(frozen=True)
@@ -62,9 +60,8 @@ class EarlyExitConfig(TransformConfig):
     def validate(self) -> None:
         n = type(self).__name__
         if self.exits is not None:
-            ex = (self.exits,) if isinstance(self.exits, int) else tuple(self.exits)
-            if not ex or not all(isinstance(e, int) and not isinstance(e, bool) for e in ex):
-                raise ConfigError(f"{n}.exits must be a non-empty list of block indices, got {self.exits!r}")
+            ex = (self.exits,) if isinstance(self.exits, int) else self.exits
+            ex = check_ints(ex, f"{n}.exits", why=" (block indices)")
             if min(ex) < 0:
                 raise ConfigError(f"{n}.exits: block index {min(ex)} is negative; use 0-based indices (blocks.0 ...)")
             if any(b <= a for a, b in zip(ex, ex[1:], strict=False)):
@@ -76,43 +73,30 @@ class EarlyExitConfig(TransformConfig):
             raise ConfigError(f"{n}.head must be one of {list(HEADS)} (or a list of them), got {self.head!r}")
         if not isinstance(self.head, str):
             object.__setattr__(self, "head", heads)
-        thr = (self.threshold,) if _number(self.threshold) else tuple(self.threshold)
+        thr = (self.threshold,) if is_number(self.threshold) else tuple(self.threshold)
         for t in thr:
-            if not _number(t) or not 0.0 < float(t) < 1.0:
-                raise ConfigError(
-                    f"{n}.threshold must be in the open interval (0, 1) (exit when the score reaches it), got {t!r}"
-                )
+            why = " (exit when the score reaches it)"
+            check_number(t, f"{n}.threshold", low=0, high=1, low_open=True, high_open=True, why=why)
         for field, values in (("head", heads), ("threshold", thr)):
             if len(values) > 1 and self.exits is not None and len(values) != len(self.exits):
                 raise ConfigError(
                     f"{n}.{field} has {len(values)} entries for {len(self.exits)} exits: give one or one per exit"
                 )
-        if self.criterion not in CRITERIA:
-            raise ConfigError(f"{n}.criterion must be one of {list(CRITERIA)}, got {self.criterion!r}")
-        if self.calibration not in ("single", "per-exit"):
-            raise ConfigError(f"{n}.calibration must be 'single' or 'per-exit', got {self.calibration!r}")
-        if self.cost not in ("macs", "latency"):
-            raise ConfigError(
-                f"{n}.cost must be 'macs' or 'latency' (what per-exit calibration minimises), got {self.cost!r}"
-            )
-        if self.max_drop is not None and (not _number(self.max_drop) or self.max_drop < 0):
-            raise ConfigError(f"{n}.max_drop must be >= 0 accuracy points (or null), got {self.max_drop!r}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 0:
-            raise ConfigError(f"{n}.epochs must be an int >= 0 (0 = untrained heads), got {self.epochs!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"{n}.batch_size must be a positive int, got {self.batch_size!r}")
-        if not 0.0 <= float(self.alpha) <= 1.0:
-            raise ConfigError(f"{n}.alpha must be in [0, 1], got {self.alpha}")
-        if float(self.temperature) <= 0 or float(self.lr) <= 0:
-            raise ConfigError(f"{n}.temperature and lr must be positive")
-        if self.limit is not None and (
-            isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1
-        ):
-            raise ConfigError(f"{n}.limit must be a positive int or null, got {self.limit!r}")
+        check_choice(self.criterion, f"{n}.criterion", CRITERIA)
+        check_choice(self.calibration, f"{n}.calibration", ("single", "per-exit"))
+        check_choice(self.cost, f"{n}.cost", ("macs", "latency"), why=" (what per-exit calibration minimises)")
+        check_number(self.max_drop, f"{n}.max_drop", low=0, optional=True, why=" accuracy points")
+        check_int(self.epochs, f"{n}.epochs", low=0, why=" (0 = untrained heads)")
+        check_int(self.batch_size, f"{n}.batch_size", low=1)
+        check_number(self.alpha, f"{n}.alpha", low=0, high=1)
+        check_number(self.temperature, f"{n}.temperature", low=0, low_open=True)
+        check_number(self.lr, f"{n}.lr", low=0, low_open=True)
+        check_int(self.limit, f"{n}.limit", low=1, optional=True)
 
-    def resolve(self, depth: int) -> tuple[list[int], list[str], list[float]]:
-        """(exits, head per exit, threshold per exit) for a model with ``depth`` blocks, or ``ConfigError``."""
+    def resolve(self, block_names: Sequence[str]) -> tuple[list[int], list[str], list[float]]:
+        """(exits, head per exit, threshold per exit) for a model with blocks ``block_names``, or ``ConfigError``."""
         n = type(self).__name__
+        depth = len(block_names)
         if depth < 2:
             raise ConfigError(f"{n}: a model with {depth} block(s) has no room for an early exit")
         exits = list(self.exits) if self.exits is not None else list(range(depth // 3, depth - 1))
@@ -122,11 +106,11 @@ class EarlyExitConfig(TransformConfig):
         bad = [e for e in exits if e > last]
         if bad:
             raise ConfigError(
-                f"{n}.exits {bad} out of range: the model has {depth} blocks, so exits go after blocks.0 .. "
-                f"blocks.{last} (blocks.{depth - 1} is followed by the model's own head)"
+                f"{n}.exits {bad} out of range: the model has {depth} blocks, so exits go after {block_names[0]} .. "
+                f"{block_names[last]} ({block_names[-1]} is followed by the model's own head)"
             )
         heads = [self.head] * len(exits) if isinstance(self.head, str) else list(self.head)
-        thr = [float(self.threshold)] * len(exits) if _number(self.threshold) else [float(t) for t in self.threshold]
+        thr = [float(self.threshold)] * len(exits) if is_number(self.threshold) else [float(t) for t in self.threshold]
         if len(heads) == 1:
             heads = heads * len(exits)
         if len(thr) == 1:

@@ -7,11 +7,19 @@ What changes (``__class__`` swap of the model only; blocks and weights untouched
   scores the exit head's prediction, writes the logits of samples that pass into the output, drops them
   from the batch (row gather) and goes on with the rest; samples passing no exit get the model's own head.
   In training mode, while tracing/exporting, or when disabled it is the host's own ``forward``.
-* A token-reduction patch applied *before* early exit is honoured (token sizes and masks follow the
-  samples); patching token reduction *after* early exit is refused (it would silently bypass the exits).
+* The block loop is the adapter's :func:`~vitkit.adapters.runtime.host_run`, so a token-reduction patch
+  applied *before* early exit is honoured (token sizes and masks follow the samples); patching token
+  reduction *after* early exit is refused (it would silently bypass the exits).
 
 Counting: ``exit_histogram(model)`` (samples per exit, since the last reset), ``last_exits(model)``
 (exit index of each sample of the last forward; ``len(exits)`` = the model's own head).
+
+Export: per-sample exiting is data-dependent control flow, which a traced ONNX graph cannot hold, so
+``vitkit export`` traces :class:`ExitSelectGraph` instead: every exit head and the final head are computed
+and, per sample, the logits of the first exit whose score passes its threshold are selected — the same
+decisions and outputs as :func:`exiting_forward`, so the export parity check compares like with like. It does
+*not* save compute in ONNX Runtime (every block runs); the saving is PyTorch-side (or a segmented export, not
+written yet).
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from ..adapters import adapter_for
+from ..adapters.runtime import HostRun, host_run
 from ..errors import ConfigError
 from ..history import drop_steps, steps_named
-from ..ops.early_exit import exit_score_row, exit_scores
+from ..ops.early_exit import effective_thresholds, exit_score_row, exit_scores
 
 _log = logging.getLogger(__name__)
 
@@ -64,67 +74,6 @@ def state(model: nn.Module) -> ExitState:
     return st
 
 
-class _Runner:
-    """One forward's block loop, shared by exiting inference and the all-exits pass (training, calibration).
-
-    Knows whether the model carries a token-reduction patch and then keeps its :class:`TokenContext`
-    (sizes, masks, scratch) aligned with the surviving samples."""
-
-    def __init__(self, model: nn.Module, attn_mask: torch.Tensor | None, is_causal: bool) -> None:
-        from ..tokens.patch import PROP_ATTN, patched_method
-
-        self.model, self.mask, self.causal = model, attn_mask, bool(is_causal)
-        self.tokens = patched_method(model) is not None
-        self.prop_attn = bool(getattr(model, PROP_ATTN, False))
-        self.ctx = None
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        if self.tokens:
-            from ..tokens.patch import TokenContext
-
-            grid = m.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
-            self.ctx = TokenContext(int(m.num_prefix_tokens), tuple(grid), self.prop_attn)
-        x = m.patch_embed(x)
-        x = m._pos_embed(x)
-        x = m.patch_drop(x)
-        return m.norm_pre(x)  # [B, N, C]
-
-    def block(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        blk = self.model.blocks[i]
-        kw = {"attn_mask": self.mask, "is_causal": self.causal} if (self.mask is not None or self.causal) else {}
-        if self.ctx is not None:
-            kw["ctx"] = self.ctx
-        return blk(x, **kw)
-
-    @property
-    def size(self) -> torch.Tensor | None:
-        return None if self.ctx is None else self.ctx.size  # [B, N, 1] once tokens were merged
-
-    def take(self, keep: torch.Tensor, batch: int) -> None:
-        """Keep rows ``keep`` of every per-sample tensor (caller mask, token sizes/masks/scratch)."""
-
-        def sel(t):
-            return t.index_select(0, keep) if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == batch else t
-
-        self.mask = sel(self.mask)
-        if self.ctx is not None:
-            self.ctx.size, self.ctx.mask = sel(self.ctx.size), sel(self.ctx.mask)
-            self.ctx.store = {k: sel(v) for k, v in self.ctx.store.items()}
-
-    def final(self, x: torch.Tensor) -> torch.Tensor:
-        """The model's own norm + head (size-weighted average pooling after token merging, as the token patch)."""
-        m = self.model
-        x = m.norm(x)
-        size = self.size
-        if size is None or m.global_pool != "avg":
-            return m.forward_head(x)
-        from .heads import pool_tokens
-
-        pooled = pool_tokens(x, "avg", int(m.num_prefix_tokens), size)  # [B, C]
-        return m.head(m.head_drop(m.fc_norm(pooled)))
-
-
 def all_exit_logits(
     model: nn.Module, x: torch.Tensor, *, with_features: bool = False
 ) -> list[torch.Tensor] | tuple[list, torch.Tensor]:
@@ -134,19 +83,19 @@ def all_exit_logits(
     size [B, N, 1] | None)`` per exit (what the heads read) — used to train the heads on a frozen backbone.
     """
     st = state(model)
-    run = _Runner(model, None, False)
+    run = host_run(model)
     h = run.embed(x)
     at = {b: k for k, b in enumerate(st.exits)}
     heads = getattr(model, HEADS)
     outs, feats = [], []
-    for i in range(len(model.blocks)):
+    for i in range(run.depth):
         h = run.block(i, h)
         if i in at:
             if with_features:
                 feats.append((h, run.size))
             else:
                 outs.append(heads[at[i]](h, run.size))
-    final = run.final(h)
+    final = run.logits(h)
     return (feats, final) if with_features else outs + [final]
 
 
@@ -154,16 +103,16 @@ def exiting_forward(model: nn.Module, x: torch.Tensor, attn_mask=None, is_causal
     """Per-sample early exiting (see module docstring) → ``[B, classes]``; updates the histogram."""
     st = state(model)
     heads = getattr(model, HEADS)
-    run = _Runner(model, attn_mask, is_causal)
+    run = host_run(model, attn_mask, is_causal)
     h = run.embed(x)
     B = h.shape[0]
     if B == 1:
-        return _exit_single(model, st, run, h, heads)
+        return _exit_single(st, run, h, heads)
     alive = torch.arange(B, device=h.device)  # original row of each surviving sample
     exit_of = torch.full((B,), len(st.exits), dtype=torch.long, device=h.device)
     out: torch.Tensor | None = None
     at = st.checked()
-    for i in range(len(model.blocks)):
+    for i in range(run.depth):
         h = run.block(i, h)
         k = at.get(i)
         if k is None:
@@ -185,27 +134,26 @@ def exiting_forward(model: nn.Module, x: torch.Tensor, attn_mask=None, is_causal
         keep = (~done).nonzero().squeeze(1)
         h, alive = h.index_select(0, keep), alive.index_select(0, keep)
         run.take(keep, b)
-    final = run.final(h)
+    final = run.logits(h)
     if out is None:  # nobody exited: exactly the host model's output
         return _record(st, exit_of, final)
     out[alive] = final.to(out.dtype)
     return _record(st, exit_of, out)
 
 
-def _exit_single(model: nn.Module, st: ExitState, run: _Runner, h: torch.Tensor, heads: nn.ModuleList):
+def _exit_single(st: ExitState, run: HostRun, h: torch.Tensor, heads: nn.ModuleList):
     """Batch-1 fast path: the same decisions with the score computed on Python floats (no gathers, one sync
     per exit) — per-exit overhead matters most at batch 1."""
     at = st.checked()
-    plain = run.ctx is None and run.mask is None and not run.causal  # host blocks called as they are
-    for i, blk in enumerate(model.blocks):
-        h = blk(h) if plain else run.block(i, h)
+    for i in range(run.depth):
+        h = run.block(i, h)
         k = at.get(i)
         if k is None:
             continue
         logits = heads[k](h, run.size)  # [1, classes]
         if exit_score_row(logits[0].tolist(), st.criterion) >= st.thresholds[k]:
             return _record_one(st, k, logits)
-    return _record_one(st, len(st.exits), run.final(h))
+    return _record_one(st, len(st.exits), run.logits(h))
 
 
 def _record_one(st: ExitState, k: int, out: torch.Tensor) -> torch.Tensor:
@@ -221,6 +169,27 @@ def _record(st: ExitState, exit_of: torch.Tensor, out: torch.Tensor) -> torch.Te
     return out
 
 
+class ExitSelectGraph(nn.Module):
+    """``forward(x)`` = the logits per-sample early exiting would return, computed without control flow."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        st = state(model)
+        self.criterion = st.criterion
+        self.register_buffer("thresholds", effective_thresholds(st.thresholds, st.active), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs = all_exit_logits(self.model, x)  # E+1 × [B, C], the final head last
+        logits = torch.stack(outs)  # [E+1, B, C]
+        scores = torch.stack([exit_scores(o, self.criterion) for o in outs[:-1]])  # [E, B]
+        passed = scores >= self.thresholds.view(-1, 1)  # [E, B]
+        passed = torch.cat([passed, torch.ones_like(passed[:1])], dim=0).float()  # final head always passes
+        first = passed.argmax(dim=0)  # [B]: first exit passed (argmax returns the first maximum)
+        idx = first.view(1, -1, 1).expand(1, logits.shape[1], logits.shape[2])
+        return logits.gather(0, idx).squeeze(0)  # [B, C]
+
+
 class EarlyExitVisionTransformer(nn.Module):
     """Mixin placed before the model's own class: ``forward`` exits per sample in eval mode."""
 
@@ -231,10 +200,14 @@ class EarlyExitVisionTransformer(nn.Module):
         return exiting_forward(self, x, attn_mask, is_causal)
 
     def vitkit_onnx_module(self) -> nn.Module:
-        """What ``vitkit export`` traces: the exit decisions as a static graph (see ``onnx_graph``)."""
-        from .onnx_graph import ExitSelectGraph
-
+        """What ``vitkit export`` traces: the exit decisions as a static graph (:class:`ExitSelectGraph`)."""
         return ExitSelectGraph(self)
+
+    def vitkit_lift(self):
+        """Take the early-exit class off (heads, state and the recorded step stay); returns what puts it back
+        — for a caller that changes the class underneath (``vitkit.tokens.remove``)."""
+        st = detach_class(self)
+        return None if st is None else (lambda: patch(self, st))
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -300,11 +273,15 @@ def detach_class(model: nn.Module) -> ExitState | None:
     return st
 
 
+def exit_names(model: nn.Module) -> list[str]:
+    """The name of each exit — the block it follows — and ``"final"`` for the model's own head."""
+    names = adapter_for(model).describe(model).block_names
+    return [names[b] for b in state(model).exits] + ["final"]
+
+
 def exit_histogram(model: nn.Module) -> dict[str, int]:
-    """Samples that left at each exit since the last reset: ``{"blocks.3": n, ..., "final": n}``."""
-    st = state(model)
-    names = [f"blocks.{b}" for b in st.exits] + ["final"]
-    return dict(zip(names, st.counts, strict=True))
+    """Samples that left at each exit since the last reset: ``{<block name>: n, ..., "final": n}``."""
+    return dict(zip(exit_names(model), state(model).counts, strict=True))
 
 
 def reset_histogram(model: nn.Module) -> None:

@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..adapters import adapter_for
+from ..adapters.runtime import host_run
 from ..data import iterate_batches
 from ..distill.losses import soft_kd
 from ..errors import ConfigError
@@ -30,7 +32,7 @@ from ..ops.early_exit import (
     simulate,
 )
 from ..training import TrainConfig, fit
-from .runtime import HEADS, _Runner, all_exit_logits, set_threshold, state
+from .runtime import HEADS, all_exit_logits, exit_names, set_threshold, state
 
 _log = logging.getLogger(__name__)
 
@@ -106,10 +108,8 @@ def exit_table(model: nn.Module, dataset, *, batch_size: int = 256) -> tuple[tor
 
 def mac_costs(model: nn.Module) -> ExitCosts:
     """Analytic MACs of each part of an early-exit forward (see :class:`~vitkit.ops.early_exit.ExitCosts`)."""
-    from ..adapters.timm_vit import describe
-
     st = state(model)
-    info = describe(model)
+    info = adapter_for(model).describe(model)
     n, d, c = info.num_tokens, info.embed_dim, info.num_classes
     blocks = tuple(float(4 * n * d * d + 2 * n * n * d + 2 * n * d * h) for h in info.mlp_hidden)
     embed = float(info.num_patches * d * info.in_chans * info.patch_size[0] * info.patch_size[1])
@@ -133,7 +133,7 @@ def measured_costs(model: nn.Module, example: torch.Tensor, *, repeats: int = 30
     heads = getattr(model, HEADS)
     was = model.training
     model.eval()
-    run = _Runner(model, None, False)
+    run = host_run(model)
     x = example[:1]
     at = {b: k for k, b in enumerate(st.exits)}
     times: dict[str, list[float]] = {}
@@ -152,17 +152,17 @@ def measured_costs(model: nn.Module, example: torch.Tensor, *, repeats: int = 30
             if r == 3:
                 times.clear()  # the first rounds warm up
             h = clock("embed", run.embed, x)
-            for i in range(len(model.blocks)):
+            for i in range(run.depth):
                 h = clock(f"b{i}", run.block, i, h)
                 if i in at:
                     clock(f"h{at[i]}", head_and_score, at[i], h)
-            clock("final", run.final, h)
+            clock("final", run.logits, h)
     finally:
         model.train(was)
     med = {k: statistics.median(v) for k, v in times.items()}
     return ExitCosts(
         med["embed"],
-        tuple(med[f"b{i}"] for i in range(len(model.blocks))),
+        tuple(med[f"b{i}"] for i in range(run.depth)),
         tuple(st.exits),
         tuple(med[f"h{k}"] for k in range(len(st.exits))),
         med["final"],
@@ -190,7 +190,7 @@ def evaluate_exits(model: nn.Module, dataset, thresholds: float | list[float] | 
         "top1_exit": hit.float().mean().item(),
         "drop_pts": 100 * (correct[-1].float().mean().item() - hit.float().mean().item()),
         "per_exit_top1": correct.float().mean(1).tolist(),
-        "histogram": dict(zip([f"blocks.{b}" for b in st.exits] + ["final"], hist, strict=True)),
+        "histogram": dict(zip(exit_names(model), hist, strict=True)),
         "macs_ratio": _ratio(idx, mac_costs(model), st.active),
     }
 
@@ -239,14 +239,14 @@ def calibrate(
         "top1_full": raw["top1_full"],
         "top1_exit": raw["top1_exit"],
         "drop_pts": round(raw["drop_pts"], 4),
-        "histogram": dict(zip([f"blocks.{b}" for b in st.exits] + ["final"], raw["exits"], strict=True)),
+        "histogram": dict(zip(exit_names(model), raw["exits"], strict=True)),
         "macs_ratio": round(_ratio(idx, mac_costs(model), active), 4),
     }
     if cost == "latency":
         info["latency_ratio_estimate"] = round(_ratio(idx, costs, active), 4)
         info["measured_ms"] = {
             "embed": round(1e3 * costs.embed, 4),
-            "blocks": [round(1e3 * b, 4) for b in costs.blocks],
+            "blocks": [round(1e3 * b, 4) for b in costs.block_costs],
             "heads": [round(1e3 * h, 4) for h in costs.heads],
             "final": round(1e3 * costs.final, 4),
         }

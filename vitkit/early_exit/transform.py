@@ -13,7 +13,7 @@ from typing import Any
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..adapters.timm_vit import classifier_heads, describe
+from ..adapters import adapter_for
 from ..errors import ConfigError, UnsupportedModelError
 from ..registry import register_transform
 from .config import EarlyExitConfig
@@ -27,20 +27,25 @@ PAPER = "LGViT: Dynamic Early Exiting for Accelerating Vision Transformer (Xu et
 
 def _host(model: nn.Module) -> dict[str, Any]:
     """What exit heads need from the host: width, classes, pooling, prefix tokens, final norm, classifier."""
-    info = describe(model)
+    host = adapter_for(model)
+    info = host.describe(model)
     if info.global_pool not in ("token", "avg"):
         raise UnsupportedModelError(
             f"early exit needs a pooled classifier (global_pool 'token' or 'avg'), got {info.global_pool!r}"
         )
-    if getattr(model, "pool_include_prefix", False):
+    if info.pool_include_prefix:
         raise UnsupportedModelError("early exit does not handle pool_include_prefix=True: use the default pooling")
     if info.num_classes <= 0:
         raise UnsupportedModelError("early exit needs a classifier head (num_classes > 0)")
-    # the norm applied to the pooled feature: fc_norm for avg pooling, the final norm for [CLS] pooling
-    fc_norm = getattr(model, "fc_norm", None)
-    final_norm = fc_norm if isinstance(fc_norm, nn.LayerNorm) else getattr(model, "norm", None)
+    final_norm = host.feature_norm(model)  # the norm applied to the pooled feature
     eps = float(getattr(final_norm, "eps", 1e-6))
-    return {"info": info, "final_norm": final_norm, "classifier": classifier_heads(model)[0], "eps": eps}
+    return {
+        "info": info,
+        "num_prefix": host.prefix_tokens(model),
+        "final_norm": final_norm,
+        "classifier": host.heads(model)[0][1],
+        "eps": eps,
+    }
 
 
 def _build_heads(model: nn.Module, heads: list[str], *, init: bool) -> nn.ModuleList:
@@ -55,7 +60,7 @@ def _build_heads(model: nn.Module, heads: list[str], *, init: bool) -> nn.Module
             num_classes=info.num_classes,
             num_heads=info.num_heads[0],
             pool=pool,
-            num_prefix=info.num_prefix_tokens,
+            num_prefix=host["num_prefix"],
             eps=host["eps"],
         )
         if init:
@@ -81,10 +86,10 @@ def _check_fresh(model: nn.Module) -> None:
 def apply_early_exit(model: nn.Module, cfg: EarlyExitConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     """Attach exit heads after ``cfg.exits``, train them (frozen backbone), optionally calibrate τ, patch."""
     _check_fresh(model)
-    info = _host(model)["info"]
-    exits, heads, thresholds = cfg.resolve(info.depth)
+    names = _host(model)["info"].block_names
+    exits, heads, thresholds = cfg.resolve(names)
     decisions: dict[str, Any] = {"exits": exits, "heads": heads, "thresholds": thresholds, "criterion": cfg.criterion}
-    where = ", ".join(f"blocks.{b}:{h}" for b, h in zip(exits, heads, strict=True))
+    where = ", ".join(f"{names[b]}:{h}" for b, h in zip(exits, heads, strict=True))
     if dry_run:
         decisions["summary"] = f"would add {len(exits)} exit head(s) ({where}), {cfg.epochs} epoch(s) of KD"
         return decisions
@@ -129,13 +134,13 @@ def apply_early_exit(model: nn.Module, cfg: EarlyExitConfig, *, calib=None, dry_
 
 def prepare_early_exit(model: nn.Module, cfg: EarlyExitConfig, decisions: dict[str, Any]) -> None:
     """Before the artifact's weights are loaded: create the (untrained) heads so their keys exist."""
-    heads = list(decisions.get("heads") or cfg.resolve(describe(model).depth)[1])
+    heads = list(decisions.get("heads") or cfg.resolve(adapter_for(model).describe(model).block_names)[1])
     model.add_module(HEADS, _build_heads(model, heads, init=False))
 
 
 def restore_early_exit(model: nn.Module, cfg: EarlyExitConfig, decisions: dict[str, Any]) -> None:
     """After the weights: patch the forward with the recorded exits / heads / thresholds."""
-    exits, heads, thresholds = cfg.resolve(describe(model).depth)
+    exits, heads, thresholds = cfg.resolve(adapter_for(model).describe(model).block_names)
     exits = list(decisions.get("exits", exits))
     heads = list(decisions.get("heads", heads))
     thresholds = [float(t) for t in decisions.get("thresholds", thresholds)]

@@ -1,4 +1,4 @@
-"""Model merging for timm ViTs: soups, task arithmetic, TIES, DARE, OPCM, FW-Merging, RegMean, PLeaS.
+"""Model merging for ViTs: soups, task arithmetic, TIES, DARE, OPCM, FW-Merging, RegMean, PLeaS.
 
 ```python
 import vitkit
@@ -8,30 +8,24 @@ for ckpt in checkpoints:
     merger.add(ckpt)
 ```
 The CLI is ``vitkit merge merge.yaml -o out/`` (see :mod:`vitkit.merging.yaml_config`).
+
+One file per method (its config, its registered function, the paper and equation it implements):
+:mod:`.average`, :mod:`.greedy_soup`, :mod:`.task_arithmetic`, :mod:`.ties`, :mod:`.dare`, :mod:`.opcm`,
+:mod:`.fw_merging`, :mod:`.regmean`, :mod:`.pleas`; the engine they run through is :mod:`.core`.
 """
 
 from ..registry import get_merge_method, list_merge_methods, register_merge
-from . import data_methods, opcm, step  # noqa: F401  (register their methods and the recipe step)
-from .configs import (
-    AverageConfig,
-    DAREConfig,
-    FWMergingConfig,
-    GreedySoupConfig,
-    OPCMConfig,
-    PLeaSConfig,
-    RegMeanConfig,
-    TaskArithmeticConfig,
-    TIESConfig,
-)
+from .average import AverageConfig
 from .core import merge
-from .opcm import OPCMMerger
+from .dare import DAREConfig
+from .fw_merging import FWMergingConfig
+from .greedy_soup import GreedySoupConfig
+from .opcm import OPCMConfig, OPCMMerger
+from .pleas import PLeaSConfig
+from .regmean import RegMeanConfig
 from .step import MergeStepConfig
-
-try:  # PLeaS needs scipy
-    from . import pleas  # noqa: F401
-except ModuleNotFoundError as exc:  # pragma: no cover
-    if exc.name not in ("vitkit.merging.pleas", "scipy"):
-        raise
+from .task_arithmetic import TaskArithmeticConfig
+from .ties import TIESConfig
 
 __all__ = [
     "AverageConfig",

@@ -1,17 +1,17 @@
-"""``vitkit.merge``: the per-tensor streaming executor every merge method runs through.
+"""``vitkit.merge``: the engine every merge method runs through.
 
 A method is ``fn(sources, base, cfg, ctx) -> state_dict`` registered with :func:`vitkit.registry.register_merge`
-(the one registry; ``vitkit list`` shows merge methods beside transforms). Per-tensor methods (average, task
-arithmetic, TIES, DARE) run through :func:`stream_merge`, which reads the N tensors of
-one name, merges them, and moves on — so a merge of N ``.safetensors`` files holds the output plus one
-tensor per model, not N models.
+(the one registry; ``vitkit list`` shows merge methods beside transforms), one file per method in this package.
+Per-tensor methods (average, task arithmetic, TIES, DARE) run through :func:`stream_merge`, which reads the N
+tensors of one name, merges them, and moves on — so a merge of N ``.safetensors`` files holds the output plus
+one tensor per model, not N models. Methods that run the network (greedy soup, FW-Merging, RegMean, PLeaS) load
+one model at a time into a private template copy (:meth:`MergeContext.template`, :func:`load_into`).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +21,8 @@ import torch.nn as nn
 
 from ..configs import TransformConfig, select_names
 from ..errors import ConfigError
-from ..ops import merging as ops
-from ..registry import merge_method_for_config, register_merge
-from .configs import AverageConfig, DAREConfig, TaskArithmeticConfig, TIESConfig
+from ..models.load import load_state_dict_strict
+from ..registry import merge_method_for_config
 from .sources import TensorSource, check_compatible, compute_dtype, open_source, open_sources
 
 _log = logging.getLogger(__name__)
@@ -134,7 +133,8 @@ def stream_merge(
     return out
 
 
-def _weights(cfg_weights, n: int, cls: str) -> list[float]:
+def per_model_weights(cfg_weights, n: int, cls: str) -> list[float]:
+    """``cfg_weights`` as floats (all 1 when ``None``), checked to give one weight per model."""
     if cfg_weights is None:
         return [1.0] * n
     if len(cfg_weights) != n:
@@ -142,53 +142,15 @@ def _weights(cfg_weights, n: int, cls: str) -> list[float]:
     return [float(w) for w in cfg_weights]
 
 
-# -- per-tensor methods -----------------------------------------------------------------------------------------
-@register_merge("average", AverageConfig, paper="Model soups (Wortsman et al., ICML 2022)", needs_base=False)
-def merge_average(sources, base, cfg: AverageConfig, ctx: MergeContext):
-    """Uniform / weighted soup; weights are normalised to sum to 1."""
-    w = _weights(cfg.weights, len(sources), "AverageConfig")
-    total = sum(w)
-    w = [x / total for x in w]
-    return stream_merge(sources, base, cfg, lambda k, ts, b: ops.weighted_average(ts, w), ctx.progress)
+# -- helpers of the methods that run the network ---------------------------------------------------------------
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "merged weights") -> nn.Module:
+    """Load ``state`` into ``model`` (strict), cast to the model's own dtypes."""
+    own = model.state_dict()
+    cast = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    load_state_dict_strict(model, cast, source=source)
+    return model
 
 
-@register_merge(
-    "task_arithmetic", TaskArithmeticConfig, paper="Editing Models with Task Arithmetic (ICLR 2023)", needs_base=True
-)
-def merge_task_arithmetic(sources, base, cfg: TaskArithmeticConfig, ctx: MergeContext):
-    w = [cfg.scaling * x for x in _weights(cfg.weights, len(sources), "TaskArithmeticConfig")]
-
-    def fn(k, ts, b):
-        return ops.task_arithmetic(b, [ops.task_vector(t, b) for t in ts], w)
-
-    return stream_merge(sources, base, cfg, fn, ctx.progress)
-
-
-@register_merge("ties", TIESConfig, paper="TIES-Merging (NeurIPS 2023)", needs_base=True)
-def merge_ties(sources, base, cfg: TIESConfig, ctx: MergeContext):
-    def fn(k, ts, b):
-        tau = ops.ties_merge([ops.task_vector(t, b) for t in ts], cfg.density, aggregate=cfg.aggregate)
-        return b + cfg.scaling * tau
-
-    return stream_merge(sources, base, cfg, fn, ctx.progress)
-
-
-def dare_generator(seed: int, model_index: int, name: str) -> torch.Generator:
-    """A generator seeded from (seed, model index, tensor name): stable across runs and Python hash seeds."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + model_index * 7919 + zlib.crc32(name.encode())) % 2**63)
-
-
-@register_merge("dare", DAREConfig, paper="Language Models are Super Mario (DARE, ICML 2024)", needs_base=True)
-def merge_dare(sources, base, cfg: DAREConfig, ctx: MergeContext):
-    def fn(k, ts, b):
-        taus = [
-            ops.dare_drop(ops.task_vector(t, b), cfg.drop, dare_generator(cfg.seed, i, k), rescale=cfg.rescale)
-            for i, t in enumerate(ts)
-        ]
-        if cfg.combine == "ties":
-            stacked = torch.stack(taus)  # [T, ...]
-            tau = ops.ties_disjoint_merge(stacked, ops.ties_elect_sign(stacked), aggregate="mean")
-            return b + cfg.scaling * tau
-        return ops.task_arithmetic(b, taus, [cfg.scaling] * len(taus))
-
-    return stream_merge(sources, base, cfg, fn, ctx.progress)
+def materialize(src: TensorSource, keys: list[str]) -> dict[str, torch.Tensor]:
+    """All of ``src``'s tensors as float32 (floating) copies, in ``keys`` order."""
+    return {k: (src.get(k).float() if src.dtype(k).is_floating_point else src.get(k)).clone() for k in keys}

@@ -13,26 +13,41 @@ Algorithm (paper §3, Eqs. 6–9; reference code fusion_bench/method/opcm/opcm.p
   D = M − θ0 (:func:`vitkit.ops.merging.opcm_project`, reduced SVD — exact); other tensors τ'_t = τ_t;
 * N = λ_{t−1} D + τ'_t;  λ_t = ‖N‖ / ν;  M = θ0 + N / λ_t  (so ‖M − θ0‖ = ν).
 
-Deliberate differences from the reference port: it iterates over *tensor names* (so timm's root-level
-``pos_embed``/``cls_token`` are merged — FusionBench's leaf-module loop skips them), and the "2-D weights" are
-every 2-D ``*.weight`` tensor (in timm ViTs exactly the ``nn.Linear`` weights; patch embedding is a 4-D conv).
+Deliberate differences from the reference port: it iterates over *tensor names* (so root-level parameters
+such as the position embedding and class token are merged — FusionBench's leaf-module loop skips them), and the
+"2-D weights" are every 2-D ``*.weight`` tensor (in a plain ViT exactly the ``nn.Linear`` weights; the patch
+embedding is a 4-D conv).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..configs import TransformConfig
 from ..errors import ConfigError
 from ..ops import merging as ops
-from .configs import OPCMConfig
-from .core import MergeContext, register_merge, selected_keys
+from ..registry import register_merge
+from ..validate import check_number
+from .core import MergeContext, selected_keys
 from .sources import TensorSource, check_compatible, compute_dtype, open_source
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OPCMConfig(TransformConfig):
+    """OPCM (Tang et al. 2025): continual merging by orthogonal projection + adaptive scaling; ``alpha`` is the
+    fraction of the merged update's singular-value mass whose subspace is protected (paper default 0.5)."""
+
+    alpha: float = 0.5
+
+    def validate(self) -> None:
+        check_number(self.alpha, "OPCMConfig.alpha", low=0, high=1)
 
 
 def is_projected(name: str, shape: tuple[int, ...]) -> bool:

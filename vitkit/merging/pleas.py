@@ -1,23 +1,25 @@
-"""PLeaS for N ≥ 2 timm ViTs of one architecture, possibly trained from *different* bases (Nasery et al., CVPR 2025).
+"""PLeaS for N ≥ 2 ViTs of one architecture, possibly trained from *different* bases (Nasery et al., "PLeaS:
+Merging Models with Permutations and Least Squares", CVPR 2025).
 
 1. **Permutation matching** (PLeaS §3.1, activation matching as in Git Re-Basin): every model runs on the same
    unlabeled ``calib`` images; model t ≥ 1 is aligned onto model 0 (the anchor) with the Hungarian method on
    activation correlations: one permutation of the residual stream (all block outputs pooled), per block one
    permutation of the attention **heads as units** (score of a head pair = best within-head matching of its
    q/k dims + best within-head matching of its v dims), the within-head permutations themselves (q and k share
-   one so that q·k is unchanged; v has its own, carried into ``attn.proj``'s columns), and one permutation of
-   the MLP hidden neurons. Permuting a model this way leaves its function unchanged (LayerNorm is
-   permutation-equivariant), which the tests check.
+   one so that q·k is unchanged; v has its own, carried into the attention output's columns), and one
+   permutation of the MLP hidden neurons. Permuting a model this way leaves its function unchanged (LayerNorm is
+   permutation-equivariant), which the tests check. Which axes of which tensors each permutation acts on is the
+   host adapter's knowledge (:func:`vitkit.adapters.timm_vit_keys.permutation_axes`).
 2. **Width** (PLeaS' partial matching): matched hidden neurons form *groups* (one unit per model). At the
    model's own width every group is one merged unit (weighted mean of its members). ``mlp_width`` > width
    splits the least-correlated groups into separate per-model units (up to N·width), as PLeaS keeps its
    worst-matched pairs unmerged; ``mlp_width`` < width keeps the most important groups (mean activation
    magnitude × outgoing weight norm) and lets the least-squares step compensate.
-3. **Layer-wise least squares** (§3.2): block by block, in forward order, each ``nn.Linear`` (qkv, proj, fc1,
-   fc2, and the classifier head when there is one) is refit in closed form so that, on the *merged model's own*
-   inputs to that layer, it outputs the weighted mean of the models' permuted outputs (per merged unit: the
-   mean over its members). PLeaS minimises the same objective with ~400 Adam steps; the normal equations give
-   its minimiser. With LayerScale the target is the mean of γ_t ⊙ out_t divided by the merged γ.
+3. **Layer-wise least squares** (§3.2): block by block, in forward order, each ``nn.Linear`` (the roles qkv,
+   attn_out, mlp_in, mlp_out, and the classifier head when there is one) is refit in closed form so that, on the
+   *merged model's own* inputs to that layer, it outputs the weighted mean of the models' permuted outputs (per
+   merged unit: the mean over its members). PLeaS minimises the same objective with ~400 Adam steps; the normal
+   equations give its minimiser. With LayerScale the target is the mean of γ_t ⊙ out_t divided by the merged γ.
 
 Deliberate differences: N > 2 models are aligned to one anchor (PLeaS merges pairs); per-layer widths come
 from one ``mlp_width`` for every block (PLeaS picks per-layer budgets with a QP); with qk-norm weights the q/k
@@ -26,108 +28,73 @@ dims are only permuted with their head (the norm's weights are shared across hea
 models on ``calib`` are held in memory: PLeaS is not a streaming method.
 
 The merged state dict has a new MLP width when ``mlp_width`` is set: :func:`model_for` builds the module.
+Features and matching (step 1, and the width plan) are in :mod:`.pleas_matching`.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ..adapters.timm_vit_surgery import _slice_linear
-from ..errors import ConfigError, UnsupportedModelError
+from ..adapters import adapter_for
+from ..adapters.timm_vit_keys import (
+    ATTN_QKV,
+    BLOCK_LINEARS,
+    MLP_HIDDEN,
+    RESIDUAL,
+    block_keys,
+    key_roles,
+    permutation_axes,
+    set_mlp_widths,
+)
+from ..configs import TransformConfig
+from ..errors import ConfigError
 from ..models.load import load_state_dict_strict
 from ..ops import merging as ops
-from .configs import PLeaSConfig
-from .core import MergeContext, register_merge
-from .data_methods import load_into, materialize
+from ..registry import register_merge
+from ..validate import check_bool, check_int, check_number
+from .core import MergeContext, load_into, materialize
+from .pleas_matching import (
+    Alignment,
+    BlockLayout,
+    align,
+    block_layout,
+    capture_features,
+    head_name,
+    layer_inputs,
+    plan_hidden,
+)
 from .sources import check_compatible
 
 _log = logging.getLogger(__name__)
 
-RES, QKV, V, HID = "res", "qkv", "v", "h"
-_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-#: tensor-name suffix inside a block → [(axis, permutation kind)].
-_BLOCK_RULES: dict[str, list[tuple[int, str]]] = {
-    "norm1.weight": [(0, RES)],
-    "norm1.bias": [(0, RES)],
-    "norm2.weight": [(0, RES)],
-    "norm2.bias": [(0, RES)],
-    "ls1.gamma": [(0, RES)],
-    "ls2.gamma": [(0, RES)],
-    "attn.qkv.weight": [(0, QKV), (1, RES)],
-    "attn.qkv.bias": [(0, QKV)],
-    "attn.q_norm.weight": [],
-    "attn.q_norm.bias": [],
-    "attn.k_norm.weight": [],
-    "attn.k_norm.bias": [],
-    "attn.proj.weight": [(0, RES), (1, V)],
-    "attn.proj.bias": [(0, RES)],
-    "mlp.fc1.weight": [(0, HID), (1, RES)],
-    "mlp.fc1.bias": [(0, HID)],
-    "mlp.fc2.weight": [(0, RES), (1, HID)],
-    "mlp.fc2.bias": [(0, RES)],
-}
-_TOP_RULES: dict[str, list[tuple[int, str]]] = {
-    "cls_token": [(-1, RES)],
-    "reg_token": [(-1, RES)],
-    "dist_token": [(-1, RES)],
-    "pos_embed": [(-1, RES)],
-    "patch_embed.proj.weight": [(0, RES)],
-    "patch_embed.proj.bias": [(0, RES)],
-    "norm.weight": [(0, RES)],
-    "norm.bias": [(0, RES)],
-    "fc_norm.weight": [(0, RES)],
-    "fc_norm.bias": [(0, RES)],
-    "head.weight": [(1, RES)],
-    "head.bias": [],
-    "head_dist.weight": [(1, RES)],
-    "head_dist.bias": [],
-}
-_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
+@dataclass(frozen=True)
+class PLeaSConfig(TransformConfig):
+    """PLeaS (Nasery et al. 2025) for N ≥ 2 ViTs of one architecture, possibly from different bases: align
+    every model onto the first (Hungarian on activation correlations over ``calib=``: residual stream, attention
+    heads as units + dims within heads, MLP neurons), merge matched units (``weights``: per-model, normalised;
+    default uniform), then refit every block linear by layer-wise least squares on the merged model's own
+    inputs. ``mlp_width`` (default: unchanged) sets the merged MLP hidden width, up to N × the models' width;
+    build the module with :func:`vitkit.merging.pleas.model_for`. ``ridge`` is relative to the mean Gram diagonal."""
 
-@dataclass
-class Alignment:
-    """How one model's units map onto the anchor's: ``x_aligned = x.index_select(axis, perm)``."""
+    weights: tuple[float, ...] | None = None
+    mlp_width: int | None = None
+    refit: bool = True
+    ridge: float = 1e-4
+    batch: int = 256
 
-    res: torch.Tensor  # [D]
-    qkv: list[torch.Tensor]  # per block [3·A] rows of attn.qkv
-    v: list[torch.Tensor]  # per block [A] columns of attn.proj
-    hidden: list[torch.Tensor]  # per block [H]
-    hidden_corr: list[torch.Tensor]  # per block [H] correlation of each matched neuron with the anchor's
-    heads: list[list[int]]  # per block: anchor head h ← this model's head heads[h]
-
-    @staticmethod
-    def identity(model: nn.Module, dim: int) -> Alignment:
-        """The anchor's own (identity) alignment."""
-        ar, blocks = torch.arange, list(model.blocks)
-        return Alignment(
-            ar(dim),
-            [ar(b.attn.qkv.out_features) for b in blocks],
-            [ar(b.attn.proj.in_features) for b in blocks],
-            [ar(b.mlp.fc1.out_features) for b in blocks],
-            [torch.ones(b.mlp.fc1.out_features, dtype=torch.float64) for b in blocks],
-            [list(range(int(b.attn.num_heads))) for b in blocks],
-        )
-
-
-def _rules(key: str) -> tuple[list[tuple[int, str]], int | None]:
-    m = _BLOCK.match(key)
-    if m:
-        rule, block = _BLOCK_RULES.get(m.group(2)), int(m.group(1))
-    else:
-        rule, block = _TOP_RULES.get(key), None
-    if rule is None:
-        raise UnsupportedModelError(
-            f"PLeaS does not know how to permute tensor {key!r}: it supports plain timm VisionTransformer "
-            "blocks (norm1/attn with fused qkv/ls/norm2/mlp); use another merge method for this model"
-        )
-    return rule, block
+    def validate(self) -> None:
+        if self.weights is not None and (any(float(w) < 0 for w in self.weights) or sum(self.weights) <= 0):
+            raise ConfigError(f"PLeaSConfig.weights must be >= 0 with a positive sum, got {list(self.weights)}")
+        check_int(self.mlp_width, "PLeaSConfig.mlp_width", low=1, optional=True, why=" to keep the width")
+        check_bool(self.refit, "PLeaSConfig.refit")
+        check_number(self.ridge, "PLeaSConfig.ridge", low=0)
+        check_int(self.batch, "PLeaSConfig.batch", low=1)
 
 
 def permute_state_dict(
@@ -137,20 +104,22 @@ def permute_state_dict(
     attn: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Apply the residual permutation ``res`` [D], per-block hidden permutations [H] and (optionally) per-block
-    attention permutations ``(qkv_rows [3A], proj_cols [A])`` to a timm ViT state dict (new tensors)."""
+    attention permutations ``(qkv_rows [3A], attn_out_cols [A])`` to a ViT state dict (new tensors)."""
+    roles = key_roles(sd)
+    axes = permutation_axes(roles)
     out = {}
     for k, v in sd.items():
-        rule, block = _rules(k)
+        block = roles[k].block
         t = v
-        for axis, which in rule:
-            if which == RES:
+        for axis, group in axes[k]:
+            if group == RESIDUAL:
                 perm = res
-            elif which == HID:
+            elif group == MLP_HIDDEN:
                 perm = hidden[block]
             elif attn is None:
                 continue
             else:
-                perm = attn[block][0] if which == QKV else attn[block][1]
+                perm = attn[block][0] if group == ATTN_QKV else attn[block][1]
             t = t.index_select(axis if axis >= 0 else t.ndim + axis, perm)
         out[k] = t.clone() if t is v else t
     return out
@@ -159,139 +128,10 @@ def permute_state_dict(
 def model_for(template: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """A copy of ``template`` whose MLP widths match ``state`` (a PLeaS merge with ``mlp_width``), state loaded."""
     model = copy.deepcopy(template)
-    for i, blk in enumerate(model.blocks):
-        width = state[f"blocks.{i}.mlp.fc1.weight"].shape[0]
-        mlp = blk.mlp
-        if mlp.fc1.out_features != width:
-            idx = torch.arange(width) % mlp.fc1.out_features  # shapes only; the weights are loaded below
-            mlp.fc1 = _slice_linear(mlp.fc1, rows=idx)
-            mlp.fc2 = _slice_linear(mlp.fc2, cols=idx)
+    blocks = block_keys(adapter_for(model).key_roles(state))
+    set_mlp_widths(model, [state[f"{b.linears['mlp_in']}.weight"].shape[0] for b in blocks])
     load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, source="PLeaS merge")
     return model
-
-
-class _Stop(Exception):
-    pass
-
-
-def _capture(model: nn.Module, x: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
-    """Per block: output [T, D], each block linear's output, fc2's input (hidden activations); head logits."""
-    feats: dict[str, list[torch.Tensor]] = {}
-    hooks = []
-
-    def keep(name, with_input=False):
-        def fn(mod, inp, out):
-            y = out.detach()
-            feats.setdefault(f"{name}.out", []).append(y.reshape(-1, y.shape[-1]))
-            if with_input:
-                xi = inp[0].detach()
-                feats.setdefault(f"{name}.in", []).append(xi.reshape(-1, xi.shape[-1]))
-
-        return fn
-
-    for i, blk in enumerate(model.blocks):
-        hooks.append(blk.register_forward_hook(keep(f"blocks.{i}")))
-        for lin in _LINEARS:
-            hooks.append(blk.get_submodule(lin).register_forward_hook(keep(f"blocks.{i}.{lin}", lin == "mlp.fc2")))
-    if _has_head(model):
-        hooks.append(model.head.register_forward_hook(keep("head")))
-    try:
-        with torch.inference_mode():
-            for j in range(0, x.shape[0], batch):
-                model(x[j : j + batch])
-    finally:
-        for h in hooks:
-            h.remove()
-    return {k: torch.cat(v) for k, v in feats.items()}
-
-
-def _layer_inputs(model: nn.Module, name: str, x: torch.Tensor, batch: int) -> torch.Tensor:
-    """Inputs [T, in] of submodule ``name`` on ``x`` (the rest of the forward pass is skipped)."""
-    got: list[torch.Tensor] = []
-
-    def fn(mod, inp):
-        got.append(inp[0].detach().reshape(-1, inp[0].shape[-1]))
-        raise _Stop
-
-    h = model.get_submodule(name).register_forward_pre_hook(fn)
-    try:
-        with torch.inference_mode():
-            for j in range(0, x.shape[0], batch):
-                try:
-                    model(x[j : j + batch])
-                except _Stop:
-                    pass
-    finally:
-        h.remove()
-    return torch.cat(got)
-
-
-def _has_head(model: nn.Module) -> bool:
-    return isinstance(getattr(model, "head", None), nn.Linear)
-
-
-def align(fa: dict, fb: dict, model: nn.Module, *, within_qk: list[bool]) -> Alignment:
-    """Match model B's units onto model A's from their captured features (see the module docstring)."""
-    depth = len(model.blocks)
-    res = ops.match_permutation(
-        torch.cat([fa[f"blocks.{i}.out"] for i in range(depth)]),
-        torch.cat([fb[f"blocks.{i}.out"] for i in range(depth)]),
-    )
-    qkv_rows, v_cols, hidden, hcorr, heads = [], [], [], [], []
-    for i, blk in enumerate(model.blocks):
-        n_h, hd = int(blk.attn.num_heads), int(blk.attn.head_dim)
-        a_dim = n_h * hd
-        c = ops.feature_correlation(fa[f"blocks.{i}.attn.qkv.out"], fb[f"blocks.{i}.attn.qkv.out"])  # [3A, 3A]
-        c = c.reshape(3, n_h, hd, 3, n_h, hd)
-        score = torch.zeros(n_h, n_h, dtype=torch.float64)
-        p_qk, p_v = {}, {}
-        for ha in range(n_h):
-            for hb in range(n_h):
-                s_qk = c[0, ha, :, 0, hb] + c[1, ha, :, 1, hb]  # [hd, hd]
-                if within_qk[i]:
-                    p_qk[ha, hb], v_qk = ops.hungarian(s_qk)
-                else:
-                    p_qk[ha, hb], v_qk = torch.arange(hd), float(s_qk.trace())
-                p_v[ha, hb], v_v = ops.hungarian(c[2, ha, :, 2, hb])
-                score[ha, hb] = v_qk + v_v
-        ph, _ = ops.hungarian(score)  # anchor head h ← B's head ph[h]
-        q = [int(ph[h]) * hd + p_qk[h, int(ph[h])] for h in range(n_h)]
-        v = [int(ph[h]) * hd + p_v[h, int(ph[h])] for h in range(n_h)]
-        qkv_rows.append(torch.cat(q + [a_dim + t for t in q] + [2 * a_dim + t for t in v]))
-        v_cols.append(torch.cat(v))
-        heads.append(ph.tolist())
-        corr = ops.feature_correlation(fa[f"blocks.{i}.mlp.fc2.in"], fb[f"blocks.{i}.mlp.fc2.in"])  # [H, H]
-        perm, _ = ops.hungarian(corr)
-        hidden.append(perm)
-        hcorr.append(corr[torch.arange(perm.numel()), perm])
-    return Alignment(res, qkv_rows, v_cols, hidden, hcorr, heads)
-
-
-def plan_hidden(
-    width: int, target: int, n_models: int, corr: torch.Tensor, importance: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Merged hidden units for one block: (group index [target], members [N, target] bool).
-
-    ``corr`` [width]: mean correlation of each matched group; ``importance`` [width]. A unit is the mean of its
-    members' aligned neuron ``group``. Wider than ``width``: the least-correlated groups are split into per-model
-    units (models N−1, N−2, … leave the group first); narrower: the most important groups are kept.
-    """
-    if target <= width:
-        keep = torch.sort(torch.topk(importance, target).indices).values
-        return keep, torch.ones(n_models, target, dtype=torch.bool)
-    groups = list(range(width))
-    members = [[True] * n_models for _ in range(width)]
-    extra = target - width
-    for g in torch.argsort(corr).tolist():
-        if extra <= 0:
-            break
-        k = min(n_models - 1, extra)
-        for t in range(n_models - 1, n_models - 1 - k, -1):
-            members[g][t] = False
-            groups.append(g)
-            members.append([s == t for s in range(n_models)])
-        extra -= k
-    return torch.as_tensor(groups), torch.as_tensor(members).T.contiguous()
 
 
 @register_merge(
@@ -312,72 +152,29 @@ def merge_pleas(sources, base, cfg: PLeaSConfig, ctx: MergeContext):
         raise ConfigError(f"PLeaSConfig.weights has {len(w)} entries for {n} models: give one weight per model")
     keys = check_compatible(sources, None)
     tmpl = ctx.template("pleas")
-    if getattr(tmpl, "blocks", None) is None or not all(hasattr(b.attn, "qkv") for b in tmpl.blocks):
-        raise UnsupportedModelError("PLeaS supports timm VisionTransformer models (with .blocks and fused attn.qkv)")
-    for k in keys:
-        _rules(k)  # unsupported tensors fail before any work
-    depth, x, bs = len(tmpl.blocks), ctx.calib, int(cfg.batch)
+    host = adapter_for(tmpl)
+    host.describe(tmpl)  # an unsupported model, then a tensor without a known symmetry, fails before any work
+    permutation_axes(host.key_roles(keys))
+    x, bs = ctx.calib, int(cfg.batch)
     sds = [materialize(s, keys) for s in sources]
+    blocks = block_layout(tmpl, sds[0])
     feats = []
     for s, sd in zip(sources, sds, strict=True):
-        feats.append(_capture(load_into(tmpl, sd, source=s.label).eval(), x, bs))
-    within_qk = [f"blocks.{i}.attn.q_norm.weight" not in keys for i in range(depth)]
-    hidden = [int(b.mlp.fc1.out_features) for b in tmpl.blocks]
-    aligns = [Alignment.identity(tmpl, feats[0]["blocks.0.out"].shape[-1])]
+        feats.append(capture_features(load_into(tmpl, sd, source=s.label).eval(), blocks, x, bs))
+    aligns = [Alignment.identity(feats[0]["0/out"].shape[-1], blocks)]
     for t in range(1, n):
-        aligns.append(align(feats[0], feats[t], tmpl, within_qk=within_qk))
+        aligns.append(align(feats[0], feats[t], blocks))
     psd = [
-        permute_state_dict(sd, al.res, al.hidden, list(zip(al.qkv, al.v, strict=True)))
+        permute_state_dict(sd, al.res, al.hidden, list(zip(al.qkv_rows, al.v_cols, strict=True)))
         for sd, al in zip(sds, aligns, strict=True)
     ]
     out = {
         k: sum(wt * p[k] for wt, p in zip(w, psd, strict=True)) if psd[0][k].is_floating_point() else psd[0][k]
         for k in keys
     }
-
-    # hidden-unit plan per block, initial MLP weights
-    wt = torch.tensor(w, dtype=torch.float64)
-    plans = []
-    for i in range(depth):
-        pre = f"blocks.{i}.mlp"
-        corr = torch.stack([al.hidden_corr[i] for al in aligns[1:]]).mean(0)  # [H]
-        act = torch.stack(
-            [f[f"{pre}.fc2.in"][:, al.hidden[i]].abs().mean(0) for f, al in zip(feats, aligns, strict=True)]
-        )
-        col = torch.stack([p[f"{pre}.fc2.weight"].norm(dim=0) for p in psd])  # [N, H]
-        importance = (wt[:, None] * act.double() * col.double()).sum(0)
-        target = hidden[i] if cfg.mlp_width is None else int(cfg.mlp_width)
-        if target > n * hidden[i]:
-            raise ConfigError(f"PLeaSConfig.mlp_width={target} exceeds N·width = {n * hidden[i]}; use a smaller width")
-        groups, members = plan_hidden(hidden[i], target, n, corr, importance)
-        mix = members.double() * wt[:, None]  # [N, H']
-        mean_w = mix / mix.sum(0, keepdim=True)  # per unit: weights of its members, summing to 1
-        plans.append((groups, mean_w, mix))
-        for kind in ("weight", "bias"):
-            k = f"{pre}.fc1.{kind}"
-            if k in out:
-                out[k] = sum(
-                    mean_w[t].float().reshape(-1, *[1] * (psd[t][k].ndim - 1)) * psd[t][k][groups] for t in range(n)
-                )
-        out[f"{pre}.fc2.weight"] = sum(mix[t].float() * psd[t][f"{pre}.fc2.weight"][:, groups] for t in range(n))
-
+    plans = _merge_mlps(out, psd, feats, aligns, blocks, w, cfg.mlp_width)
     if cfg.refit:
-        merged = model_for(tmpl, out).eval()
-        for i in range(depth):
-            groups, mean_w, _ = plans[i]
-            for lin in _LINEARS:
-                name = f"blocks.{i}.{lin}"
-                outs = [_align_out(f[f"{name}.out"], al, i, lin) for f, al in zip(feats, aligns, strict=True)]
-                if lin == "mlp.fc1":
-                    target = sum(o[:, groups] * mean_w[t].float() for t, o in enumerate(outs))
-                else:
-                    target = _weighted_target(outs, w, psd, out, i, lin)
-                _refit(merged, out, name, _layer_inputs(merged, name, x, bs), target, cfg.ridge)
-            if ctx.progress:
-                ctx.progress(i + 1, depth, f"block {i}")
-        if _has_head(tmpl) and "head.weight" in out:
-            target = sum(wi * f["head.out"] for wi, f in zip(w, feats, strict=True))
-            _refit(merged, out, "head", _layer_inputs(merged, "head", x, bs), target, cfg.ridge)
+        _refit_all(tmpl, out, psd, feats, aligns, blocks, plans, w, x, cfg, ctx)
     ctx.info.update(
         mlp_width=[int(p[0].numel()) for p in plans],
         residual_permutation_identity=[bool((al.res == torch.arange(al.res.numel())).all()) for al in aligns[1:]],
@@ -388,14 +185,67 @@ def merge_pleas(sources, base, cfg: PLeaSConfig, ctx: MergeContext):
     return {k: v.to(sources[0].dtype(k)) for k, v in out.items()}
 
 
-def _align_out(y: torch.Tensor, al: Alignment, i: int, lin: str) -> torch.Tensor:
-    perm = {"attn.qkv": al.qkv[i], "attn.proj": al.res, "mlp.fc1": al.hidden[i], "mlp.fc2": al.res}[lin]
+def _merge_mlps(out, psd, feats, aligns, blocks: list[BlockLayout], w: list[float], mlp_width: int | None) -> list:
+    """Per block: plan the merged hidden units (:func:`plan_hidden`) and write the merged mlp_in weight/bias and
+    mlp_out weight into ``out``; returns per block ``(groups [H'], mean weights [N, H'], mix [N, H'])``."""
+    n = len(psd)
+    wt = torch.tensor(w, dtype=torch.float64)
+    plans = []
+    for i, blk in enumerate(blocks):
+        fc_in, fc_out = blk.keys.linears["mlp_in"], blk.keys.linears["mlp_out"]
+        corr = torch.stack([al.hidden_corr[i] for al in aligns[1:]]).mean(0)  # [H]
+        act = torch.stack(
+            [f[f"{i}/hidden"][:, al.hidden[i]].abs().mean(0) for f, al in zip(feats, aligns, strict=True)]
+        )
+        col = torch.stack([p[f"{fc_out}.weight"].norm(dim=0) for p in psd])  # [N, H]
+        importance = (wt[:, None] * act.double() * col.double()).sum(0)
+        target = blk.hidden if mlp_width is None else int(mlp_width)
+        if target > n * blk.hidden:
+            raise ConfigError(f"PLeaSConfig.mlp_width={target} exceeds N·width = {n * blk.hidden}; use a smaller width")
+        groups, members = plan_hidden(blk.hidden, target, n, corr, importance)
+        mix = members.double() * wt[:, None]  # [N, H']
+        mean_w = mix / mix.sum(0, keepdim=True)  # per unit: weights of its members, summing to 1
+        plans.append((groups, mean_w, mix))
+        for kind in ("weight", "bias"):
+            k = f"{fc_in}.{kind}"
+            if k in out:
+                out[k] = sum(
+                    mean_w[t].float().reshape(-1, *[1] * (psd[t][k].ndim - 1)) * psd[t][k][groups] for t in range(n)
+                )
+        k = f"{fc_out}.weight"
+        out[k] = sum(mix[t].float() * psd[t][k][:, groups] for t in range(n))
+    return plans
+
+
+def _refit_all(tmpl, out, psd, feats, aligns, blocks: list[BlockLayout], plans, w, x, cfg: PLeaSConfig, ctx) -> None:
+    """Layer-wise least squares (§3.2): every block linear in forward order, then the head, in place in ``out``."""
+    merged = model_for(tmpl, out).eval()
+    bs = int(cfg.batch)
+    for i, blk in enumerate(blocks):
+        groups, mean_w, _ = plans[i]
+        for role in BLOCK_LINEARS:
+            name = blk.keys.linears[role]
+            outs = [_align_out(f[f"{i}/{role}"], al, i, role) for f, al in zip(feats, aligns, strict=True)]
+            if role == "mlp_in":
+                target = sum(o[:, groups] * mean_w[t].float() for t, o in enumerate(outs))
+            else:
+                target = _weighted_target(outs, w, psd, out, blk.keys.layer_scale.get(role))
+            _refit(merged, out, name, layer_inputs(merged, name, x, bs), target, cfg.ridge)
+        if ctx.progress:
+            ctx.progress(i + 1, len(blocks), f"block {i}")
+    head = head_name(tmpl)
+    if head is not None and f"{head}.weight" in out:
+        target = sum(wi * f["head"] for wi, f in zip(w, feats, strict=True))
+        _refit(merged, out, head, layer_inputs(merged, head, x, bs), target, cfg.ridge)
+
+
+def _align_out(y: torch.Tensor, al: Alignment, i: int, role: str) -> torch.Tensor:
+    perm = {"qkv": al.qkv_rows[i], "attn_out": al.res, "mlp_in": al.hidden[i], "mlp_out": al.res}[role]
     return y[:, perm]
 
 
-def _weighted_target(outs, w, psd, out, i: int, lin: str) -> torch.Tensor:
-    """Σ_t w_t out_t; behind LayerScale (proj → ls1, fc2 → ls2): Σ_t w_t γ_t ⊙ out_t / γ_merged."""
-    ls = {"attn.proj": f"blocks.{i}.ls1.gamma", "mlp.fc2": f"blocks.{i}.ls2.gamma"}.get(lin)
+def _weighted_target(outs, w, psd, out, ls: str | None) -> torch.Tensor:
+    """Σ_t w_t out_t; behind LayerScale (key ``ls`` scaling this linear's output): Σ_t w_t γ_t ⊙ out_t / γ_merged."""
     if ls is None or ls not in out:
         return sum(wi * o for wi, o in zip(w, outs, strict=True))
     g = out[ls]

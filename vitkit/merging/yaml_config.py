@@ -8,7 +8,7 @@ models:
     parameters: {weight: 1.0}      # per-model weight (average / task_arithmetic)
   - model: ft_b/                   # an artifact dir
 parameters: {density: 0.2, scaling: 1.0}   # the method's config fields
-filter: {targets: ["blocks.*"], skip: ["*.bias"]}   # tensor-name globs; the rest is copied from the base
+filter: {targets: ["*attn*", "*mlp*"], skip: ["*.bias"]}   # tensor-name globs; the rest is copied from the base
 arch: vit_tiny_patch16_224         # optional: write a loadable artifact (else weights + resolved YAML only)
 dtype: float32                     # optional output dtype
 ```

@@ -116,12 +116,12 @@ def calibrate_threshold(
 class ExitCosts:
     """What each part of an early-exit forward costs (MACs, or seconds measured on this machine).
 
-    ``embed``: patch embedding and everything before the first block; ``blocks``: one entry per block;
+    ``embed``: patch embedding and everything before the first block; ``block_costs``: one entry per block;
     ``exits``: block index after which each exit head sits; ``heads``: cost of evaluating each exit head
     (and its score); ``final``: the model's own norm + head."""
 
     embed: float
-    blocks: tuple[float, ...]
+    block_costs: tuple[float, ...]
     exits: tuple[int, ...]
     heads: tuple[float, ...]
     final: float
@@ -132,16 +132,16 @@ class ExitCosts:
         active = [True] * len(self.exits) if active is None else list(active)
         out, spent, done = [], float(self.embed), 0
         for k, b in enumerate(self.exits):
-            spent += sum(self.blocks[done : b + 1]) + (self.heads[k] if active[k] else 0.0)
+            spent += sum(self.block_costs[done : b + 1]) + (self.heads[k] if active[k] else 0.0)
             done = b + 1
             out.append(spent)
-        out.append(spent + sum(self.blocks[done:]) + self.final)
+        out.append(spent + sum(self.block_costs[done:]) + self.final)
         return torch.tensor(out, dtype=torch.float64)
 
     @property
     def full(self) -> float:
         """The model without exits: embed + every block + final head."""
-        return float(self.embed + sum(self.blocks) + self.final)
+        return float(self.embed + sum(self.block_costs) + self.final)
 
 
 def calibrate_per_exit(

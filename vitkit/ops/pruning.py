@@ -232,7 +232,7 @@ class Plan:
 
     heads: dict[int, list[int]]
     mlp: dict[int, list[int]]
-    blocks: list[int]
+    removed_blocks: list[int]
     removed_cost: float
 
 

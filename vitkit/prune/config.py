@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..configs import TransformConfig
 from ..errors import ConfigError
 from ..ops.pruning import IMPORTANCES, NORMALIZERS
+from ..validate import check_bool, check_choice, check_int, is_number
 
 GROUPS = ("heads", "mlp", "blocks")
 TARGETS = ("macs", "params", "latency")
@@ -15,7 +16,7 @@ ALLOCATIONS = ("global", "uniform")
 
 @dataclass(frozen=True)
 class PruneConfig(TransformConfig):
-    """Structured (shape-changing) pruning of a timm ViT, one shot.
+    """Structured (shape-changing) pruning of a ViT (through the host adapter), one shot.
 
     ``target``: what ``ratio`` is a fraction of — ``macs`` (per image, attention counted analytically; CPU
     speed follows MACs almost 1:1) or ``params`` of the *whole* model; ``ratio`` ∈ [0, 1): the fraction to
@@ -31,9 +32,9 @@ class PruneConfig(TransformConfig):
     ``target="latency"``: the ratio is of the whole model's seconds per image measured on this CPU at
     ``latency_batch`` (median of ``latency_repeats``); units are priced by measured per-head / per-neuron
     costs (:mod:`vitkit.prune.latency`) — valid for this machine and thread count, noisy on a busy CPU.
-    ``reconstruct``: after pruning, refit each pruned block's ``attn.proj`` / ``mlp.fc2`` by least squares to
-    the dense block's outputs on the calibration images (:mod:`vitkit.prune.reconstruct`; off by default, NViT
-    does not; needs calibration images).
+    ``reconstruct``: after pruning, refit each pruned block's attention-output / MLP-output Linear by least
+    squares to the dense block's outputs on the calibration images (:mod:`vitkit.prune.reconstruct`; off by
+    default, NViT does not; needs calibration images).
     """
 
     target: str = "macs"
@@ -53,29 +54,22 @@ class PruneConfig(TransformConfig):
 
     def validate(self) -> None:
         name = type(self).__name__
-        if self.target not in TARGETS:
-            raise ConfigError(f"{name}.target must be one of {list(TARGETS)}, got {self.target!r}")
-        if isinstance(self.ratio, bool) or not isinstance(self.ratio, int | float) or not 0.0 <= self.ratio < 1.0:
+        check_choice(self.target, f"{name}.target", TARGETS)
+        if not is_number(self.ratio) or not 0.0 <= self.ratio < 1.0:
             raise ConfigError(
                 f"{name}.ratio must be in [0, 1) (fraction of {self.target} to remove), got {self.ratio!r}"
             )
-        if self.importance not in IMPORTANCES:
-            raise ConfigError(f"{name}.importance must be one of {list(IMPORTANCES)}, got {self.importance!r}")
+        check_choice(self.importance, f"{name}.importance", IMPORTANCES)
         groups = (self.groups,) if isinstance(self.groups, str) else tuple(self.groups)
         object.__setattr__(self, "groups", groups)
         bad = [g for g in groups if g not in GROUPS]
         if bad or not groups or len(set(groups)) != len(groups):
             raise ConfigError(f"{name}.groups must be distinct names from {list(GROUPS)}, got {list(groups)}")
-        if self.allocation not in ALLOCATIONS:
-            raise ConfigError(f"{name}.allocation must be one of {list(ALLOCATIONS)}, got {self.allocation!r}")
+        check_choice(self.allocation, f"{name}.allocation", ALLOCATIONS)
         if self.allocation == "uniform" and "blocks" in groups:
             raise ConfigError(f"{name}: groups with 'blocks' need allocation='global' (blocks compete globally)")
-        if self.normalize not in NORMALIZERS:
-            raise ConfigError(f"{name}.normalize must be one of {list(NORMALIZERS)}, got {self.normalize!r}")
-        if not isinstance(self.reconstruct, bool):
-            raise ConfigError(f"{name}.reconstruct must be true or false, got {self.reconstruct!r}")
+        check_choice(self.normalize, f"{name}.normalize", NORMALIZERS)
+        check_bool(self.reconstruct, f"{name}.reconstruct")
         positive = ("min_heads", "round_to", "calib_images", "calib_batch_size", "latency_batch", "latency_repeats")
         for field_name in positive:
-            v = getattr(self, field_name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name}.{field_name} must be a positive int, got {v!r}")
+            check_int(getattr(self, field_name), f"{name}.{field_name}", low=1)

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..adapters.timm_vit import block_parts, describe, input_size
-from ..adapters.timm_vit_surgery import prune_heads, prune_mlp
+from ..adapters import adapter_for
+from ..adapters.runtime import block_modules
 from ..bench.timing import interleaved_times
 
 
@@ -39,15 +39,6 @@ class LatencyCosts:
     estimate: str = "marginal"
 
 
-class _Part(nn.Module):
-    def __init__(self, norm: nn.Module, body: nn.Module) -> None:
-        super().__init__()
-        self.norm, self.body = norm, body
-
-    def forward(self, x):
-        return self.body(self.norm(x))
-
-
 def _median_pair(full: nn.Module, small: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
     t = interleaved_times([full, small], x, repeats=repeats, warmup=1, min_time=0.002)
     return statistics.median(t[0]), statistics.median(t[1])
@@ -55,31 +46,30 @@ def _median_pair(full: nn.Module, small: nn.Module, x: torch.Tensor, repeats: in
 
 def measure_block_costs(model: nn.Module, *, batch_size: int = 1, repeats: int = 5) -> list[LatencyCosts]:
     """Per-block :class:`LatencyCosts` (seconds per image), measured once per distinct geometry."""
-    tokens = describe(model).num_tokens
+    host = adapter_for(model)
+    info = host.describe(model)
+    tokens, dim = info.num_tokens, info.embed_dim
     out: list[LatencyCosts] = []
     seen: dict[tuple, LatencyCosts] = {}
-    for i, blk in enumerate(model.blocks):
-        parts = block_parts(blk, index=i)
-        attn, mlp = parts.attn, parts.mlp
-        dim = int(attn.qkv.in_features)
-        key = (dim, int(attn.num_heads), int(attn.head_dim), int(mlp.fc1.out_features), tokens)
+    for i, blk in enumerate(block_modules(model)):
+        h, head_dim, hidden = info.num_heads[i], info.head_dim[i], info.mlp_hidden[i]
+        key = (dim, h, head_dim, hidden, tokens)
         if key in seen:
             out.append(seen[key])
             continue
         x = torch.randn(batch_size, tokens, dim)
         b = copy.deepcopy(blk).eval()
-        h, hidden = int(b.attn.num_heads), int(b.mlp.fc1.out_features)
-        a_full = _Part(b.norm1, b.attn)
+        a_full, m_full = host.residual_branches(b, index=i)  # norm → attention, norm → MLP
         a_small_blk = copy.deepcopy(b)
         if h > 1:
-            prune_heads(a_small_blk, [0], index=i)
-        a_small = _Part(a_small_blk.norm1, a_small_blk.attn)
+            host.prune_heads(a_small_blk, [0], index=i)
+        a_small = host.residual_branches(a_small_blk, index=i)[0]
         t_af, t_as = _median_pair(a_full, a_small, x, repeats)
         per_head = (t_af - t_as) / (h - 1) if h > 1 else t_af
         m_small_blk = copy.deepcopy(b)
         half = max(hidden // 2, 1)
-        prune_mlp(m_small_blk, range(half), index=i)
-        t_mf, t_ms = _median_pair(_Part(b.norm2, b.mlp), _Part(m_small_blk.norm2, m_small_blk.mlp), x, repeats)
+        host.prune_mlp(m_small_blk, range(half), index=i)
+        t_mf, t_ms = _median_pair(m_full, host.residual_branches(m_small_blk, index=i)[1], x, repeats)
         per_neuron = (t_mf - t_ms) / max(hidden - half, 1)
         estimate = "marginal"
         if per_head <= 0 or per_neuron <= 0:  # not measurable at this size: fall back to average shares
@@ -97,7 +87,7 @@ def measure_model(model: nn.Module, *, batch_size: int = 1, repeats: int = 5) ->
     was = model.training
     model.eval()
     try:
-        x = torch.randn(batch_size, *input_size(model))
+        x = torch.randn(batch_size, *adapter_for(model).input_size(model))
         return statistics.median(interleaved_times([model], x, repeats=repeats, warmup=1, min_time=0.002)[0]) / (
             batch_size
         )

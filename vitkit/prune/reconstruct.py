@@ -1,11 +1,12 @@
 """Layer-wise least-squares reconstruction after structured pruning (``PruneConfig(reconstruct=True)``).
 
-Removing heads or MLP neurons removes input columns of the block's output projections (``attn.proj``,
-``mlp.fc2``). Channel pruning (He et al., ICCV 2017, eq. 1) refits those layers so that, on calibration images,
-the pruned block reproduces what the dense block produced: block by block, in forward order, the pruned model's
-own inputs to ``proj`` (then, after the refit, to ``fc2``) are regressed onto the dense model's ``proj`` /
-``fc2`` outputs (:func:`vitkit.ops.pruning.ridge_refit`). Using the pruned model's inputs lets each refit also
-absorb the error of the blocks before it. No gradients; a forward of the calibration images per refit.
+Removing heads or MLP neurons removes input columns of the block's output projections (the adapter's
+``attn_out`` and ``mlp_out`` Linear layers). Channel pruning (He et al., ICCV 2017, eq. 1) refits those layers
+so that, on calibration images, the pruned block reproduces what the dense block produced: block by block, in
+forward order, the pruned model's own inputs to ``attn_out`` (then, after the refit, to ``mlp_out``) are
+regressed onto the dense model's ``attn_out`` / ``mlp_out`` outputs (:func:`vitkit.ops.pruning.ridge_refit`).
+Using the pruned model's inputs lets each refit also absorb the error of the blocks before it. No gradients;
+a forward of the calibration images per refit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import time
 import torch
 import torch.nn as nn
 
-from ..adapters.timm_vit import block_parts
+from ..adapters import adapter_for
+from ..adapters.runtime import block_modules
 from ..ops.pruning import ridge_refit
 
 _log = logging.getLogger(__name__)
@@ -83,27 +85,32 @@ def reconstruct_outputs_(
     batch_size: int = 25,
     damp: float = 0.01,
 ) -> dict[str, float]:
-    """Refit ``attn.proj`` and ``mlp.fc2`` of the pruned blocks (``pruned``: indices in ``model``) of ``model``
-    to the dense ``teacher`` on ``images``; ``kept_blocks[j]`` is the teacher block of model block ``j``.
-    Returns ``{layer name: relative output error after the refit}``."""
+    """Refit the ``attn_out`` and ``mlp_out`` Linear layers of the pruned blocks (``pruned``: indices in
+    ``model``) of ``model`` to the dense ``teacher`` on ``images``; ``kept_blocks[j]`` is the teacher block of
+    model block ``j``. Returns ``{layer name: relative output error after the refit}``."""
     was = model.training, teacher.training
     model.eval(), teacher.eval()
     batches = list(images.split(batch_size))
     t0 = time.perf_counter()
+    host = adapter_for(model)
+    dense_blocks, blocks = block_modules(teacher), block_modules(model)
+    roles = ("attn_out", "mlp_out")
     targets = {}
     for j in sorted(pruned):
-        t = block_parts(teacher.blocks[kept_blocks[j]], index=kept_blocks[j])
-        targets[j] = (t.attn.proj, t.mlp.fc2)
+        lin = host.block_linears(dense_blocks[kept_blocks[j]], index=kept_blocks[j])
+        targets[j] = tuple(lin[r] for r in roles)
     flat = [m for pair in targets.values() for m in pair]
     outs = dict(zip(flat, _dense_outputs(teacher, flat, batches), strict=True))
+    names = {m: name for name, m in model.named_modules()}
     errors = {}
     for j in sorted(pruned):
-        s = block_parts(model.blocks[j], index=j)
-        for name, layer, dense in (("attn.proj", s.attn.proj, targets[j][0]), ("mlp.fc2", s.mlp.fc2, targets[j][1])):
+        lin = host.block_linears(blocks[j], index=j)
+        for role, dense in zip(roles, targets[j], strict=True):
+            layer = lin[role]
             x, y = _inputs(model, layer, batches), outs[dense]
             w, b = ridge_refit(x, y, damp=damp)
             _set(layer, w, b)
-            errors[f"blocks.{j}.{name}"] = float((x @ w.T + b - y).norm() / y.norm().clamp_min(1e-12))
+            errors[names[layer]] = float((x @ w.T + b - y).norm() / y.norm().clamp_min(1e-12))
     model.train(was[0]), teacher.train(was[1])
     _log.info("least-squares reconstruction of %d layers in %.1f s", len(errors), time.perf_counter() - t0)
     return errors

@@ -1,6 +1,7 @@
-"""Collect per-block group saliency (heads, MLP neurons, whole blocks) from a timm ViT.
+"""Collect per-block group saliency (heads, MLP neurons, whole blocks) from a ViT.
 
-The math is in :mod:`vitkit.ops.pruning`; this file reads weights and gradients through the adapter.
+The math is in :mod:`vitkit.ops.pruning`; this file reads weights and gradients through the host adapter
+(each block's Linear layers by role: ``qkv``, ``attn_out``, ``attn_gate``, ``mlp_in``, ``mlp_out``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..adapters.timm_vit import block_parts, input_size
+from ..adapters import adapter_for
+from ..adapters.runtime import block_modules
 from ..errors import ConfigError, DataError
 from ..ops import pruning as P
 
@@ -29,27 +31,30 @@ class BlockScores:
     block: float
 
 
-def _layers(block: nn.Module, index: int):
-    parts = block_parts(block, index=index)
-    return parts.attn, parts.mlp
-
-
-def _group_sums(block: nn.Module, index: int, elem) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply ``elem(param) -> tensor`` to each coupled weight/bias and sum per head and per neuron."""
-    attn, mlp = _layers(block, index)
+def _group_sums(host, block: nn.Module, index: int, heads: tuple[int, int], elem) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply ``elem(param) -> tensor`` to each coupled weight/bias and sum per head and per neuron;
+    ``heads``: (number of heads, head dim) of the block."""
+    lin = host.block_linears(block, index=index)
     opt = lambda p: None if p is None else elem(p)  # noqa: E731
-    gate = getattr(attn, "gate", None)
-    heads = P.head_sums(
-        elem(attn.qkv.weight),
-        elem(attn.proj.weight),
-        int(attn.num_heads),
-        int(attn.head_dim),
-        qkv_bias_t=opt(attn.qkv.bias),
+    qkv, gate, mlp_in = lin["qkv"], lin["attn_gate"], lin["mlp_in"]
+    head_sums = P.head_sums(
+        elem(qkv.weight),
+        elem(lin["attn_out"].weight),
+        heads[0],
+        heads[1],
+        qkv_bias_t=opt(qkv.bias),
         gate_t=None if gate is None else elem(gate.weight),
         gate_bias_t=None if gate is None else opt(gate.bias),
     )
-    neurons = P.neuron_sums(elem(mlp.fc1.weight), elem(mlp.fc2.weight), fc1_bias_t=opt(mlp.fc1.bias))
-    return heads.double(), neurons.double()
+    neurons = P.neuron_sums(elem(mlp_in.weight), elem(lin["mlp_out"].weight), fc1_bias_t=opt(mlp_in.bias))
+    return head_sums.double(), neurons.double()
+
+
+def _heads(model: nn.Module) -> tuple[object, list[tuple[int, int]]]:
+    """The host adapter and (number of heads, head dim) of every block."""
+    host = adapter_for(model)
+    info = host.describe(model)
+    return host, list(zip(info.num_heads, info.head_dim, strict=True))
 
 
 def _block_params(block: nn.Module) -> list[nn.Parameter]:
@@ -59,14 +64,15 @@ def _block_params(block: nn.Module) -> list[nn.Parameter]:
 def data_free_scores(model: nn.Module, importance: str) -> list[BlockScores]:
     """Magnitude (``l1``/``l2``) or DIMAP scores per block, no data needed."""
     out = []
+    host, heads_of = _heads(model)
     with torch.no_grad():
-        for i, blk in enumerate(model.blocks):
+        for i, blk in enumerate(block_modules(model)):
             if importance in ("l1", "l2"):
                 p = 1 if importance == "l1" else 2
                 elem = lambda w, p=p: P.magnitude(w.detach(), p)  # noqa: E731
             else:  # dimap: elementwise saliency normalised within each layer (module)
                 elem = lambda w: P.dimap_saliency(w)  # noqa: E731
-            heads, neurons = _group_sums(blk, i, elem)
+            heads, neurons = _group_sums(host, blk, i, heads_of[i], elem)
             block = float(sum(elem(p).double().sum() for p in _block_params(blk)))
             out.append(BlockScores(heads, neurons, block))
     return out
@@ -89,7 +95,7 @@ def calibration_batches(calib, model: nn.Module, n: int, batch_size: int, seed: 
         xs, ys = next(iterate_batches(calib, min(n, len(calib)), shuffle=True, seed=seed, limit=n))
     else:
         raise DataError(f"calib must be an image tensor [n,C,H,W] or a dataset, got {type(calib).__name__}")
-    want = input_size(model)
+    want = adapter_for(model).input_size(model)
     if xs.dim() != 4 or tuple(xs.shape[1:]) != want or xs.shape[0] == 0:
         raise DataError(
             f"calibration images have shape {tuple(xs.shape)} but the model takes [n, {', '.join(map(str, want))}]"
@@ -111,7 +117,8 @@ def gradient_scores(model: nn.Module, importance: str, batches) -> list[BlockSco
     params = list(model.parameters())
     flags = [p.requires_grad for p in params]
     was_training = model.training
-    depth = len(model.blocks)
+    host, heads_of = _heads(model)
+    blocks = block_modules(model)
     acc = P.GroupSquareAccumulator()
     grad_sum: dict[int, torch.Tensor] = {}
     try:
@@ -131,8 +138,10 @@ def gradient_scores(model: nn.Module, importance: str, batches) -> list[BlockSco
                         p.grad = None
                 loss.backward()
                 if importance == "hessian":
-                    for i, blk in enumerate(model.blocks):
-                        heads, neurons = _group_sums(blk, i, lambda w: (w.detach() * w.grad).double())
+                    for i, blk in enumerate(blocks):
+                        heads, neurons = _group_sums(
+                            host, blk, i, heads_of[i], lambda w: (w.detach() * w.grad).double()
+                        )
                         acc.add(f"{i}.heads", heads)
                         acc.add(f"{i}.mlp", neurons)
                         acc.add(
@@ -140,11 +149,11 @@ def gradient_scores(model: nn.Module, importance: str, batches) -> list[BlockSco
                             sum((p.detach() * p.grad).double().sum() for p in _block_params(blk)).reshape(1),
                         )
         out = []
-        for i, blk in enumerate(model.blocks):
+        for i, blk in enumerate(blocks):
             if importance == "hessian":
                 out.append(BlockScores(acc[f"{i}.heads"], acc[f"{i}.mlp"], float(acc[f"{i}.block"][0])))
             else:  # taylor: grads were summed over batches by not clearing them
-                heads, neurons = _group_sums(blk, i, lambda w: (w.detach() * w.grad).abs().double())
+                heads, neurons = _group_sums(host, blk, i, heads_of[i], lambda w: (w.detach() * w.grad).abs().double())
                 block = float(sum((p.detach() * p.grad).abs().double().sum() for p in _block_params(blk)))
                 out.append(BlockScores(heads, neurons, block))
         del grad_sum
@@ -155,5 +164,5 @@ def gradient_scores(model: nn.Module, importance: str, batches) -> list[BlockSco
             p.grad = None
             p.requires_grad_(f)
         model.train(was_training)
-    assert len(out) == depth
+    assert len(out) == len(blocks)
     return out

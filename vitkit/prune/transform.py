@@ -10,10 +10,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..adapters.timm_vit import describe, input_size
-from ..adapters.timm_vit_surgery import check_prunable, keep_blocks, prune_heads, prune_mlp
+from ..adapters import adapter_for
+from ..adapters.runtime import block_modules
 from ..configs import select_names
 from ..errors import CheckpointError, ConfigError
+from ..history import original_model, stash_original
 from ..ops import pruning as P
 from ..registry import register_transform
 from .config import PruneConfig
@@ -22,26 +23,24 @@ from .saliency import calibration_batches, data_free_scores, gradient_scores
 
 _log = logging.getLogger(__name__)
 
-#: Attribute holding ``(unpruned copy,)`` so that a later ``distill`` step can use it as the teacher.
-TEACHER_ATTR = "_vitkit_unpruned"
-
 
 def geometry(model: nn.Module, latency: list | None = None) -> list[P.BlockGeometry]:
     """Per-block sizes for the cost model; ``latency``: measured :class:`~.latency.LatencyCosts` per block."""
-    info = describe(model)
+    host = adapter_for(model)
+    info = host.describe(model)
     out = []
-    for i, blk in enumerate(model.blocks):
-        attn, mlp = blk.attn, blk.mlp
+    for i, blk in enumerate(block_modules(model)):
+        lin = host.block_linears(blk, index=i)
         out.append(
             P.BlockGeometry(
                 dim=info.embed_dim,
-                num_heads=int(attn.num_heads),
-                head_dim=int(attn.head_dim),
-                hidden=int(mlp.fc1.out_features),
+                num_heads=info.num_heads[i],
+                head_dim=info.head_dim[i],
+                hidden=info.mlp_hidden[i],
                 tokens=info.num_tokens,
-                qkv_bias=attn.qkv.bias is not None,
-                fc1_bias=mlp.fc1.bias is not None,
-                gated=getattr(attn, "gate", None) is not None,
+                qkv_bias=lin["qkv"].bias is not None,
+                fc1_bias=lin["mlp_in"].bias is not None,
+                gated=lin["attn_gate"] is not None,
                 latency=None if latency is None else (latency[i].head, latency[i].neuron, latency[i].fixed),
             )
         )
@@ -57,20 +56,17 @@ def model_cost(model: nn.Module, target: str) -> int:
     was = model.training
     model.eval()
     try:
-        return count_macs(model, torch.zeros(1, *input_size(model)))
+        return count_macs(model, torch.zeros(1, *adapter_for(model).input_size(model)))
     finally:
         model.train(was)
 
 
 def structure(model: nn.Module) -> dict[str, dict[str, int]]:
-    """Per-block sizes ``{"blocks.i": {"num_heads", "head_dim", "mlp_hidden"}}``."""
+    """Per-block sizes ``{<block name>: {"num_heads", "head_dim", "mlp_hidden"}}``."""
+    info = adapter_for(model).describe(model)
     return {
-        f"blocks.{i}": {
-            "num_heads": int(b.attn.num_heads),
-            "head_dim": int(b.attn.head_dim),
-            "mlp_hidden": int(b.mlp.fc1.out_features),
-        }
-        for i, b in enumerate(model.blocks)
+        name: {"num_heads": h, "head_dim": d, "mlp_hidden": n}
+        for name, h, d, n in zip(info.block_names, info.num_heads, info.head_dim, info.mlp_hidden, strict=True)
     }
 
 
@@ -93,7 +89,7 @@ def measure_latency(model: nn.Module, cfg: PruneConfig) -> dict[str, Any]:
 
 def make_plan(model: nn.Module, cfg: PruneConfig, scores: list, lat: dict | None = None) -> tuple[P.Plan, float]:
     """Choose the units to remove; returns the plan and the budget (cost to remove)."""
-    info = describe(model)
+    info = adapter_for(model).describe(model)
     chosen = select_names(info.block_names, cfg.targets, cfg.skip, what="blocks")
     idx = [info.block_names.index(n) for n in chosen]
     geoms = geometry(model, None if lat is None else lat["costs"])
@@ -110,11 +106,13 @@ def make_plan(model: nn.Module, cfg: PruneConfig, scores: list, lat: dict | None
             g = geoms[b]
             if h >= g.num_heads:
                 raise ConfigError(
-                    f"ratio {cfg.ratio} would prune every head of blocks.{b} (uniform {r:.2f} of {g.num_heads}): "
-                    "lower the ratio, or use allocation='global' with groups including 'blocks'"
+                    f"ratio {cfg.ratio} would prune every head of {info.block_names[b]} (uniform {r:.2f} of "
+                    f"{g.num_heads}): lower the ratio, or use allocation='global' with groups including 'blocks'"
                 )
             if m >= g.hidden:
-                raise ConfigError(f"ratio {cfg.ratio} would prune every MLP neuron of blocks.{b}: lower the ratio")
+                raise ConfigError(
+                    f"ratio {cfg.ratio} would prune every MLP neuron of {info.block_names[b]}: lower the ratio"
+                )
             if h:
                 heads[b] = P.lowest(scores[b].heads, h)
             if m:
@@ -144,61 +142,63 @@ def make_plan(model: nn.Module, cfg: PruneConfig, scores: list, lat: dict | None
 
 def _decisions(model: nn.Module, cfg: PruneConfig, plan: P.Plan, used: str) -> dict[str, Any]:
     geoms = geometry(model)
+    names = adapter_for(model).describe(model).block_names
     kept_heads = {
-        f"blocks.{b}": [h for h in range(geoms[b].num_heads) if h not in set(v)] for b, v in sorted(plan.heads.items())
+        names[b]: [h for h in range(geoms[b].num_heads) if h not in set(v)] for b, v in sorted(plan.heads.items())
     }
-    kept_mlp = {
-        f"blocks.{b}": [n for n in range(geoms[b].hidden) if n not in set(v)] for b, v in sorted(plan.mlp.items())
-    }
+    kept_mlp = {names[b]: [n for n in range(geoms[b].hidden) if n not in set(v)] for b, v in sorted(plan.mlp.items())}
     return {
         "importance_used": used,
-        "depth_before": len(model.blocks),
+        "depth_before": len(names),
         "before": structure(model),
-        "pruned_heads": {f"blocks.{b}": v for b, v in sorted(plan.heads.items())},
-        "pruned_mlp_count": {f"blocks.{b}": len(v) for b, v in sorted(plan.mlp.items())},
-        "pruned_blocks": [f"blocks.{b}" for b in plan.blocks],
+        "pruned_heads": {names[b]: v for b, v in sorted(plan.heads.items())},
+        "pruned_mlp_count": {names[b]: len(v) for b, v in sorted(plan.mlp.items())},
+        "pruned_blocks": [names[b] for b in plan.removed_blocks],
         "kept_heads": kept_heads,
         "kept_mlp": kept_mlp,
-        "kept_blocks": [b for b in range(len(model.blocks)) if b not in plan.blocks],
+        "kept_blocks": [b for b in range(len(names)) if b not in plan.removed_blocks],
     }
+
+
+def _block_index(names: tuple[str, ...], name: str) -> int:
+    """Index of block ``name`` in the model (a recorded decision names blocks as the model did)."""
+    if name not in names:
+        raise CheckpointError(f"prune step names block {name!r}, which the model does not have ({len(names)} blocks)")
+    return names.index(name)
 
 
 def replay(model: nn.Module, decisions: dict[str, Any]) -> None:
     """Apply recorded decisions (kept heads / neurons / blocks) to ``model``, checking its structure first."""
-    depth = int(decisions.get("depth_before", len(model.blocks)))
-    if len(model.blocks) != depth:
-        raise CheckpointError(f"prune step expects {depth} blocks but the model has {len(model.blocks)}")
+    host = adapter_for(model)
+    names = host.describe(model).block_names
+    depth = int(decisions.get("depth_before", len(names)))
+    if len(names) != depth:
+        raise CheckpointError(f"prune step expects {depth} blocks but the model has {len(names)}")
     have = structure(model)
     for name, want in (decisions.get("before") or {}).items():
         got = have.get(name)
         if got is None or any(int(got[k]) != int(v) for k, v in want.items()):
             raise CheckpointError(f"{name}: structure {got} does not match the recipe's {dict(want)} before pruning")
+    blocks = block_modules(model)
     for name, keep in (decisions.get("kept_heads") or {}).items():
-        i = int(name.split(".")[1])
-        prune_heads(model.blocks[i], keep, index=i)
+        i = _block_index(names, name)
+        host.prune_heads(blocks[i], keep, index=i)
     for name, keep in (decisions.get("kept_mlp") or {}).items():
-        i = int(name.split(".")[1])
-        prune_mlp(model.blocks[i], keep, index=i)
-    keep_blocks(model, decisions.get("kept_blocks") or list(range(depth)))
+        i = _block_index(names, name)
+        host.prune_mlp(blocks[i], keep, index=i)
+    host.keep_blocks(model, decisions.get("kept_blocks") or list(range(depth)))
 
 
 def _restore(model: nn.Module, cfg: PruneConfig, decisions: dict) -> None:
     """Reshape a freshly built model to the pruned structure before the strict ``load_state_dict``."""
-    check_prunable(model, cfg.groups)
+    adapter_for(model).check_prunable(model, cfg.groups)
     replay(model, decisions)
 
 
-def _stash_teacher(model: nn.Module) -> None:
-    if getattr(model, TEACHER_ATTR, None) is None:
-        teacher = copy.deepcopy(model)
-        teacher.__dict__.pop(TEACHER_ATTR, None)
-        model.__dict__[TEACHER_ATTR] = (teacher.eval(),)
-
-
 def unpruned_teacher(model: nn.Module) -> nn.Module | None:
-    """The model as it was before its first ``prune`` step in this process (None if never pruned here)."""
-    held = model.__dict__.get(TEACHER_ATTR)
-    return held[0] if held else None
+    """The model as it was before its first ``prune`` step in this process (None if never pruned here); a later
+    ``distill`` step uses it as the teacher (kept by :func:`vitkit.history.stash_original`)."""
+    return original_model(model)
 
 
 @register_transform(
@@ -210,7 +210,7 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool
     A dry run without calibration data and a data-driven importance shows the plan under ``l1`` scores and
     says so (``importance_used``).
     """
-    check_prunable(model, cfg.groups)
+    adapter_for(model).check_prunable(model, cfg.groups)
     before = {t: model_cost(model, t) for t in ("params", "macs")}
     if dry_run and calib is None and cfg.importance not in P.DATA_FREE:
         scores, used = data_free_scores(model, "l1"), "l1 (dry run without calibration data)"
@@ -221,17 +221,18 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool
     decisions = _decisions(model, cfg, plan, used)
     if lat is not None:
         geoms = geometry(model, lat["costs"])
+        names = adapter_for(model).describe(model).block_names
         decisions["latency"] = {
             "batch_size": cfg.latency_batch,
             "before_s": lat["total"],
             "estimated_after_s": lat["total"] - _removed(model, plan, "latency", geoms),
-            "unit_costs_s": {f"blocks.{i}": dataclasses.asdict(c) for i, c in enumerate(lat["costs"])},
+            "unit_costs_s": {name: dataclasses.asdict(c) for name, c in zip(names, lat["costs"], strict=True)},
         }
     if dry_run:
         after = {t: before[t] - _removed(model, plan, t) for t in before}
     else:
         first = unpruned_teacher(model) is None
-        _stash_teacher(model)
+        stash_original(model)
         dense = None  # the model as it is now: the copy just stashed, unless it was pruned before in this process
         if cfg.reconstruct:
             dense = unpruned_teacher(model) if first else copy.deepcopy(model)
@@ -251,7 +252,8 @@ def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool
     n_heads = sum(len(v) for v in plan.heads.values())
     n_mlp = sum(len(v) for v in plan.mlp.values())
     decisions["summary"] = (
-        f"{cfg.importance}/{cfg.allocation}: -{n_heads} heads, -{n_mlp} MLP neurons, -{len(plan.blocks)} blocks; "
+        f"{cfg.importance}/{cfg.allocation}: -{n_heads} heads, -{n_mlp} MLP neurons, "
+        f"-{len(plan.removed_blocks)} blocks; "
         f"MACs x{after['macs'] / before['macs']:.3f}, params x{after['params'] / before['params']:.3f}"
     )
     return decisions
@@ -265,8 +267,9 @@ def reconstruct(
     batches = calibration_batches(calib, model, cfg.calib_images, cfg.calib_batch_size, cfg.seed)
     images = torch.cat([x for x, _ in batches])
     kept = list(decisions["kept_blocks"])
-    changed = {int(n.split(".")[1]) for n in (decisions.get("kept_heads") or {})}
-    changed |= {int(n.split(".")[1]) for n in (decisions.get("kept_mlp") or {})}
+    names = adapter_for(dense).describe(dense).block_names  # the blocks as they were named before pruning
+    changed = {_block_index(names, n) for n in (decisions.get("kept_heads") or {})}
+    changed |= {_block_index(names, n) for n in (decisions.get("kept_mlp") or {})}
     pruned = {j for j, b in enumerate(kept) if b in changed}
     errors = reconstruct_outputs_(model, dense, images, kept_blocks=kept, pruned=pruned)
     return {k: round(v, 5) for k, v in errors.items()}
@@ -276,5 +279,5 @@ def _removed(model: nn.Module, plan: P.Plan, target: str, geoms: list | None = N
     geoms = geoms or geometry(model)
     cost = sum(len(v) * P.head_cost(geoms[b], target) for b, v in plan.heads.items())
     cost += sum(len(v) * P.neuron_cost(geoms[b], target) for b, v in plan.mlp.items())
-    cost += sum(P.block_cost(geoms[b], target) for b in plan.blocks)
+    cost += sum(P.block_cost(geoms[b], target) for b in plan.removed_blocks)
     return cost

@@ -34,13 +34,14 @@ import math
 
 import torch
 import torch.nn as nn
-from timm.layers import LayerScale
 
-from ..adapters.timm_vit import block_parts, describe, input_size
+from ..adapters import adapter_for
+from ..adapters.protocol import AttentionCore
 from ..errors import DataError, NumericsError, UnsupportedModelError
 from ..ops import quant as Q
 from ..ops import quant_int as I
-from .modules import LogQuantizer, QuantAttention, UniformQuantizer, quantizers
+from .modules import QuantAttention, quantizers
+from .quantizer import LogQuantizer, UniformQuantizer
 
 _log = logging.getLogger(__name__)
 
@@ -112,12 +113,9 @@ def _ln_requant(norm: nn.LayerNorm, act: _Act, ln_shift: int) -> _Requant:
     return _Requant(gamma * sc / act.scale, beta / act.scale + act.zero, act.qmin, act.qmax, q_bits=24)
 
 
-def _gamma(ls: nn.Module, dim: int) -> torch.Tensor:
-    if isinstance(ls, LayerScale):
-        return ls.gamma.detach().double()
-    if isinstance(ls, nn.Identity):
-        return torch.ones(dim, dtype=torch.float64)
-    raise UnsupportedModelError(f"to_integer does not handle {type(ls).__name__} as layer scale")
+def _gamma(gamma: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """A block's layer-scale vector (the adapter gives None for no layer scale) in float64."""
+    return torch.ones(dim, dtype=torch.float64) if gamma is None else gamma.detach().double()
 
 
 class IntegerViT(nn.Module):
@@ -125,7 +123,7 @@ class IntegerViT(nn.Module):
     CPU emulation: the integer constants are plain tensors (not buffers), so ``.to(device)`` does not move them.
 
     ``taps``: pass a dict to :meth:`forward` to receive the integer input codes of every quantized linear
-    (``"blocks.0.attn.qkv"`` …), for comparisons with the fake-quant model's codes."""
+    (keyed by module name), for comparisons with the fake-quant model's codes."""
 
     def __init__(
         self,
@@ -138,7 +136,8 @@ class IntegerViT(nn.Module):
         gelu_lambda: float = 1.702,
     ) -> None:
         super().__init__()
-        info = describe(model)
+        host = adapter_for(model)
+        info = host.describe(model)
         bad = sorted(set(info.features) & set(_UNSUPPORTED)) + sorted(info.features & {"gated_attn", "glu_mlp"})
         if bad:
             raise UnsupportedModelError(f"to_integer does not handle the model feature(s) {bad}: use a plain ViT/DeiT")
@@ -148,13 +147,14 @@ class IntegerViT(nn.Module):
             )
         if not quantizers(model):
             raise UnsupportedModelError("to_integer needs a ptq-calibrated model: apply PTQConfig(...) first")
-        for name in ("norm_pre", "fc_norm"):
-            if not isinstance(getattr(model, name, nn.Identity()), nn.Identity):
-                raise UnsupportedModelError(f"to_integer does not handle model.{name} ({type(getattr(model, name))})")
-        pe = model.patch_embed.proj
+        outer = host.outer_layers(model)
+        for where, norm in (("before the first block", outer.pre_norm), ("after pooling", outer.pool_norm)):
+            if not isinstance(norm, nn.Identity):
+                raise UnsupportedModelError(f"to_integer does not handle a norm {where} ({type(norm)})")
+        pe = outer.patch_proj
         if tuple(pe.stride) != tuple(pe.kernel_size) or any(pe.padding):
             raise UnsupportedModelError("to_integer needs a non-overlapping patch embedding (stride = kernel)")
-        self.in_size = input_size(model)
+        self.in_size = host.input_size(model)
         self.patch = tuple(pe.kernel_size)
         self.R = int(res_frac_bits)
         self.G = int(gelu_frac_bits)
@@ -164,47 +164,54 @@ class IntegerViT(nn.Module):
         self.ln_shift = 8
         R = 2.0**self.R
         d = info.embed_dim
-        self.embed = _Linear(pe, "patch_embed.proj")
+        self.embed_name = outer.patch_proj_name
+        self.embed = _Linear(pe, self.embed_name)
         self.embed_out = _Requant(self.embed.acc_scale * R)
-        self.cls = torch.round(model.cls_token.detach().double() * R).long()  # [1,1,D]
-        self.pos = torch.round(model.pos_embed.detach().double() * R).long()  # [1,N,D]
-        self.blocks = []
-        for i, blk in enumerate(model.blocks):
-            self.blocks.append(self._convert_block(blk, i, d))
-        self.head = _Linear(model.head, "head")
-        self.norm_out = _ln_requant(model.norm, self.head.act, self.ln_shift)
+        self.cls = torch.round(outer.prefix_tokens[0].detach().double() * R).long()  # [1,1,D] class token
+        self.pos = torch.round(outer.positions.detach().double() * R).long()  # [1,N,D]
+        linears = {(r.block, r.role): name for name, r in host.linear_roles(model).items()}
+        cores = host.attention_cores(model)
+        self.layers = []
+        for i, (block_name, blk) in enumerate(host.blocks(model)):
+            names = {role: linears[(i, role)] for role in ("qkv", "attn_out", "mlp_in", "mlp_out")}
+            self.layers.append(self._convert_block(host.block_layers(blk, index=i), cores[i], block_name, names, d))
+        self.head_name, head = host.heads(model)[0]
+        self.head = _Linear(head, self.head_name)
+        self.norm_out = _ln_requant(outer.final_norm, self.head.act, self.ln_shift)
 
-    def _convert_block(self, blk: nn.Module, i: int, d: int) -> dict:
-        p = block_parts(blk, index=i)
-        attn = p.attn
+    def _convert_block(self, p, core: AttentionCore, pre: str, names: dict[str, str], d: int) -> dict:
+        """Integer constants of one block: ``p`` its layers by role (:meth:`HostAdapter.block_layers`), ``core``
+        its attention core, ``pre`` its name, ``names`` its linears' names by role."""
+        attn = p.attention
         if not isinstance(attn, QuantAttention):
-            raise UnsupportedModelError(f"blocks.{i}.attn is not quantized: to_integer needs a full ptq model")
-        if not isinstance(p.mlp.act, nn.GELU):
-            raise UnsupportedModelError(f"blocks.{i}.mlp.act is {type(p.mlp.act).__name__}: to_integer handles GELU")
-        if not isinstance(getattr(p.mlp, "norm", nn.Identity()), nn.Identity):
-            raise UnsupportedModelError(f"blocks.{i}.mlp.norm is not Identity: to_integer does not handle it")
-        R, pre = 2.0**self.R, f"blocks.{i}"
-        qkv, proj = _Linear(attn.qkv, f"{pre}.attn.qkv"), _Linear(attn.proj, f"{pre}.attn.proj")
-        fc1, fc2 = _Linear(p.mlp.fc1, f"{pre}.mlp.fc1"), _Linear(p.mlp.fc2, f"{pre}.mlp.fc2")
-        aq, ak, av = (_Act(getattr(attn, n), f"{pre}.attn.{n}") for n in ("q_quant", "k_quant", "v_quant"))
+            raise UnsupportedModelError(f"{core.name} is not quantized: to_integer needs a full ptq model")
+        if not isinstance(p.act, nn.GELU):
+            raise UnsupportedModelError(f"{pre}'s MLP activation is {type(p.act).__name__}: to_integer handles GELU")
+        if not isinstance(p.mlp_inner_norm, nn.Identity):
+            raise UnsupportedModelError(f"{pre} has a norm inside its MLP: to_integer does not handle it")
+        R = 2.0**self.R
+        qkv, proj, fc1, fc2 = (_Linear(p.linears[r], names[r]) for r in ("qkv", "attn_out", "mlp_in", "mlp_out"))
+        aq, ak, av = (_Act(getattr(attn, n), f"{core.name}.{n}") for n in ("q_quant", "k_quant", "v_quant"))
         s = qkv.acc_scale
         b = {
+            "name": pre,
+            "taps": names,
             "qkv": qkv,
             "proj": proj,
             "fc1": fc1,
             "fc2": fc2,
-            "ln1": _ln_requant(p.norm1, qkv.act, self.ln_shift),
-            "ln2": _ln_requant(p.norm2, fc1.act, self.ln_shift),
-            "q": _Requant(s[:d] * float(attn.scale) / aq.scale, aq.zero, aq.qmin, aq.qmax),
+            "ln1": _ln_requant(p.norms["attn"], qkv.act, self.ln_shift),
+            "ln2": _ln_requant(p.norms["mlp"], fc1.act, self.ln_shift),
+            "q": _Requant(s[:d] * core.scale / aq.scale, aq.zero, aq.qmin, aq.qmax),
             "k": _Requant(s[d : 2 * d] / ak.scale, ak.zero, ak.qmin, ak.qmax),
             "v": _Requant(s[2 * d :] / av.scale, av.zero, av.qmin, av.qmax),
             "aq": aq,
             "ak": ak,
             "av": av,
-            "heads": int(attn.num_heads),
-            "head_dim": int(attn.head_dim),
-            "res1": _Requant(proj.acc_scale * _gamma(p.ls1, d) * R),
-            "res2": _Requant(fc2.acc_scale * _gamma(p.ls2, d) * R),
+            "heads": core.num_heads,
+            "head_dim": core.head_dim,
+            "res1": _Requant(proj.acc_scale * _gamma(p.gammas["attn"], d) * R),
+            "res2": _Requant(fc2.acc_scale * _gamma(p.gammas["mlp"], d) * R),
             "gelu_in": _Requant(fc1.acc_scale * 2.0**self.G),
         }
         # GELU codes (scale 2^-G · 2^-15 from shift_gelu) → fc2 input codes
@@ -219,12 +226,12 @@ class IntegerViT(nn.Module):
                 delta * av.scale * 2.0**-self.F / proj.act.scale, proj.act.zero, proj.act.qmin, proj.act.qmax, 44
             )
         elif isinstance(attn_q, UniformQuantizer) and not attn_q.channels:
-            at = _Act(attn_q, f"{pre}.attn.attn_quant")
+            at = _Act(attn_q, f"{core.name}.attn_quant")
             b["attn"] = ("uniform", _Requant(pin / at.scale, at.zero, at.qmin, at.qmax), at)
             b["attn_out"] = _Requant(at.scale * av.scale / proj.act.scale, proj.act.zero, proj.act.qmin, proj.act.qmax)
         else:
             raise UnsupportedModelError(
-                f"{pre}.attn.attn_quant is {type(attn_q).__name__}: to_integer handles log2/log√2 or uniform "
+                f"{core.name}.attn_quant is {type(attn_q).__name__}: to_integer handles log2/log√2 or uniform "
                 "post-softmax quantizers (ptq method repq, dopq, minmax or percentile)"
             )
         return b
@@ -277,30 +284,31 @@ class IntegerViT(nn.Module):
         xq = torch.clamp(torch.round(x.double() / a.scale) + a.zero, a.qmin, a.qmax).long()  # the float → int entry
         patches = xq.reshape(B, C, Hh // ph, ph, Ww // pw, pw).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * ph * pw)
         if taps is not None:
-            taps["patch_embed.proj"] = patches
+            taps[self.embed_name] = patches
         r = self.embed_out(self.embed(patches))  # [B,L,D] at scale 2^-R
         r = torch.cat([self.cls.expand(B, -1, -1), r], dim=1) + self.pos
-        for i, b in enumerate(self.blocks):
+        for b in self.layers:
+            tap = b["taps"] if taps is not None else {}
             n = I.i_layernorm(r)[0] >> self.ln_shift
             a = b["ln1"](n)
             if taps is not None:
-                taps[f"blocks.{i}.attn.qkv"] = a
+                taps[tap["qkv"]] = a
             att = self._attention(b, a)
             if taps is not None:
-                taps[f"blocks.{i}.attn.proj"] = att
-            r = self._check_res(r + b["res1"](b["proj"](att)), f"blocks.{i} (attention)")
+                taps[tap["attn_out"]] = att
+            r = self._check_res(r + b["res1"](b["proj"](att)), f"{b['name']} (attention)")
             a = b["ln2"](I.i_layernorm(r)[0] >> self.ln_shift)
             if taps is not None:
-                taps[f"blocks.{i}.mlp.fc1"] = a
+                taps[tap["mlp_in"]] = a
             h = b["gelu_in"](b["fc1"](a))
             g, _ = I.shift_gelu(h, 2.0**-self.G, lam=self.lam)
             a = b["gelu_out"](g)
             if taps is not None:
-                taps[f"blocks.{i}.mlp.fc2"] = a
-            r = self._check_res(r + b["res2"](b["fc2"](a)), f"blocks.{i} (mlp)")
+                taps[tap["mlp_out"]] = a
+            r = self._check_res(r + b["res2"](b["fc2"](a)), f"{b['name']} (mlp)")
         a = self.norm_out(I.i_layernorm(r[:, 0])[0] >> self.ln_shift)  # token pooling: class token
         if taps is not None:
-            taps["head"] = a
+            taps[self.head_name] = a
         return (self.head(a).double() * self.head.acc_scale).float()  # the int → float exit
 
 

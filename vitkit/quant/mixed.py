@@ -26,12 +26,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..configs import TransformConfig
-from ..errors import ConfigError
 from ..ops import quant as Q
 from ..registry import register_transform
+from ..validate import check_choice, check_ints, check_number
 from .ptq import METHODS, PTQConfig, _restore, apply_ptq, build_plan, calibration_tensor, check_not_quantized
 
 _log = logging.getLogger(__name__)
+
+#: sensitivity scores (module docstring)
+SCORES = ("hessian", "relevance")
 
 
 @dataclass(frozen=True)
@@ -49,18 +52,16 @@ class MixedPrecisionConfig(TransformConfig):
     seed: int = 0
 
     def validate(self) -> None:
-        cands = tuple(self.candidates)
-        if not cands or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 8 for b in cands):
-            raise ConfigError(f"MixedPrecisionConfig.candidates must be ints from 2 to 8, got {self.candidates!r}")
-        if not min(cands) <= float(self.avg_bits) <= max(cands):
-            raise ConfigError(
-                f"MixedPrecisionConfig.avg_bits={self.avg_bits} must lie between the candidates "
-                f"{min(cands)}..{max(cands)}"
-            )
-        if self.score not in ("hessian", "relevance"):
-            raise ConfigError(f"MixedPrecisionConfig.score must be 'hessian' or 'relevance', got {self.score!r}")
-        if self.method not in METHODS:
-            raise ConfigError(f"MixedPrecisionConfig.method must be one of {list(METHODS)}, got {self.method!r}")
+        cands = check_ints(self.candidates, "MixedPrecisionConfig.candidates", low=2, high=8)
+        check_number(
+            self.avg_bits,
+            "MixedPrecisionConfig.avg_bits",
+            low=min(cands),
+            high=max(cands),
+            why=" (the candidates' range)",
+        )
+        check_choice(self.score, "MixedPrecisionConfig.score", SCORES)
+        check_choice(self.method, "MixedPrecisionConfig.method", METHODS)
         self.ptq_config({})  # validates a_bits / calib_images through PTQConfig
 
     def ptq_config(self, layer_bits: dict[str, int]) -> PTQConfig:

@@ -21,6 +21,7 @@ import logging
 import torch
 import torch.nn as nn
 
+from ..adapters import adapter_for
 from ..ops.quant import channel_absmax, outlier_channels
 
 _log = logging.getLogger(__name__)
@@ -54,11 +55,12 @@ class OutlierSplitLinear(nn.Module):
 
 @torch.no_grad()
 def split_outlier_inputs_(
-    model: nn.Module, calib: torch.Tensor, *, ratio: float = 8.0, within: str = "blocks."
+    model: nn.Module, calib: torch.Tensor, *, ratio: float = 8.0, within: str | None = None
 ) -> dict[str, list[int]]:
-    """Replace every ``nn.Linear`` under ``within`` whose input has channels with calibrated ``|x|`` max above
-    ``ratio`` × the median channel's by an :class:`OutlierSplitLinear`; one float forward over ``calib``.
-    Returns ``{linear name: [outlier channel indices]}`` (empty when the model has no such channels)."""
+    """Replace every ``nn.Linear`` under ``within`` (a module-name prefix; None = inside the host's transformer
+    blocks) whose input has channels with calibrated ``|x|`` max above ``ratio`` × the median channel's by an
+    :class:`OutlierSplitLinear`; one float forward over ``calib``. Returns ``{linear name: [outlier channel
+    indices]}`` (empty when the model has no such channels)."""
     absmax: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
@@ -68,7 +70,8 @@ def split_outlier_inputs_(
 
         return record
 
-    linears = {n: m for n, m in model.named_modules() if n.startswith(within) and type(m) is nn.Linear}
+    prefixes = (within,) if within is not None else tuple(f"{n}." for n, _ in adapter_for(model).blocks(model))
+    linears = {n: m for n, m in model.named_modules() if n.startswith(prefixes) and type(m) is nn.Linear}
     hooks = [m.register_forward_pre_hook(hook(n)) for n, m in linears.items()]
     try:
         model.eval()

@@ -1,24 +1,12 @@
-"""Post-training quantization of timm ViTs: RepQ-ViT (default), PTQ4ViT-style twin uniform, min-max, percentile.
+"""Post-training quantization of ViTs: the ``ptq`` transform (:class:`PTQConfig`, :func:`apply_ptq`).
 
-RepQ-ViT (Li et al., ICCV 2023), as published (§4, Algorithm 1 and public code):
-
-1. every Linear/Conv2d (patch embedding and head included) gets a per-output-channel weight quantizer and an
-   input quantizer; both inputs of ``q·kᵀ`` and ``attn·v`` are quantized, the post-softmax map with the log√2
-   quantizer (eq. 11–12); the patch-embedding input stays 8 bit;
-2. the post-LayerNorm inputs of ``qkv`` and ``fc1`` are calibrated **per channel**; scales come from RepQ's
-   quantile search (clip quantiles {0.999, 0.9999, 0.99999}, lowest L2 error); one forward over the
-   calibration images with quantization on calibrates every quantizer in order;
-3. scale reparameterization (eq. 6–9, :mod:`vitkit.quant.reparam`) folds the per-channel scales into the
-   LayerNorm affine and the next linear — the input quantizer becomes per-tensor — and marks those weight
-   quantizers uncalibrated;
-4. a second calibration pass over the same images re-fits them.
-
-``method="dopq"``: RepQ-ViT with DopQ-ViT's median post-LN scale (MOSF, v1). DopQ-ViT's TanQ softmax
-quantizer is *not* implemented (its formula is not in the sources available here). ``method="ptq4vit"``:
-twin-uniform quantizers for post-softmax and post-GELU values with an MSE search over clipping candidates
-(PTQ4ViT, Yuan et al., ECCV 2022); deliberately without its Hessian-guided metric, whose gradient is
-numerically zero in parallel calibration (hahnyuan/PTQ4ViT#23), and calibrated sequentially.
-``method="minmax"`` / ``"percentile"``: the naive per-tensor baselines (uniform attention map).
+``method`` picks a calibrator, one file each in :mod:`vitkit.quant.calibrators`: ``repq`` — RepQ-ViT (Li et al.,
+ICCV 2023; default), ``dopq`` — RepQ-ViT with DopQ-ViT's median post-LN scale, ``ptq4vit`` — PTQ4ViT's twin
+uniform quantizers (Yuan et al., ECCV 2022), ``minmax`` / ``percentile`` — the naive baselines. The calibrator
+plans the quantizers (its post-softmax / post-GELU quantizers and scale searches) and runs the calibration passes;
+this module selects the quantization sites through the host adapter (the patch projection, every block linear,
+each attention core, the classifier heads), installs the quantizers, checks the calibration data and records the
+decisions an artifact reload needs.
 
 Calibration ends with every quantizer fitted; nothing is searched at evaluation time. From then on the
 quantized layers fake-quantize their weights once and reuse them, and the activation quantizers use the fast
@@ -38,44 +26,21 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
-from ..adapters.timm_vit import block_parts, describe, input_size
+from ..adapters import adapter_for
 from ..configs import TransformConfig, select_names
 from ..errors import ConfigError, DataError, UnsupportedModelError
 from ..registry import register_transform
-from .modules import (
-    PATCHED,
-    UNPATCHED,
-    QuantAttention,
-    make_quantizer,
-    patch_module,
-    quantized_size_bytes,
-    quantizers,
-)
+from ..validate import check_choice, check_int, check_number
+from .calibrators import METHODS, POST_GELU_QUANTIZERS, SOFTMAX_QUANTIZERS, calibrator_for
+from .modules import PATCHED, UNPATCHED, QuantAttention, patch_module, quantized_size_bytes, quantizers
+from .quantizer import make_quantizer
 from .reconstruct import reconstruct_blocks_
-from .reparam import fold_into_norm_linear, reparam_factors
 
 _log = logging.getLogger(__name__)
 
-METHODS = ("repq", "dopq", "ptq4vit", "minmax", "percentile")
-SOFTMAX_QUANTIZERS = ("log_sqrt2", "log2", "twin", "uniform")
-POST_GELU_QUANTIZERS = ("uniform", "twin")
-_DEFAULT_SOFTMAX = {
-    "repq": "log_sqrt2",
-    "dopq": "log_sqrt2",
-    "ptq4vit": "twin",
-    "minmax": "uniform",
-    "percentile": "uniform",
-}
-#: fc2-input (post-GELU) quantizer per method: PTQ4ViT's twin uniform, else the method's uniform search
-_DEFAULT_POST_GELU = {m: "twin" if m == "ptq4vit" else "uniform" for m in METHODS}
-#: Activation / weight scale search per method (see :func:`vitkit.ops.quant.search_uniform`).
-_ACT_SEARCH = {"repq": "quantile", "dopq": "quantile", "ptq4vit": "mse", "minmax": "minmax", "percentile": "percentile"}
-_W_SEARCH = {"repq": "quantile", "dopq": "quantile", "ptq4vit": "mse", "minmax": "minmax", "percentile": "minmax"}
-
 
 def _check_bits(value: Any, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
-        raise ConfigError(f"PTQConfig.{name} must be an int from 2 to 8, got {value!r}")
+    check_int(value, f"PTQConfig.{name}", low=2, high=8)
 
 
 @dataclass(frozen=True)
@@ -98,7 +63,8 @@ class PTQConfig(TransformConfig):
     twin quantizer; None = off, the papers' setting); ``seed``: calibration draw from a dataset;
     ``reconstruct_iters``: APHQ-ViT-style block reconstruction steps per block after calibration (0 = off,
     :mod:`vitkit.quant.reconstruct`), ``reconstruct_lr`` its relative step size.
-    ``targets``/``skip`` globs match the quantizable module names (``blocks.0.attn.qkv``, ``head`` ...).
+    ``targets``/``skip`` globs match the quantizable module names (:func:`quantizable_names`: the patch
+    projection, each block's linears and attention core, the heads, as ``model.named_modules()`` names them).
     """
 
     w_bits: int = 8
@@ -120,77 +86,55 @@ class PTQConfig(TransformConfig):
         _check_bits(self.w_bits, "w_bits")
         _check_bits(self.a_bits, "a_bits")
         _check_bits(self.first_input_bits, "first_input_bits")
-        if self.method not in METHODS:
-            raise ConfigError(f"PTQConfig.method must be one of {list(METHODS)}, got {self.method!r}")
-        if isinstance(self.calib_images, bool) or not isinstance(self.calib_images, int) or self.calib_images < 1:
-            raise ConfigError(f"PTQConfig.calib_images must be a positive int, got {self.calib_images!r}")
-        if not 50.0 < float(self.percentile) <= 100.0:
-            raise ConfigError(f"PTQConfig.percentile must be in (50, 100], got {self.percentile}")
-        if self.softmax is not None and self.softmax not in SOFTMAX_QUANTIZERS:
-            raise ConfigError(
-                f"PTQConfig.softmax must be one of {list(SOFTMAX_QUANTIZERS)} or null, got {self.softmax!r}"
-            )
-        if self.post_gelu is not None and self.post_gelu not in POST_GELU_QUANTIZERS:
-            raise ConfigError(
-                f"PTQConfig.post_gelu must be one of {list(POST_GELU_QUANTIZERS)} or null, got {self.post_gelu!r}"
-            )
-        r = self.outlier_ratio
-        if r is not None and (isinstance(r, bool) or not isinstance(r, int | float) or not r > 1.0):
-            raise ConfigError(f"PTQConfig.outlier_ratio must be a number > 1 or null, got {r!r}")
+        check_choice(self.method, "PTQConfig.method", METHODS)
+        check_int(self.calib_images, "PTQConfig.calib_images", low=1)
+        check_number(self.percentile, "PTQConfig.percentile", low=50.0, high=100.0, low_open=True)
+        if self.softmax is not None:
+            check_choice(self.softmax, "PTQConfig.softmax", SOFTMAX_QUANTIZERS, why=" or null")
+        if self.post_gelu is not None:
+            check_choice(self.post_gelu, "PTQConfig.post_gelu", POST_GELU_QUANTIZERS, why=" or null")
+        check_number(self.outlier_ratio, "PTQConfig.outlier_ratio", low=1.0, low_open=True, optional=True)
         for name, bits in dict(self.layer_bits or {}).items():
             _check_bits(bits, f"layer_bits[{name!r}]")
-        it = self.reconstruct_iters
-        if isinstance(it, bool) or not isinstance(it, int) or not 0 <= it <= 100000:
-            raise ConfigError(f"PTQConfig.reconstruct_iters must be an int >= 0 (0 = off), got {it!r}")
-        if not 0.0 < float(self.reconstruct_lr) < 1.0:
-            raise ConfigError(f"PTQConfig.reconstruct_lr must be in (0, 1), got {self.reconstruct_lr}")
+        check_int(self.reconstruct_iters, "PTQConfig.reconstruct_iters", low=0, high=100000, why=" (0 = off)")
+        check_number(self.reconstruct_lr, "PTQConfig.reconstruct_lr", low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 # -- planning -----------------------------------------------------------------------------------------------
-def quantizable_names(model: nn.Module) -> list[str]:
-    """Names of the modules PTQ patches, in forward order."""
-    info = describe(model)
+def quant_sites(model: nn.Module) -> dict[str, str]:
+    """``{module name: role}`` of the modules PTQ patches, in forward order: the patch projection (``embed``), per
+    block ``qkv``, its attention core (``attention``), ``attn_out``, ``mlp_in``, ``mlp_out``, then the heads."""
+    host = adapter_for(model)
+    info = host.describe(model)
     unsupported = sorted(info.features & {"gated_attn", "glu_mlp"})
     if unsupported:
         raise UnsupportedModelError(
             f"ptq does not handle the model feature(s) {unsupported}: use a ViT with plain Attention and Mlp"
         )
-    names = ["patch_embed.proj"]
-    for i in range(info.depth):
-        names += [f"blocks.{i}.attn.qkv", f"blocks.{i}.attn", f"blocks.{i}.attn.proj"]
-        names += [f"blocks.{i}.mlp.fc1", f"blocks.{i}.mlp.fc2"]
-    modules = dict(model.named_modules())
-    for head_name in ("head", "head_dist"):
-        if isinstance(modules.get(head_name), nn.Linear):
-            names.append(head_name)
-    return names
+    cores = {core.block: core.name for core in host.attention_cores(model)}
+    sites = {host.outer_layers(model).patch_proj_name: "embed"}
+    for name, linear in host.linear_roles(model).items():
+        sites[name] = linear.role
+        if linear.role == "qkv":
+            sites[cores[linear.block]] = "attention"  # q·kᵀ and attn·v run between qkv and attn_out
+    return sites
+
+
+def quantizable_names(model: nn.Module) -> list[str]:
+    """Names of the modules PTQ patches, in forward order."""
+    return list(quant_sites(model))
 
 
 def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
-    """``{module name: {quantizer slot: quantizer spec}}`` before calibration."""
-    names = select_names(quantizable_names(model), cfg.targets, cfg.skip, what="quantizable modules")
+    """``{module name: {quantizer slot: quantizer spec}}`` before calibration (the calibrator's plan)."""
+    sites = quant_sites(model)
+    names = select_names(list(sites), cfg.targets, cfg.skip, what="quantizable modules")
     if not cfg.quantize_head:
-        names = [n for n in names if n not in ("head", "head_dist")]
-    overrides = dict(cfg.layer_bits or {})
-    unknown = sorted(set(overrides) - set(names))
+        names = [n for n in names if sites[n] != "head"]
+    unknown = sorted(set(cfg.layer_bits or {}) - set(names))
     if unknown:
         raise ConfigError(f"PTQConfig.layer_bits names unknown module(s) {unknown}; quantizable: {names[:4]}, ...")
     modules = dict(model.named_modules())
-    a_search, w_search = _ACT_SEARCH[cfg.method], _W_SEARCH[cfg.method]
-    repq = cfg.method in ("repq", "dopq")
-
-    def uni(bits: int, search: str, channels: int | None = None, axis: int = -1) -> dict:
-        return {
-            "kind": "uniform",
-            "bits": bits,
-            "symmetric": False,
-            "channels": channels,
-            "axis": axis,
-            "search": search,
-            "percentile": float(cfg.percentile),
-        }
-
-    plan: dict[str, dict[str, dict]] = {}
     # exact classes: subclasses (LoRALinear, adapter-wrapped layers) would lose their extra branch when patched
     bad = [
         f"{n} ({type(modules[n]).__name__})"
@@ -199,40 +143,10 @@ def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
     ]
     if bad:
         raise UnsupportedModelError(
-            f"ptq cannot quantize the layer(s) {bad[:4]}: expected nn.Linear / nn.Conv2d / timm Attention there "
-            "(fold LoRA first with a lora_merge step / vitkit.adapt.merge_back, or skip them with skip=[...])"
+            f"ptq cannot quantize the layer(s) {bad[:4]}: expected nn.Linear / nn.Conv2d / the host's attention "
+            "there (fold LoRA first with a lora_merge step / vitkit.merge_back, or skip them with skip=[...])"
         )
-    for name in names:
-        mod = modules[name]
-        if name.endswith(".attn"):
-            sm = cfg.softmax or _DEFAULT_SOFTMAX[cfg.method]
-            if sm in ("log_sqrt2", "log2"):
-                attn_q = {"kind": "log", "bits": cfg.a_bits, "sqrt2": sm == "log_sqrt2"}
-            elif sm == "twin":
-                attn_q = {"kind": "twin", "bits": cfg.a_bits, "mode": "softmax"}
-            else:
-                attn_q = uni(cfg.a_bits, a_search)
-            plan[name] = {
-                "q_quant": uni(cfg.a_bits, a_search),
-                "k_quant": uni(cfg.a_bits, a_search),
-                "attn_quant": attn_q,
-                "v_quant": uni(cfg.a_bits, a_search),
-            }
-            continue
-        wb = int(overrides.get(name, cfg.w_bits))
-        w_spec = uni(wb, w_search, channels=mod.weight.shape[0], axis=0)
-        if name == "patch_embed.proj":
-            a_spec = uni(cfg.first_input_bits, a_search)
-        elif repq and (name.endswith(".attn.qkv") or name.endswith(".mlp.fc1")):
-            a_spec = uni(cfg.a_bits, a_search, channels=mod.in_features, axis=-1)  # post-LN: per channel first
-        elif name.endswith(".mlp.fc2") and (cfg.post_gelu or _DEFAULT_POST_GELU[cfg.method]) == "twin":
-            a_spec = {"kind": "twin", "bits": cfg.a_bits, "mode": "gelu"}
-        else:
-            a_spec = uni(cfg.a_bits, a_search)
-        if cfg.outlier_ratio is not None and name.startswith("blocks.") and a_spec["kind"] == "uniform":
-            a_spec["outlier_ratio"] = float(cfg.outlier_ratio)
-        plan[name] = {"a_quant": a_spec, "w_quant": w_spec}
-    return plan
+    return calibrator_for(cfg.method).plan(model, {n: sites[n] for n in names}, cfg)
 
 
 def install(model: nn.Module, plan: dict[str, dict[str, dict]], *, calibrated: bool) -> None:
@@ -273,7 +187,7 @@ def calibration_tensor(calib: Any, model: nn.Module, n: int, seed: int = 0) -> t
         x = torch.cat([p if p.dim() == 4 else p.unsqueeze(0) for p in parts])
     else:
         raise DataError(f"calib must be an image tensor [n,C,H,W] or a dataset, got {type(calib).__name__}")
-    want = input_size(model)
+    want = adapter_for(model).input_size(model)
     if x.dim() != 4 or tuple(x.shape[1:]) != want:
         raise DataError(
             f"calibration images have shape {tuple(x.shape[1:]) if x.dim() == 4 else tuple(x.shape)} but the model "
@@ -289,43 +203,6 @@ def calibration_tensor(calib: Any, model: nn.Module, n: int, seed: int = 0) -> t
     if not torch.isfinite(x).all():
         raise DataError("calibration images contain NaN/Inf values: clean the calibration set")
     return x
-
-
-# -- RepQ-ViT -----------------------------------------------------------------------------------------------------
-def post_ln_pairs(model: nn.Module, plan: dict) -> list[tuple[str, str]]:
-    """``(norm name, linear name)`` for the per-channel post-LN quantizers in ``plan`` (qkv ← norm1, fc1 ← norm2)."""
-    pairs = []
-    for i, _ in enumerate(model.blocks):
-        for norm, lin in ((f"blocks.{i}.norm1", f"blocks.{i}.attn.qkv"), (f"blocks.{i}.norm2", f"blocks.{i}.mlp.fc1")):
-            spec = plan.get(lin, {}).get("a_quant")
-            if spec and spec.get("kind") == "uniform" and spec.get("channels"):
-                pairs.append((norm, lin))
-    return pairs
-
-
-@torch.no_grad()
-def repq_reparameterize(model: nn.Module, plan: dict, *, reduce: str = "mean") -> tuple[list[str], list[str]]:
-    """Step 3 of RepQ-ViT on a calibrated model: fold each per-channel post-LN quantizer into LN + linear,
-    replace it by the per-tensor quantizer ``(s̃, z̃)`` and un-calibrate that linear's weight quantizer.
-    Updates ``plan`` in place; returns (reparameterized linears, linears that gained a bias)."""
-    modules = dict(model.named_modules())
-    done, added = [], []
-    for norm_name, lin_name in post_ln_pairs(model, plan):
-        lin = modules[lin_name]
-        aq = lin.a_quant
-        r, b, s_t, z_t = reparam_factors(aq.scale, aq.zero_point, reduce=reduce)
-        if fold_into_norm_linear(modules[norm_name], lin, r, b):
-            added.append(lin_name)
-        spec = dict(plan[lin_name]["a_quant"], channels=None)
-        new = make_quantizer(spec, where=f"{lin_name}.a_quant")
-        new.scale.copy_(s_t)
-        new.zero_point.copy_(z_t)
-        new.calibrated = True
-        lin.a_quant = new
-        plan[lin_name]["a_quant"] = spec
-        lin.w_quant.calibrated = False  # re-fitted by the second calibration pass (RepQ-ViT step 4)
-        done.append(lin_name)
-    return done, added
 
 
 def record_float_channels(model: nn.Module, plan: dict) -> dict[str, list[int]]:
@@ -360,9 +237,7 @@ def _restore(model: nn.Module, cfg: PTQConfig, decisions: dict) -> None:
 def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     """Quantize ``model`` in place (fake-quant) with ``cfg``; ``calib``: ``[n,C,H,W]`` images or a dataset."""
     check_not_quantized(model)
-    plan = build_plan(model, cfg)  # describe() refuses unsupported models, naming the feature
-    for i, blk in enumerate(model.blocks):
-        block_parts(blk, index=i)
+    plan = build_plan(model, cfg)  # the adapter refuses unsupported models and blocks, naming the feature
     n_bits = {n: s["w_quant"]["bits"] for n, s in plan.items() if "w_quant" in s}
     head = f"W{cfg.w_bits}A{cfg.a_bits} {cfg.method}"
     if dry_run:
@@ -373,12 +248,8 @@ def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = F
     t0 = time.perf_counter()
     fp_model = copy.deepcopy(model) if cfg.reconstruct_iters else None  # reconstruction target
     install(model, plan, calibrated=False)
-    with torch.no_grad():
-        model(x)  # calibration pass 1 (sequential: upstream quantizers already active)
-        reparam, added = [], []
-        if cfg.method in ("repq", "dopq"):
-            reparam, added = repq_reparameterize(model, plan, reduce="median" if cfg.method == "dopq" else "mean")
-            model(x)  # calibration pass 2: re-fit the reparameterized linears' weight quantizers
+    calibrated = calibrator_for(cfg.method).calibrate(model, x, plan)
+    reparam, added = calibrated.reparameterized, calibrated.added_bias
     recon = []
     if fp_model is not None:
         recon = reconstruct_blocks_(model, fp_model, x, iters=cfg.reconstruct_iters, lr=cfg.reconstruct_lr)

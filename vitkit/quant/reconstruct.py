@@ -26,13 +26,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .modules import UniformQuantizer
+from ..adapters import adapter_for
+from .quantizer import UniformQuantizer
 
 _log = logging.getLogger(__name__)
 
 
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    return [block for _, block in adapter_for(model).blocks(model)]
+
+
 def _block_io(model: nn.Module, x: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, output) of ``model.blocks[i]`` for images ``x`` (one forward, stopped after block i)."""
+    """(input, output) of transformer block ``i`` for images ``x`` (one forward, stopped after block i)."""
     got: dict[str, torch.Tensor] = {}
 
     class _Stop(Exception):
@@ -42,7 +47,7 @@ def _block_io(model: nn.Module, x: torch.Tensor, i: int) -> tuple[torch.Tensor, 
         got["in"], got["out"] = args[0].detach(), out.detach()
         raise _Stop
 
-    h = model.blocks[i].register_forward_hook(hook)
+    h = _blocks(model)[i].register_forward_hook(hook)
     try:
         with torch.no_grad():
             model(x)
@@ -67,7 +72,7 @@ def aph_weights(fp_model: nn.Module, x: torch.Tensor, i: int, *, rel_eps: float 
             leaf["o"] = o.detach().requires_grad_(True)
             return leaf["o"] + sign * eps
 
-        h = fp_model.blocks[i].register_forward_hook(hook)
+        h = _blocks(fp_model)[i].register_forward_hook(hook)
         try:
             with torch.enable_grad():
                 logq = F.log_softmax(fp_model(x), dim=-1)
@@ -95,12 +100,13 @@ def reconstruct_blocks_(
     fp_model.eval()
     for p in list(model.parameters()) + list(fp_model.parameters()):
         p.requires_grad_(False)
-    for i, block in enumerate(model.blocks):
+    fp_blocks = _blocks(fp_model)
+    for i, block in enumerate(_blocks(model)):
         h = aph_weights(fp_model, x, i)
         x_q, _ = _block_io(model, x, i)
         x_fp, _ = _block_io(fp_model, x, i)
         with torch.no_grad():
-            target = fp_model.blocks[i](x_fp)
+            target = fp_blocks[i](x_fp)
         qs = _block_quantizers(block)
         groups = []
         for q in qs:

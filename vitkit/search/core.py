@@ -125,19 +125,12 @@ def run_search(
     """
     import torch
 
-    from .._io import atomic_write_bytes
-    from ..artifact import save_artifact
     from ..data import calibration_set, load_dataset
     from ..models import load
-    from .evaluate import RecipeEvaluator, resolved_steps
+    from .evaluate import RecipeEvaluator
     from .pareto import write_front
 
-    if objective not in OBJECTIVES:
-        raise ConfigError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}")
-    if not max_drop >= 0:
-        raise ConfigError(f"--max-drop must be >= 0 top-1 points, got {max_drop}")
-    if budget < 1:
-        raise ConfigError(f"--budget must be a positive number of evaluations, got {budget}")
+    _check_args(objective, max_drop, budget)
     say = progress or (lambda msg: _log.info(msg))
     space = space if isinstance(space, SearchSpace) else read_space(space)  # OrderError names both steps
     first_rung_size(len(space.candidates()), budget, len(space.fidelities), space.eta)  # budget too small: say so now
@@ -151,17 +144,9 @@ def run_search(
     val = load_dataset(data, "val", model=baseline)
     test = load_dataset(data, "test", model=baseline)
     calib = calibration_set(load_dataset(data, "train", model=baseline), calib_n, seed=seed)
-    header = {
-        "model": str(model),
-        "data": str(data),
-        "model_fingerprint": model_fingerprint(baseline),
-        "data_fingerprint": data_fingerprint(val),
-        "objective": objective,
-        "max_drop": max_drop,
-        "budget": budget,
-        "space": space.raw,
-    }
-    log = SearchLog.open(out / LOG_NAME, header)
+    header = {"model": str(model), "data": str(data), "model_fingerprint": model_fingerprint(baseline)}
+    header |= {"data_fingerprint": data_fingerprint(val), "objective": objective, "max_drop": max_drop}
+    log = SearchLog.open(out / LOG_NAME, {**header, "budget": budget, "space": space.raw})
     make = evaluator_factory or RecipeEvaluator
     evaluator = make(baseline, val, calib, data, objective=objective, batch_size=space.batch_size)
     candidates = space.candidates()
@@ -170,36 +155,10 @@ def run_search(
     def on_eval(cand, rung, m):
         say(f"rung {rung} {cand.label}: drop {m['drop_pt']:+.2f} pt, speed-up {m['speedup']:.2f}×")
 
-    result = search(
-        candidates,
-        evaluator,
-        log,
-        fidelities=space.fidelities,
-        eta=space.eta,
-        budget=budget,
-        objective=objective,
-        max_drop=max_drop,
-        seed=seed,
-        on_eval=on_eval,
-        on_rung=getattr(evaluator, "forget", None),
-    )
-    note = (
-        f"Model `{model}`, data `{data}` (selection on val; best reported on test), objective **{objective}**, "
-        f"max drop {max_drop:g} pt, budget {budget} evaluations; successive halving (eta {space.eta}) over rungs "
-        f"{[(f.images, f.repeats) for f in space.fidelities]} (val images, timing repeats). Speed-ups are against "
-        f"the original model in PyTorch eager fp32, interleaved in the same process."
-    )
-    summary = {
-        "model": str(model),
-        "data": str(data),
-        "objective": objective,
-        "max_drop": max_drop,
-        "budget": budget,
-        "candidates_in_space": len(candidates),
-        "evaluations_new": result.evaluations,
-        "evaluations_logged": result.logged,
-        "note": note,
-    }
+    halving = dict(fidelities=space.fidelities, eta=space.eta, budget=budget, objective=objective, max_drop=max_drop)
+    forget = getattr(evaluator, "forget", None)
+    result = search(candidates, evaluator, log, **halving, seed=seed, on_eval=on_eval, on_rung=forget)
+    summary = _summary(model, data, objective, max_drop, budget, space, len(candidates), result)
     result.front = write_front(out, result.rows, objective, max_drop, summary)
     if result.best is None:
         result.seconds = time.perf_counter() - t0
@@ -208,19 +167,63 @@ def run_search(
             + ", ".join(f"{r['label']} ({r['drop_pt']:+.2f} pt)" for r in result.closest[:3]),
             result.closest,
         )
+    recipe = {"model": str(model), "arch": arch, "name": f"search-best-{objective}"}
+    calib_spec = {"data": data, "split": "train", "n": calib_n, "seed": seed}
+    _write_best(out / "best", evaluator, result, test, summary, say, space, recipe, calib_spec)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _summary(
+    model: str, data: str, objective: str, max_drop: float, budget: int, space: SearchSpace, n: int, result
+) -> dict[str, Any]:
+    """The search's settings and counts, as written beside the front and into the best artifact's report."""
+    note = (
+        f"Model `{model}`, data `{data}` (selection on val; best reported on test), objective **{objective}**, "
+        f"max drop {max_drop:g} pt, budget {budget} evaluations; successive halving (eta {space.eta}) over rungs "
+        f"{[(f.images, f.repeats) for f in space.fidelities]} (val images, timing repeats). Speed-ups are against "
+        f"the original model in PyTorch eager fp32, interleaved in the same process."
+    )
+    return {
+        "model": str(model),
+        "data": str(data),
+        "objective": objective,
+        "max_drop": max_drop,
+        "budget": budget,
+        "candidates_in_space": n,
+        "evaluations_new": result.evaluations,
+        "evaluations_logged": result.logged,
+        "note": note,
+    }
+
+
+def _check_args(objective: str, max_drop: float, budget: int) -> None:
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"--objective must be one of {list(OBJECTIVES)}, got {objective!r}")
+    if not max_drop >= 0:
+        raise ConfigError(f"--max-drop must be >= 0 top-1 points, got {max_drop}")
+    if budget < 1:
+        raise ConfigError(f"--budget must be a positive number of evaluations, got {budget}")
+
+
+def _write_best(
+    dst: Path, evaluator, result: SearchOutcome, test, summary: dict, say, space: SearchSpace, recipe: dict, calib: dict
+) -> None:
+    """Measure the chosen candidate on the test split (``result.test``) and save it as an artifact at ``dst``
+    (``recipe``: model, arch and name of the artifact's recipe; ``calib``: its calib section), with the deployed
+    ONNX file for ORT runtimes."""
+    from .._io import atomic_write_bytes
+    from ..artifact import save_artifact
+    from .evaluate import resolved_steps
+
     best_cand = next(c for c, _ in result.history[-1] if c.cid == result.best["cid"])
     say(f"best: {best_cand.label}; measuring it on the test split")
     full = Fidelity(len(test), space.fidelities[-1].repeats)
     result.test = evaluator(best_cand, full, data=test)
     torch_model, runner, _, _ = evaluator.build(best_cand)
-    recipe = {
-        "model": str(model),
-        "arch": arch,
-        "name": f"search-best-{objective}",
-        "steps": resolved_steps(best_cand, data),
-        "eval": {"data": data, "split": "test"},
-        "calib": {"data": data, "split": "train", "n": calib_n, "seed": seed},
-    }
+    data = calib["data"]
+    recipe = {**recipe, "steps": resolved_steps(best_cand, data), "eval": {"data": data, "split": "test"}}
+    recipe["calib"] = calib
     report = {
         "search": {**summary, "best": result.best, "deploy": best_cand.deploy},
         "variants": [
@@ -229,9 +232,7 @@ def run_search(
         ],
         "test": result.test,
     }
-    best_dir = save_artifact(torch_model, recipe, report, out / "best", title=f"vitkit search best: {best_cand.label}")
+    best_dir = save_artifact(torch_model, recipe, report, dst, title=f"vitkit search best: {best_cand.label}")
     if runner is not torch_model:
         name = "model.int8.onnx" if best_cand.deploy == "ort_int8" else "model.onnx"
         atomic_write_bytes(best_dir / name, Path(runner.path).read_bytes())
-    result.seconds = time.perf_counter() - t0
-    return result

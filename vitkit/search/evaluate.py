@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..adapters.timm_vit import input_size
+from ..adapters.protocol import adapter_for
 from ..bench import benchmark
 from ..bench.core import _example, file_bytes
 from ..bench.metrics import agreement, classify, topk_accuracy
@@ -122,7 +122,7 @@ class RecipeEvaluator:
     def _measure_session(self, runner: nn.Module, data, n: int, fid: Fidelity, latency: bool) -> dict[str, Any]:
         base_logits, labels = classify(self.baseline, data, limit=n)
         logits, _ = classify(runner, data, limit=n)
-        shape = input_size(self.baseline)
+        shape = adapter_for(self.baseline).input_size(self.baseline)
         x = _example(data, self.batch_size, shape)
         base_t, cand_t = interleaved_times([self.baseline, runner], x, repeats=fid.repeats, warmup=2)
         m = {
@@ -144,15 +144,12 @@ class RecipeEvaluator:
         return m
 
 
+#: search space ``deploy`` value → :func:`vitkit.deploy.deploy` runtime
+RUNTIMES = {"ort": "ort-stripped", "ort_int8": "ort-int8"}
+
+
 def deploy(model: nn.Module, out_dir: Path, kind: str, calib: torch.Tensor) -> nn.Module:
     """``ort``: ONNX Runtime fp32 session of the (float) model; ``ort_int8``: vitkit's int8 deployment."""
-    import warnings
+    from ..deploy import deploy as deploy_model
 
-    from ..quant.deploy import OrtModule, deploy_int8, export_onnx
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # TorchScript tracer warnings of the token-reduction patches
-        if kind == "ort_int8":
-            return deploy_int8(model, out_dir, calib=calib)
-        return OrtModule(export_onnx(model, out_dir / "model.fp32.onnx"))
+    return deploy_model(model, out_dir, runtime=RUNTIMES[kind], calib=calib)

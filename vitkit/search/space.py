@@ -5,7 +5,7 @@ axes:                                   # in step order; a value of null or 0 le
   - {transform: prune, param: ratio, values: [0, 0.25, 0.5], config: {importance: taylor}}
   - {transform: ptq, param: w_bits, values: [null, 8, 4], config: {a_bits: 8}}
   - {transform: tome, param: r, values: [0, 2, 4]}
-recover: {distill: {epochs: 1, lr: 0.0005}}   # inserted after the structure steps of every pruned candidate
+recover: {distill: {train: {epochs: 1, lr: 0.0005}}}   # inserted after the structure steps of every pruned candidate
 deploy: [torch, ort_int8]               # runtime each candidate is measured in
 fidelity: {images: [100, 500], repeats: [2, 5]}   # successive-halving rungs: val images, timing repeats
 eta: 2                                  # keep 1/eta of the candidates at each rung
@@ -14,7 +14,7 @@ batch_size: 64                          # throughput batch
 
 ``deploy``: ``torch`` (PyTorch eager, fake-quant if a ``ptq`` step is present), ``ort`` (ONNX Runtime fp32) or
 ``ort_int8`` (vitkit's real int8 deployment: RepQ-ViT reparameterization + ORT dynamic int8, see
-:mod:`vitkit.quant.deploy`). ``ort_int8`` candidates with a ``ptq`` step are skipped: ORT's dynamic int8 replaces the
+:mod:`vitkit.deploy`). ``ort_int8`` candidates with a ``ptq`` step are skipped: ORT's dynamic int8 replaces the
 step's quantization (and ``deploy_int8`` reparameterizes a float model itself), so they would repeat the
 candidate without ``ptq``. The all-off candidate (the untouched model) is not searched: it is the baseline
 every candidate is measured against.
@@ -32,6 +32,7 @@ from typing import Any
 
 from ..configs import read_yaml_file
 from ..errors import ConfigError
+from ..validate import check_int, check_ints
 
 DEPLOYS = ("torch", "ort", "ort_int8")
 SPACE_KEYS = ("axes", "recover", "deploy", "fidelity", "eta", "batch_size")
@@ -44,7 +45,7 @@ DEFAULT_SPACE: dict[str, Any] = {
         {"transform": "ptq", "param": "w_bits", "values": [None, 8, 4], "config": {"a_bits": 8}},
         {"transform": "tome", "param": "r", "values": [0, 2, 4]},
     ],
-    "recover": {"distill": {"epochs": 1, "lr": 0.0005, "batch_size": 32}},
+    "recover": {"distill": {"train": {"epochs": 1, "lr": 0.0005, "batch_size": 32}}},
     "deploy": ["torch", "ort_int8"],
     "fidelity": {"images": [100, 500], "repeats": [2, 5]},
     "eta": 2,
@@ -133,11 +134,9 @@ class SearchSpace:
 
 
 def _positive_ints(value: Any, where: str) -> tuple[int, ...]:
-    if not isinstance(value, list | tuple) or not value:
+    if not isinstance(value, list | tuple):
         raise ConfigError(f"search space {where} must be a non-empty list of positive ints, got {value!r}")
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
-        raise ConfigError(f"search space {where} must be a non-empty list of positive ints, got {value!r}")
-    return tuple(value)
+    return check_ints(value, f"search space {where}", low=1)
 
 
 def parse_space(data: dict | None) -> SearchSpace:
@@ -170,7 +169,7 @@ def parse_space(data: dict | None) -> SearchSpace:
         axes.append(axis)
     recover = data.get("recover") or {}
     if not isinstance(recover, dict):
-        raise ConfigError("search space 'recover' must be a mapping like {distill: {epochs: 1}}")
+        raise ConfigError("search space 'recover' must be a mapping like {distill: {train: {epochs: 1}}}")
     recover_steps = tuple({k: dict(v or {})} for k, v in recover.items())
     parse_steps([dict(s) for s in recover_steps])
     deploy = data.get("deploy") or ["torch"]
@@ -188,9 +187,8 @@ def parse_space(data: dict | None) -> SearchSpace:
     if list(images) != sorted(images) or list(repeats) != sorted(repeats):
         raise ConfigError("fidelity rungs must not decrease: list images and repeats from cheap to full")
     eta = data.get("eta", 2)
-    if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
-        raise ConfigError(f"search space 'eta' must be an int >= 2 (keep 1/eta per rung), got {eta!r}")
-    (bs,) = _positive_ints([data.get("batch_size", 64)], "batch_size")
+    check_int(eta, "search space 'eta'", low=2, why=" (keep 1/eta per rung)")
+    bs = check_int(data.get("batch_size", 64), "search space 'batch_size'", low=1)
     space = SearchSpace(
         axes=tuple(axes),
         recover=recover_steps,

@@ -1,4 +1,5 @@
-"""Training-free token reduction for timm ViTs: ToMe, EViT, PiToMe, HiPrune (+ a random-drop control).
+"""Training-free token reduction for ViTs: ToMe, EViT, PiToMe, HiPrune (+ a random-drop control), through the
+host adapter.
 
 ```python
 import vitkit

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adapters.timm_vit import describe
+from ..adapters import adapter_for
 from ..configs import TransformConfig, resolve_schedule, select_names
 from ..errors import ConfigError, UnsupportedModelError
 from ..ops.token_merging import evit_select
 from ..registry import register_transform
+from ..validate import check_number, is_int
 from .patch import Reducer, TokenContext, check_not_patched, patch_model, plan_tokens, token_summary
 
 
@@ -53,12 +54,11 @@ class EViTConfig(TransformConfig):
         else:
             items = [rates]
         for v in items:
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < float(v) <= 1:
-                raise ConfigError(f"EViTConfig.keep_rate must be in (0, 1], got {v!r}")
+            check_number(v, "EViTConfig.keep_rate", low=0, high=1, low_open=True)
         if self.locations is not None:
             if not isinstance(rates, int | float):
                 raise ConfigError("EViTConfig.locations goes with a single keep_rate; use a per-layer keep_rate alone")
-            if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.locations):
+            if not all(is_int(i) for i in self.locations):
                 raise ConfigError(f"EViTConfig.locations must be block indices, got {self.locations!r}")
 
 
@@ -112,7 +112,8 @@ def evit_rates(cfg: EViTConfig, depth: int) -> list[float]:
     "(Liang et al., ICLR 2022)",
 )
 def apply_evit(model, cfg: EViTConfig, *, calib=None, dry_run: bool = False) -> dict:
-    info = describe(model)
+    host = adapter_for(model)
+    info = host.describe(model)
     if not info.has_class_token:
         raise UnsupportedModelError(
             "EViT ranks tokens by [CLS] attention but this model has no class token (global_pool="
@@ -122,7 +123,7 @@ def apply_evit(model, cfg: EViTConfig, *, calib=None, dry_run: bool = False) -> 
     rates = evit_rates(cfg, info.depth)
     rates = [r if name in chosen else 1.0 for r, name in zip(rates, info.block_names, strict=True)]
     reducers = [EViTReducer(r, cfg.fuse) if r < 1.0 else None for r in rates]
-    removed, counts = plan_tokens(info.num_tokens, info.num_prefix_tokens, reducers)
+    removed, counts = plan_tokens(info.num_tokens, host.prefix_tokens(model), reducers)
     decisions = {
         "summary": token_summary("keep_rate", rates, counts),
         "keep_rate_per_layer": rates,

@@ -26,11 +26,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adapters.timm_vit import describe
+from ..adapters import adapter_for
 from ..configs import TransformConfig
 from ..errors import ConfigError, UnsupportedModelError
 from ..ops.token_merging import hiprune_select
 from ..registry import register_transform
+from ..validate import check_choice, check_int, check_number
 from .patch import Reducer, TokenContext, check_not_patched, patch_model, plan_tokens, token_summary
 
 
@@ -47,16 +48,11 @@ class HiPruneConfig(TransformConfig):
     score: str = "global"
 
     def validate(self) -> None:
-        if isinstance(self.keep, bool) or not isinstance(self.keep, int | float) or not 0 < float(self.keep) <= 1:
-            raise ConfigError(f"HiPruneConfig.keep must be in (0, 1], got {self.keep!r}")
-        if not 0 <= float(self.alpha) <= 1:
-            raise ConfigError(f"HiPruneConfig.alpha must be in [0, 1], got {self.alpha!r}")
-        if self.score not in ("global", "cls"):
-            raise ConfigError(f"HiPruneConfig.score must be 'global' or 'cls', got {self.score!r}")
+        check_number(self.keep, "HiPruneConfig.keep", low=0, high=1, low_open=True)
+        check_number(self.alpha, "HiPruneConfig.alpha", low=0, high=1)
+        check_choice(self.score, "HiPruneConfig.score", ("global", "cls"))
         for name in ("object_layer", "register_layer"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise ConfigError(f"HiPruneConfig.{name} must be a block index >= 0, got {v!r}")
+            check_int(getattr(self, name), f"HiPruneConfig.{name}", low=0, optional=True, why=" (a block index)")
 
 
 def hiprune_layers(cfg: HiPruneConfig, depth: int) -> tuple[int, int]:
@@ -112,7 +108,8 @@ class HiPruneReducer(Reducer):
     "(Liu et al., 2025)",
 )
 def apply_hiprune(model, cfg: HiPruneConfig, *, calib=None, dry_run: bool = False) -> dict:
-    info = describe(model)
+    host = adapter_for(model)
+    info = host.describe(model)
     if cfg.targets is not None or cfg.skip:
         raise ConfigError(
             "HiPruneConfig prunes once: choose the blocks with object_layer/register_layer, not targets/skip"
@@ -125,7 +122,7 @@ def apply_hiprune(model, cfg: HiPruneConfig, *, calib=None, dry_run: bool = Fals
         if obj != reg:
             reducers[obj] = HiPruneReducer("object", cfg.keep, cfg.alpha, cfg.score)
         reducers[reg] = HiPruneReducer("register", cfg.keep, cfg.alpha, cfg.score, also_object=obj == reg)
-    removed, counts = plan_tokens(info.num_tokens, info.num_prefix_tokens, reducers)
+    removed, counts = plan_tokens(info.num_tokens, host.prefix_tokens(model), reducers)
     decisions = {
         "summary": token_summary("removed", removed, counts) + f"; object layer {obj}, register layer {reg}",
         "object_layer": obj,

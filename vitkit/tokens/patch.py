@@ -1,21 +1,22 @@
-"""Shared runtime patch for token reduction on timm ``VisionTransformer`` models.
+"""Shared runtime patch for token reduction on the host model (through its adapter).
 
 Every method plugs a per-block :class:`Reducer` into the same patch, placed where ToMe puts it: between
 a block's attention and its MLP (``x ← x + Attn(LN1 x); x ← Reduce(x); x ← x + MLP(LN2 x)``).
 
 What changes (``__class__`` swaps only; weights and state_dict keys are untouched):
 
-* ``<Method>VisionTransformer`` (a subclass of the model's own class): ``forward_features`` runs the
-  blocks one by one with a per-forward :class:`TokenContext` (token sizes, the caller's attention mask
-  following the tokens); ``forward`` pools avg-pool models with each token weighted by its size.
-* ``<Method>Block`` (a subclass of timm's ``Block``): computes attention itself *only* in layers that
-  need extras (keys for matching, [CLS]/global attention for ranking) or a size bias, keeping PyTorch's
-  fused ``scaled_dot_product_attention`` (proportional attention and caller masks go in ``attn_mask``,
-  ``scale=`` passed explicitly) and honouring ``head_dim``, ``q_norm``/``k_norm``, ``Attention.norm``,
-  ``gate``, ``ls1``/``ls2``, ``drop_path1``/``drop_path2``. A layer with nothing to do, before any
-  reduction, calls timm's own ``Block.forward`` — hence outputs are bit-identical at zero strength.
+* ``<Method><HostClass>`` (a subclass of the model's own class): ``forward_features`` / ``forward`` run the
+  host forward through the adapter (``embed → blocks → pool → head``) with a per-forward
+  :class:`TokenContext` (token sizes, the caller's attention mask following the tokens); average pooling
+  weights each token by its size.
+* ``<Method><BlockClass>`` (a subclass of the block's own class): runs the block as the adapter's
+  ``attention_residual`` then ``mlp_residual``, with the reduction in between; attention is computed with
+  extras (keys for matching, [CLS]/global attention for ranking) *only* in layers that need them or a size
+  bias, keeping the fused ``scaled_dot_product_attention`` (proportional attention and caller masks go in
+  its additive bias). A layer with nothing to do, before any reduction, calls the block's own ``forward`` —
+  hence outputs are bit-identical at zero strength.
 
-Prefix tokens (cls, dist, registers: ``num_prefix_tokens``) are never merged or dropped and stay first.
+Prefix tokens (cls, dist, registers, prompts) are never merged or dropped and stay first.
 """
 
 from __future__ import annotations
@@ -26,9 +27,8 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.models.vision_transformer import Attention, Block
 
+from ..adapters.runtime import HostRun, additive_mask, block_modules, outer_patches_lifted, take_rows
 from ..errors import ConfigError
 from ..history import drop_steps
 from ..ops.token_merging import TokenReduction, proportional_attention_bias
@@ -43,12 +43,14 @@ TOKEN_TRANSFORMS = ("tome", "evit", "pitome", "hiprune", "random_drop")
 
 
 class TokenContext:
-    """Per-forward state shared by the blocks: sizes, caller mask (additive, following tokens), scratch."""
+    """Per-forward state shared by the blocks: sizes, caller mask (additive, following tokens), scratch;
+    ``host`` is the model's adapter (the blocks run their halves through it)."""
 
-    def __init__(self, num_prefix: int, grid: tuple[int, int], prop_attn: bool) -> None:
+    def __init__(self, num_prefix: int, grid: tuple[int, int], prop_attn: bool, host) -> None:
         self.num_prefix = num_prefix
         self.grid = grid
         self.prop_attn = prop_attn
+        self.host = host
         self.size: torch.Tensor | None = None  # [B, N, 1] once tokens were reduced
         self.mask: torch.Tensor | None = None  # [B|1, H|1, N|1, N] additive, after the first reduction
         self.reduced = False
@@ -81,21 +83,6 @@ class Reducer:
         return None
 
 
-def _to_additive(attn_mask: torch.Tensor | None, is_causal: bool, n: int, like: torch.Tensor):
-    """Caller mask (bool or float, any SDPA-broadcastable shape) / causal flag → 4-D additive float mask."""
-    if is_causal:
-        return like.new_full((n, n), float("-inf")).triu(1).reshape(1, 1, n, n)
-    if attn_mask is None:
-        return None
-    if attn_mask.dtype == torch.bool:
-        attn_mask = torch.zeros(attn_mask.shape, dtype=like.dtype, device=like.device).masked_fill(
-            ~attn_mask, float("-inf")
-        )
-    while attn_mask.dim() < 4:
-        attn_mask = attn_mask.unsqueeze(0)
-    return attn_mask.to(like.dtype)
-
-
 def _follow_mask(mask: torch.Tensor, red: TokenReduction) -> torch.Tensor:
     """Reduce a ``[Bm, Hm, Nq, Nk]`` mask with the tokens: each output token keeps its kept token's entries."""
     B, n_in, n_out = red.keep.shape[0], red.num_input, red.num_output
@@ -110,66 +97,9 @@ def _follow_mask(mask: torch.Tensor, red: TokenReduction) -> torch.Tensor:
     return mask
 
 
-def attention_with_extras(
-    attn: nn.Module, x: torch.Tensor, bias: torch.Tensor | None, is_causal: bool, needs: frozenset[str]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """timm ``Attention.forward`` with the same numerics, plus what reducers need.
-
-    extras: ``metric`` ``[B, N, head_dim]`` (keys after k_norm, mean over heads — ToMe §3), ``cls_attn``
-    ``[B, N]`` (softmax row of token 0, mean over heads — EViT Eq. 4), ``global_attn`` ``[B, N]``
-    (attention each token receives, mean over heads and queries — HiPrune's score).
-    """
-    B, N, _ = x.shape
-    own_forward = type(attn) is not Attention  # a subclass (e.g. quantized attention) computes its own output
-    if own_forward:  # its numerics (quantizers) are kept; the extras come from its own qkv projection
-        seen: dict[str, torch.Tensor] = {}
-        hook = attn.qkv.register_forward_hook(lambda _m, _i, out: seen.__setitem__("qkv", out))
-        try:
-            own_out = attn(x, attn_mask=_to_additive(bias, is_causal, N, x))
-        finally:
-            hook.remove()
-        qkv_out, gate = seen["qkv"], None
-    else:
-        qkv_out = attn.qkv(x)
-        gate = attn.gate(x).sigmoid() if attn.gate is not None else None
-    qkv = qkv_out.reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, N, hd]
-    q, k, v = qkv.unbind(0)  # [B, H, N, hd] each
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    extras: dict[str, torch.Tensor] = {}
-    if "metric" in needs:
-        extras["metric"] = k.mean(dim=1)  # [B, N, hd]
-    if "global_attn" in needs or "cls_attn" in needs:
-        qq = q if "global_attn" in needs else q[:, :, :1]  # [B, H, Nq, hd]
-        logits = (qq * attn.scale) @ k.transpose(-2, -1)  # [B, H, Nq, N]
-        b = _to_additive(bias, is_causal, N, logits)
-        if b is not None:
-            logits = logits + (b if b.shape[2] == 1 or qq.shape[2] == N else b[:, :, :1])
-        probs = logits.softmax(dim=-1)  # [B, H, Nq, N]
-        extras["cls_attn"] = probs[:, :, 0].mean(dim=1)  # [B, N]
-        if "global_attn" in needs:
-            extras["global_attn"] = probs.mean(dim=(1, 2))  # [B, N]
-    if own_forward:
-        return own_out, extras
-    dropout_p = attn.attn_drop.p if attn.training else 0.0
-    if attn.fused_attn:
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=is_causal, scale=attn.scale
-        )  # [B, H, N, hd]
-    else:
-        scores = (q * attn.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
-        b = _to_additive(bias, is_causal, N, scores)
-        if b is not None:
-            scores = scores + b
-        out = attn.attn_drop(scores.softmax(dim=-1)) @ v  # [B, H, N, hd]
-    out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)  # [B, N, H*hd]
-    out = attn.norm(out)
-    if gate is not None:
-        out = out * gate
-    return attn.proj_drop(attn.proj(out)), extras
-
-
-class TokenReductionBlock(Block):
-    """timm ``Block`` with a token-reduction step between attention and MLP (see module docstring)."""
+class TokenReductionBlock(nn.Module):
+    """Mixin placed before the block's own class: a token-reduction step between attention and MLP (see
+    module docstring)."""
 
     def forward(
         self,
@@ -184,64 +114,69 @@ class TokenReductionBlock(Block):
         # a block without a reducer after an earlier reduction still needs the size bias and the followed mask
         needs = reducer.needs(x.shape[1] - ctx.num_prefix) if reducer is not None else frozenset()
         if not ctx.reduced:
-            if not needs:  # untouched tokens, nothing to do: timm's own forward, bit-exact
+            if not needs:  # untouched tokens, nothing to do: the block's own forward, bit-exact
                 return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
             bias, causal = attn_mask, bool(is_causal)
         else:
             bias, causal = ctx.bias(x), False
-        if not needs:
-            y = self.attn(self.norm1(x), attn_mask=bias)
-            extras: dict[str, torch.Tensor] = {}
-        else:
-            y, extras = attention_with_extras(self.attn, self.norm1(x), bias, causal, needs)
-        x = x + self.drop_path1(self.ls1(y))
+        x, extras = ctx.host.attention_residual(self, x, bias=bias, is_causal=causal, needs=needs)
         if needs:
             out = reducer.reduce(x, extras, ctx)
             if out is not None:
                 red, weight = out
                 if not ctx.reduced:  # from now on the caller's mask follows the tokens
-                    ctx.mask = _to_additive(attn_mask, is_causal, x.shape[1], x)
+                    ctx.mask = additive_mask(attn_mask, is_causal, x.shape[1], x)
                     ctx.reduced = True
                 x, ctx.size = red.merge(x, ctx.size, weight)
                 if ctx.mask is not None:
                     ctx.mask = _follow_mask(ctx.mask, red)
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x
+        return ctx.host.mlp_residual(self, x)
+
+
+class TokenRun(HostRun):
+    """The host forward with a :class:`TokenContext` through the blocks: token sizes for pooling, and every
+    per-sample tensor of the context follows :meth:`take` (early exit on top of token reduction)."""
+
+    def __init__(self, model: nn.Module, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> None:
+        super().__init__(model, attn_mask, is_causal)
+        self.ctx: TokenContext | None = None
+
+    @property
+    def size(self) -> torch.Tensor | None:
+        return None if self.ctx is None else self.ctx.size  # [B, N, 1] once tokens were merged
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        m, host = self.model, self.host
+        prop_attn = bool(getattr(m, PROP_ATTN, False))
+        self.ctx = TokenContext(host.prefix_tokens(m), host.token_grid(m, x), prop_attn, host)
+        return super().embed(x)
+
+    def block_kwargs(self) -> dict:
+        return {**super().block_kwargs(), "ctx": self.ctx}
+
+    def take(self, keep: torch.Tensor, batch: int) -> None:
+        super().take(keep, batch)
+        if self.ctx is not None:
+            self.ctx.size, self.ctx.mask = take_rows(self.ctx.size, keep, batch), take_rows(self.ctx.mask, keep, batch)
+            self.ctx.store = {k: take_rows(v, keep, batch) for k, v in self.ctx.store.items()}
 
 
 class TokenReductionVisionTransformer(nn.Module):
-    """Mixin placed before the model's own class: block loop with a :class:`TokenContext`, size-weighted
-    average pooling. ``forward_head`` alone (without sizes) behaves as timm's."""
+    """Mixin placed before the model's own class: the host forward with a :class:`TokenContext` through the
+    blocks, size-weighted average pooling. ``forward_head`` alone (without sizes) is the host's."""
 
-    def _token_forward(
-        self, x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        grid = self.patch_embed.dynamic_feat_size(tuple(x.shape[-2:]))
-        x = self.patch_embed(x)
-        x = self._pos_embed(x)
-        x = self.patch_drop(x)
-        x = self.norm_pre(x)
-        ctx = TokenContext(int(self.num_prefix_tokens), tuple(grid), bool(getattr(self, PROP_ATTN, False)))
-        masked = attn_mask is not None or bool(is_causal)
-        for blk in self.blocks:  # defaults not passed: tracers (ONNX) would turn a bool kwarg into a tensor
-            x = blk(x, attn_mask=attn_mask, is_causal=is_causal, ctx=ctx) if masked else blk(x, ctx=ctx)
-        return self.norm(x), ctx.size
+    def vitkit_host_run(self, attn_mask: torch.Tensor | None, is_causal: bool) -> TokenRun:
+        return TokenRun(self, attn_mask, is_causal)
 
     def forward_features(
         self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
     ) -> torch.Tensor:
-        return self._token_forward(x, attn_mask, is_causal)[0]
+        run = TokenRun(self, attn_mask, is_causal)
+        return run.features(run.tokens(x))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
-        x, size = self._token_forward(x, attn_mask, is_causal)
-        if size is None or self.global_pool != "avg" or self.attn_pool is not None:
-            return self.forward_head(x)
-        P = self.num_prefix_tokens
-        w = size[:, P:] if not self.pool_include_prefix else size  # [B, T, 1]
-        feats = x[:, P:] if not self.pool_include_prefix else x  # [B, T, C]
-        pooled = (feats * w).sum(dim=1) / w.sum(dim=1)  # [B, C], each token counts for its patches
-        pooled = self.head_drop(self.fc_norm(pooled))
-        return self.head(pooled)
+        run = TokenRun(self, attn_mask, is_causal)
+        return run.logits(run.tokens(x))
 
 
 _CLASS_CACHE: dict[tuple[str, type, type], type] = {}
@@ -252,10 +187,7 @@ def _patched_class(method: str, base: type, mixin: type) -> type:
     if key not in _CLASS_CACHE:
         name = f"{method}{base.__name__}"
         doc = f"{base.__name__} patched by vitkit for {method} token reduction. {mixin.__doc__}"
-        bases = (mixin, base) if mixin is TokenReductionVisionTransformer else (mixin,)
-        if mixin is TokenReductionBlock and base is not Block:
-            bases = (mixin, base)
-        cls = type(name, bases, {"__doc__": doc, "__module__": __name__})
+        cls = type(name, (mixin, base), {"__doc__": doc, "__module__": __name__})
         globals()[name] = cls  # importable by qualified name
         _CLASS_CACHE[key] = cls
     return _CLASS_CACHE[key]
@@ -276,13 +208,14 @@ def check_not_patched(model: nn.Module) -> None:
 def patch_model(model: nn.Module, method: str, reducers: Sequence[Reducer | None], *, prop_attn: bool) -> None:
     """Swap classes and attach one reducer per block (``None`` = block left as is)."""
     check_not_patched(model)
-    if len(reducers) != len(model.blocks):
-        raise ValueError(f"{len(reducers)} reducers for {len(model.blocks)} blocks")
+    blocks = block_modules(model)
+    if len(reducers) != len(blocks):
+        raise ValueError(f"{len(reducers)} reducers for {len(blocks)} blocks")
     setattr(model, ORIG_CLASS, type(model))
     model.__class__ = _patched_class(method, type(model), TokenReductionVisionTransformer)
     setattr(model, METHOD, method)
     setattr(model, PROP_ATTN, bool(prop_attn))
-    for blk, red in zip(model.blocks, reducers, strict=True):
+    for blk, red in zip(blocks, reducers, strict=True):
         setattr(blk, ORIG_CLASS, type(blk))
         blk.__class__ = _patched_class(method, type(blk), TokenReductionBlock)
         setattr(blk, REDUCER, red)
@@ -291,20 +224,16 @@ def patch_model(model: nn.Module, method: str, reducers: Sequence[Reducer | None
 def remove(model: nn.Module) -> nn.Module:
     """Undo any vitkit token-reduction patch: original classes back, reducers and token steps dropped.
 
-    Early exits applied after the token step stay: their class is taken off and put back on the restored host."""
-    from ..early_exit.runtime import detach_class
-    from ..early_exit.runtime import patch as patch_exits
-
-    exits = detach_class(model)
-    for module in model.modules():
-        orig = module.__dict__.pop(ORIG_CLASS, None)
-        if orig is not None:
-            module.__class__ = orig
-        for attr in (REDUCER, METHOD, PROP_ATTN):
-            module.__dict__.pop(attr, None)
-    drop_steps(model, lambda s: s.name in TOKEN_TRANSFORMS)
-    if exits is not None:
-        patch_exits(model, exits)
+    A runtime patch applied after the token step (early exit) stays: its class is lifted off and put back on
+    the restored host."""
+    with outer_patches_lifted(model):
+        for module in model.modules():
+            orig = module.__dict__.pop(ORIG_CLASS, None)
+            if orig is not None:
+                module.__class__ = orig
+            for attr in (REDUCER, METHOD, PROP_ATTN):
+                module.__dict__.pop(attr, None)
+        drop_steps(model, lambda s: s.name in TOKEN_TRANSFORMS)
     return model
 
 

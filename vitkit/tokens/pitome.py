@@ -24,11 +24,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..adapters.timm_vit import describe
+from ..adapters import adapter_for
 from ..configs import TransformConfig, resolve_schedule, select_names
-from ..errors import ConfigError
 from ..ops.token_merging import PITOME_ENERGIES, pitome_matching
 from ..registry import register_transform
+from ..validate import check_choice, check_number
 from .patch import Reducer, TokenContext, check_not_patched, patch_model, plan_tokens, token_summary
 
 
@@ -81,24 +81,15 @@ class PiToMeConfig(TransformConfig):
 
     def validate(self) -> None:
         for v in _items(self.ratio):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < float(v) <= 1:
-                raise ConfigError(f"PiToMeConfig.ratio must be in (0, 1], got {v!r}")
+            check_number(v, "PiToMeConfig.ratio", low=0, high=1, low_open=True)
         if self.margin is not None:
             for v in _items(self.margin):
-                if isinstance(v, bool) or not isinstance(v, int | float) or not -1 <= float(v) <= 1:
-                    raise ConfigError(f"PiToMeConfig.margin must be a cosine in [-1, 1], got {v!r}")
-        if not float(self.alpha) > 0:
-            raise ConfigError(f"PiToMeConfig.alpha must be > 0, got {self.alpha}")
-        if self.energy not in PITOME_ENERGIES:
-            raise ConfigError(
-                f"PiToMeConfig.energy must be one of {list(PITOME_ENERGIES)} ('elu' = the published code), "
-                f"got {self.energy!r}"
-            )
-        if self.matching not in PITOME_MATCHINGS:
-            raise ConfigError(
-                f"PiToMeConfig.matching must be one of {list(PITOME_MATCHINGS)} ('reference' = the published "
-                f"DeiT patch), got {self.matching!r}"
-            )
+                check_number(v, "PiToMeConfig.margin", low=-1, high=1, why=" (a cosine)")
+        check_number(self.alpha, "PiToMeConfig.alpha", low=0, low_open=True)
+        check_choice(self.energy, "PiToMeConfig.energy", PITOME_ENERGIES, why=" ('elu' = the published code)")
+        check_choice(
+            self.matching, "PiToMeConfig.matching", PITOME_MATCHINGS, why=" ('reference' = the published DeiT patch)"
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, version: int | None = None) -> PiToMeConfig:
@@ -165,7 +156,8 @@ def pitome_splits(cfg: PiToMeConfig, depth: int) -> list[str]:
     paper="Accelerating Transformers with Spectrum-Preserving Token Merging (Tran et al., NeurIPS 2024)",
 )
 def apply_pitome(model, cfg: PiToMeConfig, *, calib=None, dry_run: bool = False) -> dict:
-    info = describe(model)
+    host = adapter_for(model)
+    info = host.describe(model)
     chosen = set(select_names(info.block_names, cfg.targets, cfg.skip, what="blocks"))
     ratios = [float(v) for v in resolve_schedule(cfg.ratio, info.depth, name="PiToMeConfig.ratio")]
     ratios = [r if name in chosen else 1.0 for r, name in zip(ratios, info.block_names, strict=True)]
@@ -175,7 +167,7 @@ def apply_pitome(model, cfg: PiToMeConfig, *, calib=None, dry_run: bool = False)
         PiToMeReducer(r, m, cfg.alpha, cfg.energy, sp) if r < 1.0 else None
         for r, m, sp in zip(ratios, margins, splits, strict=True)
     ]
-    removed, counts = plan_tokens(info.num_tokens, info.num_prefix_tokens, reducers)
+    removed, counts = plan_tokens(info.num_tokens, host.prefix_tokens(model), reducers)
     decisions = {
         "summary": token_summary("r", removed, counts),
         "ratio_per_layer": ratios,

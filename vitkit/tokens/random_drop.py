@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adapters.timm_vit import describe
+from ..adapters import adapter_for
 from ..configs import TransformConfig, select_names
-from ..errors import ConfigError
 from ..ops.token_merging import random_drop
 from ..registry import register_transform
+from ..validate import check_int
 from .patch import Reducer, TokenContext, capped_schedule, check_not_patched, patch_model, token_summary
 from .tome import tome_schedule, validate_int_schedule
 
@@ -29,8 +29,7 @@ class RandomDropConfig(TransformConfig):
 
     def validate(self) -> None:
         validate_int_schedule(self.r, "RandomDropConfig.r")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ConfigError(f"RandomDropConfig.seed must be an int or None, got {self.seed!r}")
+        check_int(self.seed, "RandomDropConfig.seed", optional=True)
 
 
 class RandomDropReducer(Reducer):
@@ -52,11 +51,12 @@ class RandomDropReducer(Reducer):
     RandomDropConfig, name="random_drop", kind="runtime", paper="control: uniform random token dropping"
 )
 def apply_random_drop(model, cfg: RandomDropConfig, *, calib=None, dry_run: bool = False) -> dict:
-    info = describe(model)
+    host = adapter_for(model)
+    info = host.describe(model)
     chosen = set(select_names(info.block_names, cfg.targets, cfg.skip, what="blocks"))
     sched = tome_schedule(cfg.r, None, info.depth)
     sched = [r if name in chosen else 0 for r, name in zip(sched, info.block_names, strict=True)]
-    sched, counts = capped_schedule(sched, info.num_tokens, info.num_prefix_tokens, lambda t: t - 1, what="r")
+    sched, counts = capped_schedule(sched, info.num_tokens, host.prefix_tokens(model), lambda t: t - 1, what="r")
     decisions = {"summary": token_summary("r", sched, counts), "r_per_layer": sched, "tokens_per_layer": counts}
     if dry_run:
         return decisions

@@ -3,8 +3,8 @@
 In every selected block, between attention and MLP, ``r`` tokens are merged by bipartite soft matching on
 the attention keys averaged over heads (§3 "Bipartite Soft Matching"), with size-weighted averaging and
 proportional attention ``softmax(QKᵀ/√d + log s)`` (§3 "Tracking Token Size"), in every block once sizes
-exist. The default reproduces the reference code (``facebookresearch/ToMe``: ``tome/merge.py``,
-``tome/patch/timm.py``) on the models it supports (plain ViT/DeiT with cls, distilled DeiT): the A/B
+exist. The default reproduces the reference code (``facebookresearch/ToMe``: ``tome/merge.py`` and its ViT
+patch in ``tome/patch/``) on the models it supports (plain ViT/DeiT with cls, distilled DeiT): the A/B
 split, the order of the unmerged tokens and the r schedule are the reference's (see
 :func:`~vitkit.ops.token_merging.bipartite_soft_matching`); tested against an independent oracle within
 1e-4 of the logits.
@@ -13,7 +13,7 @@ Where vitkit goes beyond the reference (outputs differ only on models the refere
 qk-norm, scale-norm, gated attention and ``attn_head_dim`` are honoured (the reference drops or ignores
 them); the metric is the keys after ``k_norm`` (what attention sees); *all* prefix tokens (cls, dist,
 registers, prompts) are protected (the reference knows cls and dist only); avg-pool models pool with token
-sizes as weights (as the reference's MAE patch; its timm patch takes timm's unweighted mean); the fused
+sizes as weights (as the reference's MAE patch; its ViT patch takes the host's unweighted mean); the fused
 SDPA kernel is kept. ``ToMeConfig(order="similarity")`` keeps vitkit's earlier, non-reference token order.
 """
 
@@ -25,11 +25,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..adapters.timm_vit import describe
+from ..adapters import adapter_for
 from ..configs import TransformConfig, resolve_schedule, select_names
 from ..errors import ConfigError
 from ..ops.token_merging import BSM_ORDERS, bipartite_soft_matching
 from ..registry import register_transform
+from ..validate import check_choice, check_int, check_number
 from .patch import Reducer, TokenContext, capped_schedule, check_not_patched, patch_model, token_summary
 
 _log = logging.getLogger(__name__)
@@ -44,8 +45,7 @@ def validate_int_schedule(value: Any, name: str) -> None:
     else:
         items = [value]
     for v in items:
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ConfigError(f"{name} must be a non-negative int (or a per-layer schedule of them), got {v!r}")
+        check_int(v, name, low=0, why=" (or a per-layer schedule of them)")
 
 
 def tome_schedule(r: Any, inflect: float | None, depth: int) -> list[int]:
@@ -94,13 +94,8 @@ class ToMeConfig(TransformConfig):
         if self.inflect is not None:
             if not isinstance(self.r, int):
                 raise ConfigError("ToMeConfig.inflect needs an int r (it builds the per-layer schedule itself)")
-            if not -1.0 <= float(self.inflect) <= 1.0:
-                raise ConfigError(f"ToMeConfig.inflect must be in [-1, 1], got {self.inflect}")
-        if self.order not in BSM_ORDERS:
-            raise ConfigError(
-                f"ToMeConfig.order must be one of {list(BSM_ORDERS)} ('reference' = the published ToMe code), "
-                f"got {self.order!r}"
-            )
+            check_number(self.inflect, "ToMeConfig.inflect", low=-1, high=1)
+        check_choice(self.order, "ToMeConfig.order", BSM_ORDERS, why=" ('reference' = the published ToMe code)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None, *, version: int | None = None) -> ToMeConfig:
@@ -137,11 +132,12 @@ class ToMeReducer(Reducer):
     ToMeConfig, name="tome", kind="runtime", paper="Token Merging: Your ViT But Faster (Bolya et al., ICLR 2023)"
 )
 def apply_tome(model, cfg: ToMeConfig, *, calib=None, dry_run: bool = False) -> dict:
-    info = describe(model)
+    host = adapter_for(model)
+    info = host.describe(model)
     chosen = set(select_names(info.block_names, cfg.targets, cfg.skip, what="blocks"))
     sched = tome_schedule(cfg.r, cfg.inflect, info.depth)
     sched = [r if name in chosen else 0 for r, name in zip(sched, info.block_names, strict=True)]
-    sched, counts = capped_schedule(sched, info.num_tokens, info.num_prefix_tokens, lambda t: t // 2, what="r")
+    sched, counts = capped_schedule(sched, info.num_tokens, host.prefix_tokens(model), lambda t: t // 2, what="r")
     decisions = {
         "summary": token_summary("r", sched, counts),
         "r_per_layer": sched,

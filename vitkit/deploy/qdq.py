@@ -13,8 +13,9 @@ per-output-channel — exactly the ONNX QDQ format (``QuantizeLinear``/``Dequant
   quantizer becomes a QDQ pair.
 
 Only 8-bit quantizers map onto ONNX's uint8/int8 (W8A8); lower bit widths, per-channel activations (not
-reparameterized) and PTQ4ViT's twin-uniform quantizers raise ``ConfigError`` / ``UnsupportedModelError``.
-The parity with the fake-quant model is measured in ``tests/quant/test_export.py`` and BENCHMARKS.md.
+reparameterized), PTQ4ViT's twin-uniform quantizers and input channels kept float raise ``ConfigError`` /
+``UnsupportedModelError``. The parity with the fake-quant model is measured in ``tests/quant/test_export.py`` and
+BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ import torch
 import torch.nn as nn
 
 from .._io import atomic_write_bytes
-from ..adapters.timm_vit import input_size
-from ..errors import ConfigError, UnsupportedModelError
+from ..adapters.protocol import adapter_for
+from ..errors import ConfigError, DeployError, UnsupportedModelError
 from ..ops import quant as Q
-from .modules import LogQuantizer, Quantizer, UniformQuantizer, float_state_dict, quantizers
+from ..quant.modules import float_state_dict, quantizers
+from ..quant.quantizer import LogQuantizer, Quantizer, UniformQuantizer
+from .ort import require
+from .trace import OPSET, first_line, trace_onnx
 
 _log = logging.getLogger(__name__)
 
@@ -136,16 +140,16 @@ def _fold_weight_quantize(onnx_model, qparams: dict) -> int:
     return folded
 
 
-def export_qdq(model: nn.Module, path: str | Path, example: torch.Tensor | None = None) -> Path:
+def export_qdq(model: nn.Module, path: str | Path, example: torch.Tensor | None = None, *, opset: int = OPSET) -> Path:
     """Write ``model`` (W8A8 ``ptq``, RepQ-reparameterized) as an ONNX QDQ file at ``path`` (atomic write) with
     vitkit's calibrated scales; ``example``: an input batch for tracing (default: one random image of the
-    model's size). Legacy exporter, opset 17, dynamic batch. Returns the path. The input model is unchanged."""
-    import onnx
-
+    model's size). Traced by :func:`~vitkit.deploy.trace.trace_onnx` (dynamic batch). Returns the path. The input
+    model is unchanged."""
+    onnx = require("onnx")
     _check_exportable(model)
     if any(isinstance(m, Quantizer) and not m.calibrated for m in model.modules()):
         raise ConfigError("the model holds uncalibrated quantizers: run ptq calibration before export_qdq")
-    want = input_size(model)
+    want = adapter_for(model).input_size(model)
     if example is None:
         example = torch.randn(1, *want)
     if example.dim() != 4 or tuple(example.shape[1:]) != want:
@@ -154,18 +158,12 @@ def export_qdq(model: nn.Module, path: str | Path, example: torch.Tensor | None 
     qmodel = _qdq_copy(model)
     buf = io.BytesIO()
     with torch.no_grad(), float_state_dict():
-        torch.onnx.export(
-            qmodel,
-            (example.float(),),
-            buf,
-            dynamo=False,
-            opset_version=17,
-            input_names=["x"],
-            output_names=["logits"],
-            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-        )
+        trace_onnx(qmodel, example.float(), buf, opset=opset)
     onnx_model = onnx.load_from_string(buf.getvalue())
     n = _fold_weight_quantize(onnx_model, _weight_qparams(model))
-    onnx.checker.check_model(onnx_model)
+    try:
+        onnx.checker.check_model(onnx_model)
+    except onnx.checker.ValidationError as exc:
+        raise DeployError(f"the QDQ graph is not valid ONNX: {first_line(exc)}; export --quant fake") from exc
     _log.info("export_qdq: %d weights stored as integer codes", n)
     return atomic_write_bytes(path, onnx_model.SerializeToString())

@@ -6,6 +6,9 @@ digits8x8 (scikit-learn digits upscaled), noise, transpose — each with its own
 frozen during fine-tuning like CLIP's text heads, so only backbones are merged and every merge is scored with
 each task's head. Deterministic for a given seed and thread count; no downloads.
 
+A benchmark fixture, not part of the library: ``benchmarks/merge.py`` and ``tests/merging/test_testbed.py`` use it
+(``from benchmarks import merge_testbed`` with the repository root on ``sys.path``).
+
 ```python
 bed = build_testbed(TestbedConfig())            # ~3 CPU minutes (quick_config(): 4 tasks, ~1 minute)
 bed.average_accuracy(vitkit.merge(list(bed.finetuned.values()), TaskArithmeticConfig(0.3), base=bed.base))
@@ -23,8 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import TensorImageDataset, bundled, input_spec
-from ..training import TrainConfig, train_classifier
+from vitkit.data import TensorImageDataset, bundled, input_spec
+from vitkit.training import TrainConfig, train_classifier
 
 _log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def quick_config() -> TestbedConfig:
 
 
 def make_backbone(seed: int = 0) -> nn.Module:
-    from ..models import load
+    from vitkit.models import load
 
     torch.manual_seed(seed)
     return load("vit_tiny_patch16_224", **ARCH)
@@ -146,7 +149,7 @@ class Testbed:
         return self._model
 
     def accuracy(self, state: dict[str, torch.Tensor], task: str, split: str = "test") -> float:
-        from ..models.load import load_state_dict_strict
+        from vitkit.models.load import load_state_dict_strict
 
         model = self.model
         load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, source="merged backbone")
@@ -214,7 +217,7 @@ def build_testbed(cfg: TestbedConfig = TestbedConfig(), *, progress=None, cache_
     if cached is not None:
         from safetensors.torch import save
 
-        from .._io import atomic_write_bytes
+        from vitkit._io import atomic_write_bytes
 
         flat = {f"base/{k}": v.contiguous() for k, v in bed.base.items()}
         for t, sd in bed.finetuned.items():

@@ -1,0 +1,115 @@
+"""Running the host forward block by block, and what runtime patches (token reduction, early exit) share.
+
+:class:`HostRun` is one forward through the adapter — ``embed → block(i) … → logits`` — for callers that need
+the block loop in their own hands (early exit leaves it per sample; exit heads read the tokens in between).
+A runtime patch that keeps per-forward state (token reduction: token sizes and a mask that follows the
+tokens) gives the model a ``vitkit_host_run(attn_mask, is_causal)`` method returning its own ``HostRun``;
+:func:`host_run` picks it, so families compose without importing each other.
+
+Runtime patches are ``__class__`` swaps. One that wraps others from outside (early exit, whose class sits on
+top of the token-reduction class) defines ``vitkit_lift()``: take its class off, return what puts it back —
+:func:`outer_patches_lifted` uses it around a change of the class underneath (``vitkit.tokens.remove``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+
+from .protocol import adapter_for
+
+
+def block_modules(model: nn.Module) -> list[nn.Module]:
+    """The model's transformer blocks in forward order (the adapter's ``blocks`` without their names)."""
+    return [blk for _, blk in adapter_for(model).blocks(model)]
+
+
+def additive_mask(attn_mask: torch.Tensor | None, is_causal: bool, n: int, like: torch.Tensor) -> torch.Tensor | None:
+    """Caller mask (bool or float, any SDPA-broadcastable shape) / causal flag → 4-D additive float mask."""
+    if is_causal:
+        return like.new_full((n, n), float("-inf")).triu(1).reshape(1, 1, n, n)
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros(attn_mask.shape, dtype=like.dtype, device=like.device).masked_fill(
+            ~attn_mask, float("-inf")
+        )
+    while attn_mask.dim() < 4:
+        attn_mask = attn_mask.unsqueeze(0)
+    return attn_mask.to(like.dtype)
+
+
+class HostRun:
+    """One forward's block loop through the host adapter: ``embed``, ``block(i)`` for ``i < depth``,
+    ``logits`` (or ``features``) at the end; ``take`` keeps some samples only (per-sample early exit).
+
+    ``size`` is ``None`` here (tokens are patches); a token-reduction run reports token sizes ``[B, N, 1]``."""
+
+    def __init__(self, model: nn.Module, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> None:
+        self.model, self.host = model, adapter_for(model)
+        self._layers = block_modules(model)
+        self.mask, self.causal = attn_mask, bool(is_causal)
+
+    @property
+    def depth(self) -> int:
+        return len(self._layers)
+
+    @property
+    def size(self) -> torch.Tensor | None:
+        return None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.host.embed(self.model, x)  # [B, N, C]
+
+    def block_kwargs(self) -> dict:
+        # defaults not passed: tracers (ONNX) would turn a bool kwarg into a tensor
+        return {"attn_mask": self.mask, "is_causal": self.causal} if (self.mask is not None or self.causal) else {}
+
+    def block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return self._layers[i](x, **self.block_kwargs())
+
+    def take(self, keep: torch.Tensor, batch: int) -> None:
+        """Keep rows ``keep`` of every per-sample tensor this run carries (``batch``: the rows there were)."""
+        self.mask = take_rows(self.mask, keep, batch)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block → final token features (the host's ``forward_features``)."""
+        return self.host.final_norm(self.model, x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block → the model's own pooling and head (token sizes weighting the pool)."""
+        return self.host.head(self.model, self.host.pool(self.model, x, size=self.size))
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Images → tokens after the last block."""
+        h = self.embed(x)
+        for i in range(self.depth):
+            h = self.block(i, h)
+        return h
+
+
+def take_rows(t, keep: torch.Tensor, batch: int):
+    """``t`` with only rows ``keep`` when it is a per-sample tensor (first dim ``batch``), else ``t``."""
+    return t.index_select(0, keep) if isinstance(t, torch.Tensor) and t.dim() and t.shape[0] == batch else t
+
+
+def host_run(model: nn.Module, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> HostRun:
+    """The :class:`HostRun` for ``model``: a runtime patch's own (``vitkit_host_run``) or the plain one."""
+    make = getattr(model, "vitkit_host_run", None)
+    return make(attn_mask, is_causal) if callable(make) else HostRun(model, attn_mask, is_causal)
+
+
+@contextmanager
+def outer_patches_lifted(model: nn.Module) -> Iterator[None]:
+    """Take off the runtime class patch wrapping ``model`` from outside (``vitkit_lift``), run the body — which
+    may change the class underneath — then put it back on the new class."""
+    lift: Callable[[], Callable[[], None]] | None = getattr(model, "vitkit_lift", None)
+    put_back = lift() if callable(lift) else None
+    try:
+        yield
+    finally:
+        if put_back is not None:
+            put_back()
