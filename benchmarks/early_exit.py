@@ -59,7 +59,7 @@ def run_heads(head: str, args, ref, val, test, images, threads, label, contended
     """Train one set of exit heads, then one row per (calibration, budget)."""
     epochs, limit, repeats = (1, 1000, 3) if args.quick else (args.epochs, None, 5)
     model = copy.deepcopy(ref)
-    cfg = EarlyExitConfig(exits=EXITS, head=head, epochs=epochs, limit=limit, threshold=0.9)
+    cfg = EarlyExitConfig(exits=EXITS, head=head, limit=limit, threshold=0.9, train=dict(epochs=epochs))
     t0 = time.perf_counter()
     rep = vitkit.apply_(model, cfg)
     train_s = time.perf_counter() - t0

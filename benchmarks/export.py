@@ -51,7 +51,9 @@ def artifacts(ref, calib, quick: bool) -> list[tuple[str, str, torch.nn.Module]]
 
     ptq = made(PTQConfig(w_bits=8, a_bits=8, method="repq"))
     epochs, limit = (1, 500) if quick else (20, None)
-    exits = made(EarlyExitConfig(exits=[1, 2, 3, 4], head="attention-pool", epochs=epochs, limit=limit, max_drop=0.5))
+    exits = made(
+        EarlyExitConfig(exits=[1, 2, 3, 4], head="attention-pool", limit=limit, max_drop=0.5, train=dict(epochs=epochs))
+    )
     return [
         ("original (float)", "auto", ref),
         ("token-reduced: ToMe r=4", "auto", made(ToMeConfig(r=4))),

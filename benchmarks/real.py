@@ -61,6 +61,7 @@ from vitkit.data import TensorImageDataset, input_spec, iterate_batches, load_da
 from vitkit.deploy import OrtModule, deploy_int8, export_onnx  # noqa: E402
 from vitkit.distill import DistillConfig, distill  # noqa: E402
 from vitkit.early_exit import EarlyExitConfig, calibrate, evaluate_exits, reset_histogram, train_exit_heads  # noqa: E402
+from vitkit.early_exit.config import EXIT_TRAIN  # noqa: E402
 from vitkit.prune import PruneConfig  # noqa: E402
 from vitkit.quant import MixedPrecisionConfig, PTQConfig, quantizers, to_integer  # noqa: E402
 from vitkit.tokens import RandomDropConfig, ToMeConfig  # noqa: E402
@@ -640,8 +641,10 @@ EXIT_BUDGETS = (0.5, 1.0, 2.0)
 
 def exit_rows(ctx: Ctx, head: str) -> list[dict]:
     m = copy.deepcopy(ctx.model)
-    d = vitkit.apply_(m, EarlyExitConfig(head=head, epochs=0)).steps[0].decisions
-    tr = train_exit_heads(m, ctx.split("train"), epochs=ctx.args.exit_epochs, shift=16.0, seed=0)
+    d = vitkit.apply_(m, EarlyExitConfig(head=head, train=dict(epochs=0))).steps[0].decisions
+    tr = train_exit_heads(
+        m, ctx.split("train"), dataclasses.replace(EXIT_TRAIN, epochs=ctx.args.exit_epochs, shift=16.0, seed=0)
+    )
     n_lat = 16 if ctx.quick else 200
     images = [x for x, _ in iterate_batches(ctx.split("test"), 1, limit=n_lat)]
     rows = []

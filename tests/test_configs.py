@@ -91,3 +91,24 @@ def test_select_names_globs():
         select_names(names, ["block.*"], what="blocks")
     with pytest.raises(ConfigError, match="matches no"):
         select_names(names, None, ["head"])
+
+
+def test_nested_train_section_round_trip_migration_and_hints():
+    import yaml
+
+    from vitkit import DistillConfig
+    from vitkit.training import TrainConfig
+
+    cfg = DistillConfig(train={"epochs": 3})
+    assert cfg.train.epochs == 3 and cfg.train.lr == 2e-4  # other keys keep distill's own defaults
+    assert cfg.replace(train={"lr": 1e-3}).train == TrainConfig(**{**cfg.train.to_dict(), "lr": 1e-3, "lr_scales": ()})
+    back = DistillConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict())), version=DistillConfig.version)
+    assert back == cfg and hash(back) == hash(cfg)
+    old = DistillConfig.from_dict({"epochs": 5, "lr": 1e-3, "loss": "hard"}, version=1)  # a version-1 artifact
+    assert old.train.epochs == 5 and old.train.lr == 1e-3 and old.loss == "hard"
+    with pytest.raises(ConfigError, match=r"TrainConfig keys: put them under 'train'"):
+        DistillConfig.from_dict({"epochs": 5})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['epoch'\] in DistillConfig.train"):
+        DistillConfig(train={"epoch": 5})
+    with pytest.raises(ConfigError, match="TrainConfig.lr must be a positive number"):
+        DistillConfig(train={"lr": 0})

@@ -32,7 +32,7 @@ def _kwargs(setting, model, workdir) -> dict:
     if not callable(setting):
         return dict(setting)
     if not (workdir / "model").exists():
-        save_artifact(model, workdir / "model")
+        save_artifact(model, None, None, workdir / "model")
     return dict(setting(workdir))
 
 
@@ -119,7 +119,7 @@ def test_save_load_reproduces_outputs(name, variant, images, tmp_path):
     history = _prerequisites(spec, model, images, tmp_path)
     _apply(model, spec.config_cls(**_kwargs(spec.example, model, tmp_path)), images)
     expected = _outputs(model, images)
-    save_artifact(model, tmp_path / "artifact")
+    save_artifact(model, None, None, tmp_path / "artifact")
     loaded = load_artifact(tmp_path / "artifact")
     assert [s.name for s in loaded.vitkit_steps] == [*history, name]
     torch.testing.assert_close(_outputs(loaded, images), expected, rtol=1e-5, atol=1e-5)

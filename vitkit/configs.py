@@ -92,6 +92,10 @@ class TransformConfig:
             raise ConfigError(f"invalid {cls.__name__}: {exc}") from None
 
     def replace(self, **changes: Any) -> TransformConfig:
+        """A copy with ``changes``; a nested section given as a dict changes only the keys it names."""
+        for f in dataclasses.fields(self):
+            if f.name in changes and isinstance(changes[f.name], dict) and _section_type(f) is not None:
+                changes[f.name] = _as_section(getattr(self, f.name), changes[f.name], f"{type(self).__name__}.{f.name}")
         return dataclasses.replace(self, **changes)
 
 

@@ -31,7 +31,7 @@ def _x(n=6, seed=1):
 
 def _exit_model(variant="vit", head="linear", threshold=0.5, exits=(0, 1), depth=3, **kw):
     model = make_tiny(variant, depth=depth)
-    vitkit.apply_(model, EarlyExitConfig(exits=list(exits), head=head, threshold=threshold, epochs=0, **kw))
+    vitkit.apply_(model, EarlyExitConfig(exits=list(exits), head=head, threshold=threshold, **kw, train=dict(epochs=0)))
     return model
 
 
@@ -54,7 +54,7 @@ def test_exits_beyond_the_model_are_refused_and_model_untouched(exits):
     model = make_tiny("vit", depth=3)
     ref = copy.deepcopy(model.state_dict())
     with pytest.raises(ConfigError, match=r"out of range.*3 blocks.*blocks\.1"):
-        vitkit.apply_(model, EarlyExitConfig(exits=exits, epochs=0))
+        vitkit.apply_(model, EarlyExitConfig(exits=exits, train=dict(epochs=0)))
     assert not isinstance(model, EarlyExitVisionTransformer)
     assert model.state_dict().keys() == ref.keys()
 
@@ -74,7 +74,7 @@ def test_other_bad_config():
         EarlyExitConfig(exits=[0, 1], threshold=[0.5, 0.6, 0.7])
     model = _exit_model()
     with pytest.raises(ConfigError, match="already has early exits"):
-        vitkit.apply_(model, EarlyExitConfig(exits=[0], epochs=0))
+        vitkit.apply_(model, EarlyExitConfig(exits=[0], train=dict(epochs=0)))
     with pytest.raises(ConfigError, match=r"\(0, 1\)"):
         set_threshold(model, 1.0)
 
@@ -82,7 +82,7 @@ def test_other_bad_config():
 def test_unpooled_model_is_refused():
     model = make_tiny("vit", global_pool="")
     with pytest.raises(UnsupportedModelError, match="global_pool"):
-        vitkit.apply_(model, EarlyExitConfig(exits=[0], epochs=0))
+        vitkit.apply_(model, EarlyExitConfig(exits=[0], train=dict(epochs=0)))
 
 
 # -- exactness ----------------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ def test_threshold_near_one_never_exits_and_equals_the_model(variant, head):
     x = _x()
     with torch.no_grad():
         ref = model(x)
-    vitkit.apply_(model, EarlyExitConfig(exits=[0, 1], head=head, threshold=1 - 1e-6, epochs=0))
+    vitkit.apply_(model, EarlyExitConfig(exits=[0, 1], head=head, threshold=1 - 1e-6, train=dict(epochs=0)))
     with torch.no_grad():
         out = model(x)
     assert torch.equal(out, ref)
@@ -154,7 +154,7 @@ def test_training_mode_and_remove_give_the_host_forward():
     x = _x()
     with torch.no_grad():
         ref = model(x)
-    vitkit.apply_(model, EarlyExitConfig(exits=[0], threshold=1e-6, epochs=0))
+    vitkit.apply_(model, EarlyExitConfig(exits=[0], threshold=1e-6, train=dict(epochs=0)))
     model.train()
     with torch.no_grad():
         assert torch.equal(model(x), ref)  # training forward: no exiting
@@ -169,14 +169,14 @@ def test_training_mode_and_remove_give_the_host_forward():
 def test_dry_run_touches_nothing():
     model = make_tiny("vit")
     keys = set(model.state_dict())
-    rep = vitkit.apply_(model, EarlyExitConfig(exits=[0, 1], epochs=0), dry_run=True)
+    rep = vitkit.apply_(model, EarlyExitConfig(exits=[0, 1], train=dict(epochs=0)), dry_run=True)
     assert rep.steps[0].decisions["exits"] == [0, 1]
     assert set(model.state_dict()) == keys and not isinstance(model, EarlyExitVisionTransformer)
 
 
 def test_default_exits_cover_the_upper_two_thirds():
     model = make_tiny("vit", depth=6)
-    rep = vitkit.apply_(model, EarlyExitConfig(epochs=0))
+    rep = vitkit.apply_(model, EarlyExitConfig(train=dict(epochs=0)))
     assert rep.steps[0].decisions["exits"] == [2, 3, 4]
 
 
@@ -209,13 +209,15 @@ def test_training_changes_only_the_heads():
     x = _x(4)
     with torch.no_grad():
         ref = model(x)
-    cfg = EarlyExitConfig(exits=[0, 1], threshold=1 - 1e-6, epochs=1, limit=64, batch_size=32, data="digits")
+    cfg = EarlyExitConfig(
+        exits=[0, 1], threshold=1 - 1e-6, limit=64, data="digits", train=dict(epochs=1, batch_size=32)
+    )
     rep = vitkit.apply_(model, cfg)
     assert rep.steps[0].decisions["training"]["epochs"] == 1
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in backbone.items())
     fresh = make_tiny("vit")
-    vitkit.apply_(fresh, cfg.replace(epochs=0))
+    vitkit.apply_(fresh, cfg.replace(train={"epochs": 0}))
     moved = [k for k, v in fresh.state_dict().items() if k.startswith("exit_heads") and not torch.equal(after[k], v)]
     assert moved, "training did not change the exit heads"
     with torch.no_grad():
@@ -229,7 +231,7 @@ def test_token_reduction_before_early_exit_is_honoured(tmp_path):
     x = _x(8)
     with torch.no_grad():
         ref = model(x)
-    vitkit.apply_(model, EarlyExitConfig(exits=[0, 1], head="attention-pool", threshold=1 - 1e-6, epochs=0))
+    vitkit.apply_(model, EarlyExitConfig(exits=[0, 1], head="attention-pool", threshold=1 - 1e-6, train=dict(epochs=0)))
     with torch.no_grad():
         assert torch.equal(model(x), ref)
     set_threshold(model, _spread_threshold(model, x))
@@ -247,7 +249,7 @@ def test_removing_token_reduction_keeps_the_exits():
     model = make_tiny("avgpool")
     plain = copy.deepcopy(model)
     vitkit.apply_(model, vitkit.ToMeConfig(r=3))
-    vitkit.apply_(model, EarlyExitConfig(exits=[0, 1], head="linear", threshold=1 - 1e-6, epochs=0))
+    vitkit.apply_(model, EarlyExitConfig(exits=[0, 1], head="linear", threshold=1 - 1e-6, train=dict(epochs=0)))
     vitkit.tokens.remove(model)
     x = _x(8)
     assert isinstance(model, EarlyExitVisionTransformer)

@@ -115,6 +115,7 @@ def _add_adapters(model: nn.Module, cfg: AdapterConfig, names: list[str]) -> Non
     paper="AdaptFormer (Chen et al., NeurIPS 2022)",
     restore=lambda model, cfg, decisions: _add_adapters(model, cfg, decisions["blocks"]),
     example={"bottleneck": 4, "scale": 0.5},
+    zero={"bottleneck": 4},  # W_up starts at zero: the branch adds nothing until trained
 )
 def apply_adapter(model: nn.Module, cfg: AdapterConfig, *, calib=None, dry_run: bool = False) -> dict:
     check_can_add(model, "adapter")

@@ -21,7 +21,7 @@ from timm.layers import Attention, LayerScale
 
 from ..errors import UnsupportedModelError
 from .protocol import AttentionCore, LinearRole, NormLinear
-from .timm_vit import block_parts, classifier_heads
+from .timm_vit import block_linears, block_parts, classifier_heads
 
 #: (role, parent in the block, attribute) of each block Linear, in forward order
 _BLOCK_LINEARS = (
@@ -126,10 +126,11 @@ def _gamma(ls: nn.Module, where: str) -> torch.Tensor | None:
 
 def block_layers(block: nn.Module, *, index: int | None = None) -> BlockLayers:
     p = block_parts(block, index=index)
+    lin = block_linears(block, index=index)  # the same role table pruning reads
     where = f"blocks.{index}" if index is not None else "block"
     return BlockLayers(
         attention=p.attn,
-        linears={"qkv": p.attn.qkv, "attn_out": p.attn.proj, "mlp_in": p.mlp.fc1, "mlp_out": p.mlp.fc2},
+        linears={r: lin[r] for r in ("qkv", "attn_out", "mlp_in", "mlp_out")},
         norms={"attn": p.norm1, "mlp": p.norm2},
         gammas={
             "attn": _gamma(p.ls1, f"{where} attention layer scale"),

@@ -57,8 +57,8 @@ def cmd_early_exit(args) -> int:
         max_drop=args.max_drop,
         calibration=args.calibration,
         cost=args.cost,
-        epochs=args.epochs,
         data=args.data,
+        train=dict(epochs=args.epochs),
     )
     model = load(args.model)
     con = console()

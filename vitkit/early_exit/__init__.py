@@ -3,7 +3,7 @@
 ```python
 import vitkit
 from vitkit.early_exit import EarlyExitConfig, calibrate, exit_histogram
-vitkit.apply_(model, EarlyExitConfig(exits=[2, 3, 4], head="linear", epochs=3))  # heads trained by KD
+vitkit.apply_(model, EarlyExitConfig(exits=[2, 3, 4], head="linear", train=dict(epochs=3)))  # heads trained by KD
 calibrate(model, val_set, max_drop=1.0)     # one threshold: most exits within a 1-point top-1 drop
 calibrate(model, val_set, 1.0, per_exit=True, cost="latency")  # or: τ per exit, minimising measured latency
 logits = model(x)                           # eval: each sample leaves at its first confident exit

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..configs import TransformConfig
 from ..errors import ConfigError
 from ..ops.early_exit import CRITERIA
+from ..training import TrainConfig
 from ..validate import check_choice, check_int, check_ints, check_number, is_number
 
 HEADS = ("linear", "attention-pool")
+#: The exit heads' training loop (``EarlyExitConfig.train``): 3 epochs, batch 64, lr 2e-3, no label smoothing.
+EXIT_TRAIN = TrainConfig(epochs=3, batch_size=64, lr=2e-3, weight_decay=0.01, warmup_epochs=0.5, label_smoothing=0.0)
+_FLAT_TRAIN_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "shift", "seed", "threads")
 
 
 @dataclass(frozen=True)
@@ -30,11 +36,13 @@ class EarlyExitConfig(TransformConfig):
     the most exits) or ``"per-exit"`` (cost-aware: one τ per exit, exits that do not pay switched off,
     minimising the mean ``cost`` — ``"macs"`` or ``"latency"`` measured at batch 1 on this machine).
 
-    Training (backbone frozen, only the heads learn; :func:`vitkit.training.fit`): ``epochs`` (0 = keep the
-    heads at their initialisation, copied from the final norm/head), ``batch_size``, ``lr``,
-    ``weight_decay``, ``temperature`` and ``alpha`` (weight of the soft-KD term against the final head;
-    ``1 − alpha`` goes to label cross-entropy), ``data``/``split``/``limit``/``shift``/``seed``/``threads``.
+    Training (backbone frozen, only the heads learn; :func:`vitkit.training.fit`): ``train`` is the loop's
+    :class:`~vitkit.training.TrainConfig` (``train.epochs`` 0 = keep the heads at their initialisation, copied
+    from the final norm/head; YAML ``train: {epochs: 20}``), ``temperature`` and ``alpha`` (weight of the
+    soft-KD term against the final head; ``1 − alpha`` goes to label cross-entropy), ``data``/``split``/``limit``.
     """
+
+    version: ClassVar[int] = 2
 
     exits: tuple[int, ...] | None = None
     head: str | tuple[str, ...] = "linear"
@@ -44,18 +52,20 @@ class EarlyExitConfig(TransformConfig):
     calibration: str = "single"
     cost: str = "macs"
     calib_split: str = "val"
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 0.01
     temperature: float = 1.0
     alpha: float = 0.5
     data: str = "mnist5k"
     split: str = "train"
     limit: int | None = None
-    shift: float = 2.0
-    seed: int = 0
-    threads: int | None = None
+    train: TrainConfig = dataclasses.field(default_factory=lambda: EXIT_TRAIN)
+
+    @classmethod
+    def migrate(cls, data: dict, version: int) -> dict:
+        """Version 1 held the training settings flat (``epochs: 20``); they now live under ``train``."""
+        flat = {k: data.pop(k) for k in _FLAT_TRAIN_KEYS if k in data}
+        if flat:
+            data["train"] = {**dict(data.get("train") or {}), **flat}
+        return data
 
     def validate(self) -> None:
         n = type(self).__name__
@@ -86,11 +96,8 @@ class EarlyExitConfig(TransformConfig):
         check_choice(self.calibration, f"{n}.calibration", ("single", "per-exit"))
         check_choice(self.cost, f"{n}.cost", ("macs", "latency"), why=" (what per-exit calibration minimises)")
         check_number(self.max_drop, f"{n}.max_drop", low=0, optional=True, why=" accuracy points")
-        check_int(self.epochs, f"{n}.epochs", low=0, why=" (0 = untrained heads)")
-        check_int(self.batch_size, f"{n}.batch_size", low=1)
         check_number(self.alpha, f"{n}.alpha", low=0, high=1)
         check_number(self.temperature, f"{n}.temperature", low=0, low_open=True)
-        check_number(self.lr, f"{n}.lr", low=0, low_open=True)
         check_int(self.limit, f"{n}.limit", low=1, optional=True)
 
     def resolve(self, block_names: Sequence[str]) -> tuple[list[int], list[str], list[float]]:

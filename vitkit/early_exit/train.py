@@ -11,6 +11,7 @@ averaged over exits; no feature-distillation term. The loop is :func:`vitkit.tra
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -40,34 +41,20 @@ _log = logging.getLogger(__name__)
 def train_exit_heads(
     model: nn.Module,
     train_set,
+    train: TrainConfig,
     *,
-    epochs: int = 3,
-    batch_size: int = 64,
-    lr: float = 2e-3,
-    weight_decay: float = 0.01,
     temperature: float = 1.0,
     alpha: float = 0.5,
-    shift: float = 2.0,
     limit: int | None = None,
-    seed: int = 0,
-    threads: int | None = None,
     progress=None,
 ) -> dict[str, Any]:
-    """Train the exit heads of an early-exit ``model`` by distillation from its final head; backbone frozen."""
+    """Train the exit heads of an early-exit ``model`` by distillation from its final head; backbone frozen.
+    ``train``: the loop's settings; warm-up is skipped for runs under 2 epochs, no label smoothing."""
     heads: nn.ModuleList = getattr(model, HEADS)
     was_training = model.training
     model.eval()  # backbone: eval mode (no dropout / drop-path), never in the optimizer
-    cfg = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_epochs=0.0 if epochs < 2 else 0.5,
-        label_smoothing=0.0,
-        shift=shift,
-        seed=seed,
-        threads=threads,
-    )
+    warmup = 0.0 if train.epochs < 2 else train.warmup_epochs
+    cfg = dataclasses.replace(train, warmup_epochs=warmup, label_smoothing=0.0)
 
     def loss_fn(net, x, y, where):
         with torch.no_grad():
@@ -86,7 +73,7 @@ def train_exit_heads(
     finally:
         model.train(was_training)
         heads.eval()
-    return {"epochs": epochs, "seconds": round(res.seconds, 2), "final_loss": round(float(res.final_loss), 5)}
+    return {"epochs": train.epochs, "seconds": round(res.seconds, 2), "final_loss": round(float(res.final_loss), 5)}
 
 
 @torch.no_grad()

@@ -82,6 +82,8 @@ def _check_fresh(model: nn.Module) -> None:
     paper=PAPER,
     restore=lambda model, cfg, decisions: restore_early_exit(model, cfg, decisions),
     prepare=lambda model, cfg, decisions: prepare_early_exit(model, cfg, decisions),
+    example={"exits": [0], "threshold": 0.2, "train": {"epochs": 0}},
+    zero={"exits": [0], "threshold": 1 - 1e-6, "train": {"epochs": 0}},  # no sample is that confident
 )
 def apply_early_exit(model: nn.Module, cfg: EarlyExitConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     """Attach exit heads after ``cfg.exits``, train them (frozen backbone), optionally calibrate τ, patch."""
@@ -91,7 +93,7 @@ def apply_early_exit(model: nn.Module, cfg: EarlyExitConfig, *, calib=None, dry_
     decisions: dict[str, Any] = {"exits": exits, "heads": heads, "thresholds": thresholds, "criterion": cfg.criterion}
     where = ", ".join(f"{names[b]}:{h}" for b, h in zip(exits, heads, strict=True))
     if dry_run:
-        decisions["summary"] = f"would add {len(exits)} exit head(s) ({where}), {cfg.epochs} epoch(s) of KD"
+        decisions["summary"] = f"would add {len(exits)} exit head(s) ({where}), {cfg.train.epochs} epoch(s) of KD"
         return decisions
     model.add_module(HEADS, _build_heads(model, heads, init=True))
     patch(model, ExitState(exits, heads, thresholds, cfg.criterion))
@@ -99,21 +101,10 @@ def apply_early_exit(model: nn.Module, cfg: EarlyExitConfig, *, calib=None, dry_
     from ..data import load_dataset
     from .train import calibrate, train_exit_heads
 
-    if cfg.epochs > 0:
+    if cfg.train.epochs > 0:
         train_set = load_dataset(cfg.data, cfg.split, model=model)
         decisions["training"] = train_exit_heads(
-            model,
-            train_set,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            temperature=cfg.temperature,
-            alpha=cfg.alpha,
-            shift=cfg.shift,
-            limit=cfg.limit,
-            seed=cfg.seed,
-            threads=cfg.threads,
+            model, train_set, cfg.train, temperature=cfg.temperature, alpha=cfg.alpha, limit=cfg.limit
         )
     if cfg.max_drop is not None:
         val = calib if isinstance(calib, Dataset) else load_dataset(cfg.data, cfg.calib_split, model=model)

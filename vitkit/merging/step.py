@@ -60,7 +60,12 @@ class MergeStepConfig(TransformConfig):
 
 
 @register_transform(
-    MergeStepConfig, name="merge", kind="weights", paper="model merging (see vitkit.merging.list_merge_methods())"
+    MergeStepConfig,
+    name="merge",
+    kind="weights",
+    paper="model merging (see vitkit.merging.list_merge_methods())",
+    example=lambda workdir: {"method": "ties", "models": [str(workdir / "model")] * 2, "base": str(workdir / "model")},
+    zero=lambda workdir: {"method": "average", "models": [str(workdir / "model")] * 2},  # identical models
 )
 def apply_merge(model: nn.Module, cfg: MergeStepConfig, *, calib=None, dry_run: bool = False) -> dict:
     method = get_merge_method(cfg.method)

@@ -202,7 +202,13 @@ def unpruned_teacher(model: nn.Module) -> nn.Module | None:
 
 
 @register_transform(
-    PruneConfig, name="prune", kind="structure", paper="NViT (Yang et al., CVPR 2023)", restore=_restore
+    PruneConfig,
+    name="prune",
+    kind="structure",
+    paper="NViT (Yang et al., CVPR 2023)",
+    restore=_restore,
+    example={"ratio": 0.3, "importance": "l1"},
+    zero={"ratio": 0.0},
 )
 def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     """Prune ``model`` in place (unless ``dry_run``); ``calib``: ``[n,C,H,W]`` images or a labelled dataset.

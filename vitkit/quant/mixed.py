@@ -170,6 +170,7 @@ def _restore_mixed(model: nn.Module, cfg: MixedPrecisionConfig, decisions: dict)
     kind="numerics",
     paper="LRP-QViT (Ranjan & Savakis, 2024) / Fisher-Hessian sensitivity",
     restore=_restore_mixed,
+    example={"avg_bits": 6.0, "calib_images": 4},
 )
 def apply_mixed(model: nn.Module, cfg: MixedPrecisionConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     check_not_quantized(model)

@@ -233,7 +233,14 @@ def _restore(model: nn.Module, cfg: PTQConfig, decisions: dict) -> None:
     install(model, decisions["plan"], calibrated=True)
 
 
-@register_transform(PTQConfig, name="ptq", kind="numerics", paper="RepQ-ViT (Li et al., ICCV 2023)", restore=_restore)
+@register_transform(
+    PTQConfig,
+    name="ptq",
+    kind="numerics",
+    paper="RepQ-ViT (Li et al., ICCV 2023)",
+    restore=_restore,
+    example={"w_bits": 8, "a_bits": 8, "calib_images": 4},  # quantization has no zero-strength setting
+)
 def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     """Quantize ``model`` in place (fake-quant) with ``cfg``; ``calib``: ``[n,C,H,W]`` images or a dataset."""
     check_not_quantized(model)

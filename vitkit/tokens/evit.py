@@ -110,6 +110,8 @@ def evit_rates(cfg: EViTConfig, depth: int) -> list[float]:
     kind="runtime",
     paper="Not All Patches are What You Need: Expediting Vision Transformers via Token Reorganizations "
     "(Liang et al., ICLR 2022)",
+    example={"keep_rate": 0.7},
+    zero={"keep_rate": 1.0},
 )
 def apply_evit(model, cfg: EViTConfig, *, calib=None, dry_run: bool = False) -> dict:
     host = adapter_for(model)

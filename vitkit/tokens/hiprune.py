@@ -106,6 +106,8 @@ class HiPruneReducer(Reducer):
     kind="runtime",
     paper="HiPrune: Training-Free Visual Token Pruning via Hierarchical Attention in Vision-Language Models "
     "(Liu et al., 2025)",
+    example={"keep": 0.5},
+    zero={"keep": 1.0},
 )
 def apply_hiprune(model, cfg: HiPruneConfig, *, calib=None, dry_run: bool = False) -> dict:
     host = adapter_for(model)

@@ -154,6 +154,8 @@ def pitome_splits(cfg: PiToMeConfig, depth: int) -> list[str]:
     name="pitome",
     kind="runtime",
     paper="Accelerating Transformers with Spectrum-Preserving Token Merging (Tran et al., NeurIPS 2024)",
+    example={"ratio": 0.8},
+    zero={"ratio": 1.0},
 )
 def apply_pitome(model, cfg: PiToMeConfig, *, calib=None, dry_run: bool = False) -> dict:
     host = adapter_for(model)

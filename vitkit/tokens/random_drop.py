@@ -48,7 +48,12 @@ class RandomDropReducer(Reducer):
 
 
 @register_transform(
-    RandomDropConfig, name="random_drop", kind="runtime", paper="control: uniform random token dropping"
+    RandomDropConfig,
+    name="random_drop",
+    kind="runtime",
+    paper="control: uniform random token dropping",
+    example={"r": 2},
+    zero={"r": 0},
 )
 def apply_random_drop(model, cfg: RandomDropConfig, *, calib=None, dry_run: bool = False) -> dict:
     host = adapter_for(model)

@@ -129,7 +129,12 @@ class ToMeReducer(Reducer):
 
 
 @register_transform(
-    ToMeConfig, name="tome", kind="runtime", paper="Token Merging: Your ViT But Faster (Bolya et al., ICLR 2023)"
+    ToMeConfig,
+    name="tome",
+    kind="runtime",
+    paper="Token Merging: Your ViT But Faster (Bolya et al., ICLR 2023)",
+    example={"r": 2},
+    zero={"r": 0},
 )
 def apply_tome(model, cfg: ToMeConfig, *, calib=None, dry_run: bool = False) -> dict:
     host = adapter_for(model)
