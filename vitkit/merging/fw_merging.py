@@ -48,7 +48,7 @@ class FWMergingConfig(TransformConfig):
     needs_base=True,
     needs=("objective",),
 )
-def merge_fw(sources, base, cfg: FWMergingConfig, ctx: MergeContext):
+def merge_fw_merging(sources, base, cfg: FWMergingConfig, ctx: MergeContext):
     """Frank-Wolfe over the convex hull of the pool's vertices v_i = θ0 + s·τ_i (FW-Merging Alg. 1, "hard").
 
     Start at θ0 (``init_scaling=0``) or at task arithmetic θ0 + init_scaling·Σ τ_i. Each iteration: g = ∇

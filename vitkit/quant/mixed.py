@@ -172,7 +172,9 @@ def _restore_mixed(model: nn.Module, cfg: MixedPrecisionConfig, decisions: dict)
     restore=_restore_mixed,
     example={"avg_bits": 6.0, "calib_images": 4},
 )
-def apply_mixed(model: nn.Module, cfg: MixedPrecisionConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
+def apply_mixed_ptq(
+    model: nn.Module, cfg: MixedPrecisionConfig, *, calib=None, dry_run: bool = False
+) -> dict[str, Any]:
     check_not_quantized(model)
     plan = build_plan(model, cfg.ptq_config({}))
     names = [n for n, slots in plan.items() if "w_quant" in slots]
