@@ -14,7 +14,7 @@ ViT is one stage with no windows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -85,6 +85,48 @@ class KeyRole:
     extra: dict = field(default_factory=dict, compare=False)
 
 
+# -- role-level tables shared by every host (permutation-based merging reads them) --------------------------------
+#: Unit-permutation groups that leave a transformer's function unchanged (see ``HostAdapter.permutation_axes``).
+#: the residual stream's channels (one permutation for the whole network; LayerNorm is permutation-equivariant).
+RESIDUAL = "residual"
+#: rows of a block's fused q/k/v projection: heads as units and the dims within each head.
+ATTN_QKV = "attn_qkv"
+#: the value dims (heads and dims within heads) entering the attention output projection.
+ATTN_V = "attn_v"
+#: a block's MLP hidden neurons.
+MLP_HIDDEN = "mlp_hidden"
+
+#: the linear roles inside a block, in forward order.
+BLOCK_LINEARS = ("qkv", "attn_out", "mlp_in", "mlp_out")
+
+
+@dataclass
+class BlockKeys:
+    """One block's linears by role (``linears[role]`` = module name, roles :data:`BLOCK_LINEARS`), its
+    LayerScale keys by the role of the linear they scale, and whether it has per-head q/k norms."""
+
+    index: int
+    linears: dict[str, str] = field(default_factory=dict)
+    layer_scale: dict[str, str] = field(default_factory=dict)
+    qk_norm: bool = False
+
+
+def block_keys(roles: Mapping[str, KeyRole]) -> list[BlockKeys]:
+    """Per block (in index order), the :class:`BlockKeys` read from ``roles``."""
+    blocks: dict[int, BlockKeys] = {}
+    for role in roles.values():
+        if role.block is None:
+            continue
+        b = blocks.setdefault(role.block, BlockKeys(role.block))
+        if role.part in BLOCK_LINEARS and role.tensor == "weight":
+            b.linears[role.part] = role.extra["module"]
+        elif role.part == "layer_scale":
+            b.layer_scale[role.extra["scales"]] = role.key
+        elif role.part == "qk_norm" and role.tensor == "weight":
+            b.qk_norm = True
+    return [blocks[i] for i in sorted(blocks)]
+
+
 @runtime_checkable
 class HostAdapter(Protocol):
     """What methods may ask of a host model; one implementation per family (see :mod:`.timm_vit`)."""
@@ -123,6 +165,13 @@ class HostAdapter(Protocol):
         """The classifier head(s) (a distilled DeiT has two, averaged at inference)."""
 
     def key_roles(self, state_dict: dict[str, torch.Tensor]) -> dict[str, KeyRole]: ...
+
+    def permutation_axes(self, roles: Mapping[str, KeyRole]) -> dict[str, tuple[tuple[int, str], ...]]:
+        """Per key the ``(axis, group)`` pairs a unit permutation acts on (:data:`RESIDUAL`, :data:`ATTN_QKV`,
+        :data:`ATTN_V`, :data:`MLP_HIDDEN`); ``UnsupportedModelError`` naming a key whose symmetry is unknown."""
+
+    def set_mlp_widths(self, model: nn.Module, widths: Sequence[int]) -> None:
+        """Resize each block's MLP hidden layer to ``widths[i]`` neurons (shapes only; load weights after)."""
 
     def input_size(self, model: nn.Module) -> tuple[int, int, int]: ...
 

@@ -62,6 +62,12 @@ class TimmViTAdapter:
     def key_roles(self, state_dict: dict[str, torch.Tensor]) -> dict[str, KeyRole]:
         return timm_vit_keys.key_roles(state_dict)
 
+    def permutation_axes(self, roles):
+        return timm_vit_keys.permutation_axes(roles)
+
+    def set_mlp_widths(self, model: nn.Module, widths) -> None:
+        timm_vit_keys.set_mlp_widths(model, widths)
+
     def input_size(self, model: nn.Module) -> tuple[int, int, int]:
         return timm_vit.input_size(model)
 

@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from ..errors import UnsupportedModelError
-from .protocol import KeyRole
+from .protocol import (  # noqa: F401  (role tables re-exported: they were defined here)
+    ATTN_QKV,
+    ATTN_V,
+    BLOCK_LINEARS,
+    MLP_HIDDEN,
+    RESIDUAL,
+    BlockKeys,
+    KeyRole,
+    block_keys,
+)
 from .timm_vit import block_parts
 from .timm_vit_surgery import slice_linear
 
@@ -69,16 +77,6 @@ _TOP_KEYS: dict[str, tuple[str, str]] = {
     "vpt_prompt": ("prompt", "param"),
 }
 
-# -- permutation groups: the unit permutations that leave a plain ViT's function unchanged --------------------
-#: the residual stream's channels (one permutation for the whole network; LayerNorm is permutation-equivariant).
-RESIDUAL = "residual"
-#: rows of a block's fused q/k/v projection: heads as units and the dims within each head.
-ATTN_QKV = "attn_qkv"
-#: the value dims (heads and dims within heads) entering the attention output projection.
-ATTN_V = "attn_v"
-#: a block's MLP hidden neurons.
-MLP_HIDDEN = "mlp_hidden"
-
 #: (part, tensor kind) → ((axis, permutation group), ...); a negative axis counts from the end.
 _PERMUTED_AXES: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {
     ("norm1", "weight"): ((0, RESIDUAL),),
@@ -105,9 +103,6 @@ _PERMUTED_AXES: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {
     ("head", "weight"): ((1, RESIDUAL),),
     ("head", "bias"): (),
 }
-
-#: the linear roles inside a block, in forward order.
-BLOCK_LINEARS = ("qkv", "attn_out", "mlp_in", "mlp_out")
 
 
 def _tensor_kind(key: str) -> str:
@@ -150,33 +145,6 @@ def permutation_axes(roles: Mapping[str, KeyRole]) -> dict[str, tuple[tuple[int,
             )
         out[key] = axes
     return out
-
-
-@dataclass
-class BlockKeys:
-    """One block's linears by role (``linears[role]`` = module name, roles :data:`BLOCK_LINEARS`), its
-    LayerScale keys by the role of the linear they scale, and whether it has per-head q/k norms."""
-
-    index: int
-    linears: dict[str, str] = field(default_factory=dict)
-    layer_scale: dict[str, str] = field(default_factory=dict)
-    qk_norm: bool = False
-
-
-def block_keys(roles: Mapping[str, KeyRole]) -> list[BlockKeys]:
-    """Per block (in index order), the :class:`BlockKeys` read from ``roles``."""
-    blocks: dict[int, BlockKeys] = {}
-    for role in roles.values():
-        if role.block is None:
-            continue
-        b = blocks.setdefault(role.block, BlockKeys(role.block))
-        if role.part in BLOCK_LINEARS and role.tensor == "weight":
-            b.linears[role.part] = role.extra["module"]
-        elif role.part == "layer_scale":
-            b.layer_scale[role.extra["scales"]] = role.key
-        elif role.part == "qk_norm" and role.tensor == "weight":
-            b.qk_norm = True
-    return [blocks[i] for i in sorted(blocks)]
 
 
 def set_mlp_widths(model: nn.Module, widths: Sequence[int]) -> None:

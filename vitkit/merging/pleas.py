@@ -9,7 +9,7 @@ Merging Models with Permutations and Least Squares", CVPR 2025).
    one so that q·k is unchanged; v has its own, carried into the attention output's columns), and one
    permutation of the MLP hidden neurons. Permuting a model this way leaves its function unchanged (LayerNorm is
    permutation-equivariant), which the tests check. Which axes of which tensors each permutation acts on is the
-   host adapter's knowledge (:func:`vitkit.adapters.timm_vit_keys.permutation_axes`).
+   host adapter's knowledge (``HostAdapter.permutation_axes``).
 2. **Width** (PLeaS' partial matching): matched hidden neurons form *groups* (one unit per model). At the
    model's own width every group is one merged unit (weighted mean of its members). ``mlp_width`` > width
    splits the least-correlated groups into separate per-model units (up to N·width), as PLeaS keeps its
@@ -40,17 +40,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..adapters import adapter_for
-from ..adapters.timm_vit_keys import (
-    ATTN_QKV,
-    BLOCK_LINEARS,
-    MLP_HIDDEN,
-    RESIDUAL,
-    block_keys,
-    key_roles,
-    permutation_axes,
-    set_mlp_widths,
-)
+from ..adapters import ADAPTERS, HostAdapter, adapter_for
+from ..adapters.protocol import ATTN_QKV, BLOCK_LINEARS, MLP_HIDDEN, RESIDUAL, block_keys
 from ..configs import TransformConfig
 from ..errors import ConfigError
 from ..models.load import load_state_dict_strict
@@ -97,16 +88,27 @@ class PLeaSConfig(TransformConfig):
         check_int(self.batch, "PLeaSConfig.batch", low=1)
 
 
+def _host_for_keys(keys) -> HostAdapter:
+    """The adapter whose key roles cover every key of a bare state dict (else the first: it names the stray key)."""
+    for host in ADAPTERS:
+        if all(r.part != "other" for r in host.key_roles(keys).values()):
+            return host
+    return ADAPTERS[0]
+
+
 def permute_state_dict(
     sd: dict[str, torch.Tensor],
     res: torch.Tensor,
     hidden: list[torch.Tensor],
     attn: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    *,
+    host: HostAdapter | None = None,
 ) -> dict[str, torch.Tensor]:
     """Apply the residual permutation ``res`` [D], per-block hidden permutations [H] and (optionally) per-block
     attention permutations ``(qkv_rows [3A], attn_out_cols [A])`` to a ViT state dict (new tensors)."""
-    roles = key_roles(sd)
-    axes = permutation_axes(roles)
+    host = host or _host_for_keys(sd)
+    roles = host.key_roles(sd)
+    axes = host.permutation_axes(roles)
     out = {}
     for k, v in sd.items():
         block = roles[k].block
@@ -128,8 +130,9 @@ def permute_state_dict(
 def model_for(template: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """A copy of ``template`` whose MLP widths match ``state`` (a PLeaS merge with ``mlp_width``), state loaded."""
     model = copy.deepcopy(template)
-    blocks = block_keys(adapter_for(model).key_roles(state))
-    set_mlp_widths(model, [state[f"{b.linears['mlp_in']}.weight"].shape[0] for b in blocks])
+    host = adapter_for(model)
+    blocks = block_keys(host.key_roles(state))
+    host.set_mlp_widths(model, [state[f"{b.linears['mlp_in']}.weight"].shape[0] for b in blocks])
     load_state_dict_strict(model, {k: v.float() for k, v in state.items()}, source="PLeaS merge")
     return model
 
@@ -154,7 +157,7 @@ def merge_pleas(sources, base, cfg: PLeaSConfig, ctx: MergeContext):
     tmpl = ctx.template("pleas")
     host = adapter_for(tmpl)
     host.describe(tmpl)  # an unsupported model, then a tensor without a known symmetry, fails before any work
-    permutation_axes(host.key_roles(keys))
+    host.permutation_axes(host.key_roles(keys))
     x, bs = ctx.calib, int(cfg.batch)
     sds = [materialize(s, keys) for s in sources]
     blocks = block_layout(tmpl, sds[0])
@@ -165,7 +168,7 @@ def merge_pleas(sources, base, cfg: PLeaSConfig, ctx: MergeContext):
     for t in range(1, n):
         aligns.append(align(feats[0], feats[t], blocks))
     psd = [
-        permute_state_dict(sd, al.res, al.hidden, list(zip(al.qkv_rows, al.v_cols, strict=True)))
+        permute_state_dict(sd, al.res, al.hidden, list(zip(al.qkv_rows, al.v_cols, strict=True)), host=host)
         for sd, al in zip(sds, aligns, strict=True)
     ]
     out = {

@@ -3,7 +3,7 @@ matching of one model's units onto the anchor's (Hungarian on activation correla
 the plan of merged MLP units for a chosen width (PLeaS' partial matching). :mod:`.pleas` merges and refits.
 
 Features are keyed by block index and role: ``"i/out"`` (block output), ``"i/<role>"`` (a block linear's output,
-roles :data:`~vitkit.adapters.timm_vit_keys.BLOCK_LINEARS`), ``"i/hidden"`` (MLP hidden activations) and
+roles :data:`~vitkit.adapters.protocol.BLOCK_LINEARS`), ``"i/hidden"`` (MLP hidden activations) and
 ``"head"`` (the classifier's logits).
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..adapters import adapter_for
-from ..adapters.timm_vit_keys import BLOCK_LINEARS, BlockKeys, block_keys
+from ..adapters.protocol import BLOCK_LINEARS, BlockKeys, block_keys
 from ..ops import merging as ops
 
 
