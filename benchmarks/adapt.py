@@ -47,10 +47,10 @@ from vitkit.adapt import (  # noqa: E402
     SlimFitConfig,
     finetune,
     lora_plus_scales,
-    merge_back,
     truncate_to_rank,
     update_spectrum,
 )
+from vitkit.api import merge_back  # noqa: E402
 from vitkit.bench.env import environment  # noqa: E402
 from vitkit.bench.record import env_lines, write_section  # noqa: E402
 from vitkit.data import bundled, input_spec, load_dataset  # noqa: E402

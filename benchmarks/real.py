@@ -51,7 +51,7 @@ import vitkit  # noqa: E402
 from benchmarks.adapt import fresh_task_model, run_variant  # noqa: E402
 from benchmarks.early_exit import latency_ratio  # noqa: E402
 from benchmarks.tokens import knobs, patched, theory  # noqa: E402
-from vitkit.artifact import atomic_write_text  # noqa: E402
+from vitkit._io import atomic_write_text  # noqa: E402
 from vitkit.bench import environment  # noqa: E402
 from vitkit.bench.flops import count_macs  # noqa: E402
 from vitkit.bench.metrics import agreement, classify, topk_accuracy  # noqa: E402
