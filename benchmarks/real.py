@@ -965,7 +965,7 @@ def parse_args(argv=None):
     ap.add_argument("--part", default="all", help=f"all or a comma list of {', '.join(PARTS)}")
     ap.add_argument("--quick", action="store_true", help="smoke run: 32 test / 16 calib / 32 train images, 1 epoch")
     ap.add_argument("--epochs", type=int, default=None, help="KD recovery epochs for prune/compose (default 5)")
-    ap.add_argument("--kd-lr", type=float, default=KD["lr"], help="KD recovery learning rate (AdamW)")
+    ap.add_argument("--kd-lr", type=float, default=KD_TRAIN["lr"], help="KD recovery learning rate (AdamW)")
     ap.add_argument("--compose-prune", type=float, default=0.1, help="compose: fraction of MACs pruned (default 0.1)")
     ap.add_argument("--exit-epochs", type=int, default=None, help="exit-head training epochs (default 10)")
     ap.add_argument("--ft-epochs", type=int, default=None, help="digits fine-tuning epochs for lora (default 5)")
