@@ -74,3 +74,21 @@ def test_nan_weights_refused_naming_the_tensor():
         model.blocks[1].mlp.fc1.weight[0, 0] = float("nan")
     with pytest.raises(vitkit.NumericsError, match="'blocks.1.mlp.fc1.weight' holds 1 NaN/Inf"):
         vitkit.benchmark(model, batch_sizes=(1,), repeats=1)
+
+
+def test_environment_records_isa_and_a_gemm_probe_per_dtype():
+    from vitkit.bench.env import ISA_FLAGS, cpu_features, environment
+    from vitkit.bench.record import env_lines
+
+    zen3 = "processor : 0\nflags : fpu sse2 avx avx2 fma bmi2 sha_ni\n"
+    zen5 = "flags : avx2 fma avx512f avx512_vnni avx512_bf16 avx_vnni avx512vl\n"
+    assert cpu_features(zen3) == ["avx2", "fma"]
+    assert cpu_features(zen5) == ["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"]
+    assert cpu_features("") == []
+    env = environment()
+    assert set(env["isa"].split()) <= set(ISA_FLAGS) | {"unknown"}
+    probe = env["gemm_gops_512"]
+    assert set(probe) == {"fp32", "bf16", "int8"} and probe["fp32"] > 0
+    assert all(v is None or v > 0 for v in probe.values())
+    text = env_lines(env)
+    assert "- isa: " in text and "- gemm_gops_512: fp32 " in text and "{" not in text

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .bench.record import env_value
+
 _log = logging.getLogger(__name__)
 
 
@@ -101,7 +103,7 @@ def markdown_report(result: dict[str, Any], *, title: str = "vitkit report", ste
             lines.append(f"- **{s['name']}** ({s['kind']}): `{s['config']}` {summary}".rstrip())
         lines.append("")
     lines += ["## Environment", ""]
-    lines += [f"- {k}: {v}" for k, v in env.items()]
+    lines += [f"- {k}: {env_value(v)}" for k, v in env.items()]
     if settings:
         lines += [f"- {k}: {v}" for k, v in settings.items()]
     lines += [

@@ -13,6 +13,7 @@ import html
 import json
 from typing import Any
 
+from .bench.record import env_value
 from .report import table_rows
 
 _CSS = """
@@ -90,7 +91,7 @@ def html_report(
     settings = result.get("settings") or {}
     if env or settings:
         parts.append("<h2>Environment</h2><ul>")
-        parts += [f"<li>{_esc(k)}: {_esc(v)}</li>" for k, v in {**env, **settings}.items()]
+        parts += [f"<li>{_esc(k)}: {_esc(env_value(v))}</li>" for k, v in {**env, **settings}.items()]
         parts.append("</ul>")
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"

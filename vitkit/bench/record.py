@@ -29,5 +29,13 @@ def write_section(name: str, body: str, path: str | Path = "BENCHMARKS.md") -> P
 
 
 def env_lines(env: dict) -> str:
-    keys = ("date", "cpu", "cores", "threads", "torch", "timm", "python", "vitkit", "gemm_gflops")
-    return "\n".join(f"- {k}: {env[k]}" for k in keys if k in env)
+    keys = ("date", "cpu", "isa", "cores", "threads", "torch", "timm", "python", "vitkit")
+    keys += ("gemm_gflops", "gemm_gops_512")
+    return "\n".join(f"- {k}: {env_value(env[k])}" for k in keys if k in env)
+
+
+def env_value(value) -> str:
+    """One environment entry as report text (the per-dtype GEMM probe as ``fp32 207.5, bf16 820.8, ...``)."""
+    if isinstance(value, dict):  # the per-dtype GEMM probe
+        return ", ".join(f"{k} {'n/a' if v is None else v}" for k, v in value.items())
+    return str(value)
