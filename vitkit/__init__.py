@@ -42,7 +42,7 @@ from .merging import (
 )
 from .models import load
 from .prune import PruneConfig
-from .quant import MixedPrecisionConfig, PTQConfig
+from .quant import MixedPrecisionConfig, PrecisionConfig, PTQConfig
 from .registry import get_transform, list_transforms, register_transform
 from .report import Report
 from .tokens import EViTConfig, HiPruneConfig, PiToMeConfig, ToMeConfig
@@ -74,6 +74,7 @@ __all__ = [
     "OrderError",
     "PLeaSConfig",
     "PTQConfig",
+    "PrecisionConfig",
     "PiToMeConfig",
     "PruneConfig",
     "RegMeanConfig",

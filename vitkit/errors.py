@@ -32,3 +32,8 @@ class OrderError(ConfigError):
 class DeployError(VitkitError):
     """A model cannot be deployed to the requested runtime (its package is missing, calibration images are
     needed, the runtime rejects the graph)."""
+
+
+class HardwareError(VitkitError):
+    """This machine (or this installation) cannot run the requested precision or runtime fast or at all; the
+    message gives the measurement and what to use instead."""

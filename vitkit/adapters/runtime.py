@@ -62,7 +62,8 @@ class HostRun:
         return None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.host.embed(self.model, x)  # [B, N, C]
+        dtype = getattr(self.model, "vitkit_dtype", None)  # a reduced-precision model (quant.precision)
+        return self.host.embed(self.model, x if dtype is None else x.to(dtype))  # [B, N, C]
 
     def block_kwargs(self) -> dict:
         # defaults not passed: tracers (ONNX) would turn a bool kwarg into a tensor
@@ -81,7 +82,8 @@ class HostRun:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens after the last block → the model's own pooling and head (token sizes weighting the pool)."""
-        return self.host.head(self.model, self.host.pool(self.model, x, size=self.size))
+        out = self.host.head(self.model, self.host.pool(self.model, x, size=self.size))
+        return out if getattr(self.model, "vitkit_dtype", None) is None else out.float()
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Images → tokens after the last block."""

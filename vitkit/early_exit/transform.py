@@ -88,6 +88,11 @@ def _check_fresh(model: nn.Module) -> None:
 def apply_early_exit(model: nn.Module, cfg: EarlyExitConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     """Attach exit heads after ``cfg.exits``, train them (frozen backbone), optionally calibrate τ, patch."""
     _check_fresh(model)
+    if getattr(model, "vitkit_dtype", None) is not None:
+        raise ConfigError(
+            "early exit on a reduced-precision (bf16) model is not supported yet: drop the precision step, or deploy "
+            "the early-exit model with ONNX Runtime"
+        )
     names = _host(model)["info"].block_names
     exits, heads, thresholds = cfg.resolve(names)
     decisions: dict[str, Any] = {"exits": exits, "heads": heads, "thresholds": thresholds, "criterion": cfg.criterion}

@@ -14,12 +14,14 @@ Quantizer math lives in :mod:`vitkit.ops.quant`; quantizers in :mod:`vitkit.quan
 from .integer import IntegerViT, to_integer
 from .mixed import MixedPrecisionConfig
 from .modules import quantized_size_bytes, quantizers, set_quant_enabled
+from .precision import PrecisionConfig
 from .ptq import PTQConfig, apply_ptq
 
 __all__ = [
     "IntegerViT",
     "MixedPrecisionConfig",
     "PTQConfig",
+    "PrecisionConfig",
     "apply_ptq",
     "quantized_size_bytes",
     "quantizers",
