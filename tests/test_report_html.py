@@ -79,3 +79,17 @@ def test_opens_in_headless_chromium(tmp_path):
     assert 'data-images-ok="yes"' in dom, dom[:500]
     assert 'data-rows="2"' in dom
     assert "tome&lt;r=6&gt;" in dom
+
+
+def test_plot_labels_of_close_points_do_not_share_a_line_and_titles_name_no_path(tmp_path):
+    from vitkit.recipe import model_label
+    from vitkit.report import label_offsets
+
+    from .conftest import make_tiny
+
+    close = label_offsets([(100.0, 98.6), (101.0, 98.6), (102.0, 98.5), (300.0, 90.0)])
+    assert len(set(close[:3])) == 3 and close[3] == close[0]
+    model = make_tiny("vit")
+    assert model_label(model, "deit_small_patch16_224") == "deit_small_patch16_224"
+    label = model_label(model, str(tmp_path / "cache" / "reference-abc123"))
+    assert str(tmp_path) not in label and "32×32" in label and "10 classes" in label

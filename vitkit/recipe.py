@@ -175,6 +175,22 @@ def read_recipe(path: str | Path) -> Recipe:
     return parse_recipe(read_yaml_file(path, what="recipe"))
 
 
+def model_label(model, spec: str) -> str:
+    """How reports name the model: the timm name a user gave, else (a file or artifact path, e.g. a cache
+    directory) its architecture, input size and classes — never a machine's path."""
+    if not (Path(str(spec)).exists() or "/" in str(spec)):
+        return str(spec)
+    from .adapters import adapter_for
+    from .errors import UnsupportedModelError
+
+    try:
+        info = adapter_for(model).describe(model)
+    except UnsupportedModelError:
+        return type(model).__name__
+    h, w = info.img_size
+    return f"{info.arch} {h}×{w}, {info.num_classes} classes"
+
+
 def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False, progress=None):
     """Load the model, apply the steps to a copy, benchmark it against the untouched original and
     (unless ``dry_run``) write the artifact to ``out``. Returns ``(model, report_dict_or_Report)``."""
@@ -234,7 +250,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
         report = result.to_dict()
         report["steps"] = [r.to_dict() for r in records]
         if out is not None:
-            title = f"vitkit: {recipe.label} on {recipe.model}"
+            title = f"vitkit: {recipe.label} on {model_label(baseline, recipe.model)}"
             save_artifact(candidate, recipe.to_dict(), report, out, title=title, extra_files=extra_files)
     return candidate, report
 

@@ -114,6 +114,21 @@ def markdown_report(result: dict[str, Any], *, title: str = "vitkit report", ste
     return "\n".join(lines) + "\n"
 
 
+def label_offsets(points: list[tuple[float, float]], *, step: float = 11.0) -> list[float]:
+    """Vertical label offsets (points) so that labels of nearby points do not overlap: a point within 15 % of the
+    x range and 4 % of the y range of an earlier one moves its label one line (``step``) past the lowest free slot."""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    dx, dy = 0.15 * ((max(xs) - min(xs)) or 1.0), 0.04 * ((max(ys) - min(ys)) or 1.0)
+    offsets: list[float] = []
+    for i, (x, y) in enumerate(points):
+        taken = {offsets[j] for j in range(i) if abs(points[j][0] - x) <= dx and abs(points[j][1] - y) <= dy}
+        k = 0
+        while 4.0 + k * step in taken:
+            k += 1
+        offsets.append(4.0 + k * step)
+    return offsets
+
+
 def plot_accuracy_vs_throughput(variants: list[dict[str, Any]], path: str | Path, *, title: str = "") -> Path | None:
     """PNG scatter: one point per variant (x = throughput, y = top-1). Returns None without accuracy data."""
     pts = [
@@ -127,9 +142,9 @@ def plot_accuracy_vs_throughput(variants: list[dict[str, Any]], path: str | Path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    for x, y, label in pts:
+    for (x, y, label), dy in zip(pts, label_offsets([(x, 100 * y) for x, y, _ in pts]), strict=True):
         ax.scatter([x], [100 * y], s=40)
-        ax.annotate(label, (x, 100 * y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.annotate(label, (x, 100 * y), textcoords="offset points", xytext=(5, dy), fontsize=8)
     ax.set_xlabel("throughput (img/s)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title or "accuracy vs throughput")
