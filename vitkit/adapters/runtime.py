@@ -42,6 +42,15 @@ def additive_mask(attn_mask: torch.Tensor | None, is_causal: bool, n: int, like:
     return attn_mask.to(like.dtype)
 
 
+#: Attribute naming the dtype a reduced-precision model runs in (set by :mod:`vitkit.quant.precision`).
+DTYPE_ATTR = "vitkit_dtype"
+
+
+def reduced_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype ``model`` runs in when a precision step lowered it (inputs are cast to it), else None."""
+    return getattr(model, DTYPE_ATTR, None)
+
+
 class HostRun:
     """One forward's block loop through the host adapter: ``embed``, ``block(i)`` for ``i < depth``,
     ``logits`` (or ``features``) at the end; ``take`` keeps some samples only (per-sample early exit).
@@ -62,7 +71,7 @@ class HostRun:
         return None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = getattr(self.model, "vitkit_dtype", None)  # a reduced-precision model (quant.precision)
+        dtype = reduced_dtype(self.model)
         return self.host.embed(self.model, x if dtype is None else x.to(dtype))  # [B, N, C]
 
     def block_kwargs(self) -> dict:
@@ -83,7 +92,7 @@ class HostRun:
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens after the last block → the model's own pooling and head (token sizes weighting the pool)."""
         out = self.host.head(self.model, self.host.pool(self.model, x, size=self.size))
-        return out if getattr(self.model, "vitkit_dtype", None) is None else out.float()
+        return out if reduced_dtype(self.model) is None else out.float()
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Images → tokens after the last block."""

@@ -13,6 +13,7 @@ import torch.nn as nn
 from timm.layers import Mlp
 
 from ..errors import UnsupportedModelError
+from ..patching import mixin_class
 from .timm_vit import block_parts, describe
 
 #: ``vitkit.adapt``'s default LoRA targets as globs over a timm ViT's module names: exactly the block linears
@@ -39,16 +40,9 @@ def mlp_branch_dim(model: nn.Module, block_name: str) -> int:
     return int(mlp.fc1.in_features)
 
 
-_CLASSES: dict[tuple[type, type], type] = {}
-
-
 def _branch_class(mixin: type, base: type) -> type:
     """``mixin`` before ``base``, named like ``mixin`` (one class per pair, importable from this module)."""
-    if (mixin, base) not in _CLASSES:
-        cls = type(mixin.__name__, (mixin, base), {"__doc__": mixin.__doc__, "__module__": __name__})
-        globals()[mixin.__name__] = cls
-        _CLASSES[(mixin, base)] = cls
-    return _CLASSES[(mixin, base)]
+    return mixin_class(mixin, base, mixin.__name__, module=__name__)
 
 
 def add_mlp_branch(model: nn.Module, block_name: str, mixin: type, modules: dict[str, nn.Module], **attrs) -> str:

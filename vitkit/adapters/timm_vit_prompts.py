@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from timm.layers import PatchDropout
 
 from ..errors import UnsupportedModelError
+from ..patching import mixin_class
 from .timm_vit import PROMPT_TOKENS_ATTR, describe
 
 #: Attributes set on the model (and on each deep-prompted block): where the prompts start, their dropout.
@@ -54,18 +55,9 @@ def deep_prompt_hook(block: nn.Module, args: tuple, kwargs: dict):
     return args, {**kwargs, "x": x}
 
 
-_CLASSES: dict[type, type] = {}
-
-
 def prompt_class(base: type) -> type:
     """``Prompt<base>``: :class:`PromptMixin` before ``base`` (one class per base, importable from this module)."""
-    if base not in _CLASSES:
-        name = f"Prompt{base.__name__}"
-        cls = type(name, (PromptMixin, base), {"__doc__": PromptMixin.__doc__})
-        cls.__module__ = __name__
-        globals()[name] = cls
-        _CLASSES[base] = cls
-    return _CLASSES[base]
+    return mixin_class(PromptMixin, base, f"Prompt{base.__name__}", module=__name__)
 
 
 def check_prompt_tokens(model: nn.Module) -> None:

@@ -35,6 +35,7 @@ from ..adapters.runtime import HostRun, host_run
 from ..errors import ConfigError
 from ..history import drop_steps, steps_named
 from ..ops.early_exit import effective_thresholds, exit_score_row, exit_scores
+from ..patching import mixin_class
 
 _log = logging.getLogger(__name__)
 
@@ -230,22 +231,16 @@ def _tracing() -> bool:
     return tracing
 
 
-_CLASS_CACHE: dict[type, type] = {}
-
-
 def patch(model: nn.Module, st: ExitState) -> None:
     """Swap the model's class for ``EarlyExit<Class>`` and attach ``st`` (the heads must already be attached)."""
     if getattr(model, STATE, None) is not None:
         raise ConfigError("model already has early exits: call vitkit.early_exit.remove(model) first")
     base = type(model)
-    if base not in _CLASS_CACHE:
-        name = f"EarlyExit{base.__name__}"
-        doc = f"{base.__name__} patched by vitkit for early exit. {EarlyExitVisionTransformer.__doc__}"
-        cls = type(name, (EarlyExitVisionTransformer, base), {"__doc__": doc, "__module__": __name__})
-        globals()[name] = cls
-        _CLASS_CACHE[base] = cls
+    doc = f"{base.__name__} patched by vitkit for early exit. {EarlyExitVisionTransformer.__doc__}"
     model.__dict__[ORIG_CLASS] = base
-    model.__class__ = _CLASS_CACHE[base]
+    model.__class__ = mixin_class(
+        EarlyExitVisionTransformer, base, f"EarlyExit{base.__name__}", module=__name__, doc=doc
+    )
     setattr(model, STATE, st)
 
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch.utils.data import Dataset
 
 from ..adapters import adapter_for
+from ..adapters.runtime import reduced_dtype
 from ..errors import ConfigError, UnsupportedModelError
 from ..registry import register_transform
 from .config import EarlyExitConfig
@@ -88,7 +89,7 @@ def _check_fresh(model: nn.Module) -> None:
 def apply_early_exit(model: nn.Module, cfg: EarlyExitConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     """Attach exit heads after ``cfg.exits``, train them (frozen backbone), optionally calibrate τ, patch."""
     _check_fresh(model)
-    if getattr(model, "vitkit_dtype", None) is not None:
+    if reduced_dtype(model) is not None:
         raise ConfigError(
             "early exit on a reduced-precision (bf16) model is not supported yet: drop the precision step, or deploy "
             "the early-exit model with ONNX Runtime"

@@ -21,9 +21,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..adapters.runtime import DTYPE_ATTR, reduced_dtype
 from ..bench.env import cpu_features, gemm_probe
 from ..configs import TransformConfig
 from ..errors import ConfigError, HardwareError
+from ..patching import mixin_class
 from ..registry import register_transform
 from ..validate import check_bool, check_choice
 from .modules import quantizers
@@ -31,7 +33,6 @@ from .modules import quantizers
 _log = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-_CLASSES: dict[type, type] = {}
 
 
 @dataclass(frozen=True)
@@ -50,23 +51,11 @@ class PrecisionConfig(TransformConfig):
 class ReducedPrecisionMixin(nn.Module):
     """Placed before the model's own class: cast the input to the parameters' dtype, return fp32 outputs."""
 
-    vitkit_dtype: torch.dtype = torch.bfloat16
-
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any):
-        out = super().forward(x.to(self.vitkit_dtype), *args, **kwargs)
+        out = super().forward(x.to(reduced_dtype(self)), *args, **kwargs)
         if isinstance(out, tuple):  # distilled DeiT in training mode: (cls logits, dist logits)
             return tuple(o.float() for o in out)
         return out.float()
-
-
-def _reduced_class(base: type) -> type:
-    if base not in _CLASSES:
-        name = f"BF16{base.__name__}"
-        cls = type(name, (ReducedPrecisionMixin, base), {"__doc__": ReducedPrecisionMixin.__doc__})
-        cls.__module__ = __name__
-        globals()[name] = cls
-        _CLASSES[base] = cls
-    return _CLASSES[base]
 
 
 def native_bf16() -> dict[str, Any]:
@@ -78,11 +67,9 @@ def native_bf16() -> dict[str, Any]:
 
 
 def _cast(model: nn.Module, dtype: torch.dtype) -> None:
-    if isinstance(model, ReducedPrecisionMixin):
-        raise ConfigError(f"model already runs in {model.vitkit_dtype}: apply precision once, to a float model")
     model.to(dtype)
-    model.__class__ = _reduced_class(type(model))
-    model.vitkit_dtype = dtype
+    model.__class__ = mixin_class(ReducedPrecisionMixin, type(model), f"BF16{type(model).__name__}", module=__name__)
+    setattr(model, DTYPE_ATTR, dtype)
 
 
 def _restore(model: nn.Module, cfg: PrecisionConfig, decisions: dict) -> None:
@@ -102,8 +89,8 @@ def _restore(model: nn.Module, cfg: PrecisionConfig, decisions: dict) -> None:
 def apply_precision(model: nn.Module, cfg: PrecisionConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:
     if quantizers(model):
         raise ConfigError("precision on a fake-quant ptq model: use one numerics step (ptq or precision), not both")
-    if isinstance(model, ReducedPrecisionMixin):
-        raise ConfigError(f"model already runs in {model.vitkit_dtype}: apply precision once, to a float model")
+    if reduced_dtype(model) is not None:
+        raise ConfigError(f"model already runs in {reduced_dtype(model)}: apply precision once, to a float model")
     if cfg.dtype == "fp32":
         return {"dtype": "fp32", "summary": "fp32: unchanged"}
     machine = native_bf16()

@@ -32,6 +32,7 @@ from ..adapters.runtime import HostRun, additive_mask, block_modules, outer_patc
 from ..errors import ConfigError
 from ..history import drop_steps
 from ..ops.token_merging import TokenReduction, proportional_attention_bias
+from ..patching import mixin_class
 
 _log = logging.getLogger(__name__)
 
@@ -179,18 +180,9 @@ class TokenReductionVisionTransformer(nn.Module):
         return run.logits(run.tokens(x))
 
 
-_CLASS_CACHE: dict[tuple[str, type, type], type] = {}
-
-
 def _patched_class(method: str, base: type, mixin: type) -> type:
-    key = (method, base, mixin)
-    if key not in _CLASS_CACHE:
-        name = f"{method}{base.__name__}"
-        doc = f"{base.__name__} patched by vitkit for {method} token reduction. {mixin.__doc__}"
-        cls = type(name, (mixin, base), {"__doc__": doc, "__module__": __name__})
-        globals()[name] = cls  # importable by qualified name
-        _CLASS_CACHE[key] = cls
-    return _CLASS_CACHE[key]
+    doc = f"{base.__name__} patched by vitkit for {method} token reduction. {mixin.__doc__}"
+    return mixin_class(mixin, base, f"{method}{base.__name__}", module=__name__, doc=doc)
 
 
 def patched_method(model: nn.Module) -> str | None:
