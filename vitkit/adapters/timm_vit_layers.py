@@ -144,7 +144,8 @@ def block_layers(block: nn.Module, *, index: int | None = None) -> BlockLayers:
 class ExplicitAttention(Attention):
     """timm ``Attention`` with explicit ``q·kᵀ`` and ``attn·v`` matmuls (no fused SDPA kernel), each matmul input
     passed through :meth:`site` — ``"q"`` (already scaled), ``"k"``, ``"attn"`` (the softmax map after dropout)
-    and ``"v"``; the base hook returns its input. An additive or boolean ``attn_mask`` (e.g. token merging's
+    and ``"v"``, and the heads' output before the output projection through ``"out"``; the base hook returns its
+    input. An additive or boolean ``attn_mask`` (e.g. token merging's
     proportional-attention bias) is applied to the logits before the softmax. Subclasses (fake quantization)
     override :meth:`site`; the layer swaps in by ``__class__`` so its parameters keep their names."""
 
@@ -171,7 +172,7 @@ class ExplicitAttention(Attention):
         attn = logits.softmax(dim=-1)  # [B,H,N,N]
         attn = self.site("attn", self.attn_drop(attn))
         v = self.site("v", v)
-        x = (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim)  # [B,N,H*d]
+        x = self.site("out", (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim))  # [B,N,H*d]
         x = self.norm(x)
         x = self.proj(x)
         return self.proj_drop(x)

@@ -12,11 +12,20 @@ and the demo all deploy through it; :func:`deploy_int8` is its int8 form.
 ``ort-int8``       vitkit's int8 deployment: RepQ-ViT reparameterization, outlier input channels float, ORT dynamic
                    int8 (the fastest measured CPU path)
 ``torch-int8``     the same float model in torch.ao dynamic int8 (fbgemm); writes no file
+``torch-fp32``     the model itself, PyTorch eager (``auto``'s reference); writes no file
+``torch-compile``  ``torch.compile`` of the model
+``torch-bf16``     the model in bfloat16 (:mod:`vitkit.quant.precision`), PyTorch eager
+``torch-w8a8``     every Linear on ``torch._int_mm`` with static RepQ-ViT scales, ``torch.compile``
+                   (:mod:`vitkit.deploy.torch_int8`); ``torch-w8a8-bf16``: attention matmuls in bf16 too
+``auto``           each candidate above measured here, on this model: the fastest within ``max_drop`` points of
+                   the fp32 model's top-1 (:mod:`vitkit.deploy.auto`); needs evaluation images
 =================  ===============================================================================================
 """
 
 from __future__ import annotations
 
+import copy
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -26,9 +35,11 @@ import torch.nn as nn
 from ..errors import ConfigError
 from ..quant.outliers import split_channels
 from ..validate import check_choice
+from .auto import choose_runtime, keep_winner
 from .int8 import OUTLIER_RATIO, REDUCE, int8_float_model, to_torch_dynamic
 from .onnx import write_onnx
 from .ort import OrtModule
+from .torch_int8 import to_torch_w8a8
 from .trace import OPSET
 
 #: runtime → the ONNX graph :func:`~vitkit.deploy.onnx.write_onnx` writes for it (``torch-int8`` writes none)
@@ -40,6 +51,12 @@ RUNTIMES: dict[str, str | None] = {
     "ort-stripped": "stripped",
     "ort-int8": "dynamic",
     "torch-int8": None,
+    "torch-fp32": None,
+    "torch-compile": None,
+    "torch-bf16": None,
+    "torch-w8a8": None,
+    "torch-w8a8-bf16": None,
+    "auto": None,
 }
 
 #: the file an ONNX runtime's graph is written to unless ``name`` says otherwise
@@ -58,6 +75,10 @@ def deploy(
     reduce: str = "mean",
     outliers: float | None = OUTLIER_RATIO,
     threads: int | None = None,
+    data: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    max_drop: float = 1.0,
+    candidates: tuple[str, ...] | None = None,
+    cache: bool = True,
 ) -> nn.Module:
     """``model`` deployed on ``runtime`` (see the module docstring), as a module ``forward(x) -> logits``.
 
@@ -67,12 +88,26 @@ def deploy(
     ``calib``: calibration images of the int8 runtimes (needed for a float model); ``reduce``, ``outliers``: see
     :func:`~vitkit.deploy.int8.int8_float_model`. Every runtime's result has ``outlier_channels``
     (``{linear name: [input channels kept float]}``, empty outside the int8 runtimes). Tracer warnings are
-    silenced. ``model`` is not modified."""
+    silenced. ``model`` is not modified.
+
+    ``auto``: ``data = (images, labels or None)`` are the evaluation images the candidates are scored on
+    (``calib`` defaults to their first 32), ``max_drop`` the budget in points, ``candidates`` the runtimes tried
+    (default :data:`~vitkit.deploy.auto.DEFAULT_CANDIDATES`), ``cache`` whether measurements are reused; the
+    result has ``choice`` (:class:`~vitkit.deploy.auto.AutoChoice`), ``out_dir`` gets ``runtime.json`` (and the
+    winner's ONNX file). Raises :class:`~vitkit.deploy.auto.NoRuntimeInBudget` and writes nothing when no
+    candidate is within the budget."""
     check_choice(runtime, "deploy runtime", RUNTIMES)
     check_choice(reduce, "reduce", REDUCE)
+    if runtime == "auto":
+        return _deploy_auto(model, out_dir, data, calib, max_drop, candidates, cache, reduce, outliers, threads)
     graph = RUNTIMES[runtime]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript tracer warnings of the token-reduction patches
+        if runtime in TORCH_RUNNERS:
+            runner = TORCH_RUNNERS[runtime](model, calib, reduce, outliers)
+            runner.outlier_channels = getattr(runner, "outlier_channels", {})
+            runner.runtime = runtime
+            return runner
         if graph is None:
             float_model = int8_float_model(model, calib, reduce=reduce, outliers=outliers)
             runner = to_torch_dynamic(float_model)
@@ -94,6 +129,57 @@ def deploy(
     runner.graph = written.graph
     runner.outlier_channels = written.outlier_channels
     return runner
+
+
+def _bf16(model: nn.Module) -> nn.Module:
+    from ..quant.precision import PrecisionConfig, apply_precision
+
+    out = copy.deepcopy(model).eval()
+    apply_precision(out, PrecisionConfig(dtype="bf16", require_native=False))
+    return out
+
+
+def _w8a8(attention: str):
+    def build(model, calib, reduce, outliers):
+        return to_torch_w8a8(model, calib, activations="static", attention=attention, reduce=reduce, outliers=outliers)
+
+    return build
+
+
+#: the PyTorch runtimes: (model, calib, reduce, outliers) → module
+TORCH_RUNNERS = {
+    "torch-fp32": lambda model, *_: model.eval(),
+    "torch-compile": lambda model, *_: torch.compile(copy.deepcopy(model).eval()),
+    "torch-bf16": lambda model, *_: _bf16(model),
+    "torch-w8a8": _w8a8("fp32"),
+    "torch-w8a8-bf16": _w8a8("bf16"),
+}
+
+
+def _deploy_auto(model, out_dir, data, calib, max_drop, candidates, cache, reduce, outliers, threads) -> nn.Module:
+    """:func:`deploy` with ``runtime="auto"`` (see :mod:`vitkit.deploy.auto`)."""
+    if data is None:
+        raise ConfigError("runtime 'auto' measures candidates on evaluation images: pass data=(images, labels)")
+    images, labels = data
+    calib = calib if calib is not None else images[:32]
+
+    def build(runtime: str, where: Path) -> nn.Module:
+        return deploy(
+            model,
+            where,
+            runtime=runtime,
+            calib=calib,
+            example=images[:2],
+            reduce=reduce,
+            outliers=outliers,
+            threads=threads,
+        )
+
+    with tempfile.TemporaryDirectory(prefix="vitkit-auto-") as tmp:
+        choice, runners = choose_runtime(
+            model, build, images, labels, max_drop=max_drop, candidates=candidates, cache=cache, workdir=Path(tmp)
+        )
+        return keep_winner(choice, runners, Path(tmp), out_dir)
 
 
 def deploy_int8(

@@ -131,6 +131,10 @@ def _row_error(x2d: torch.Tensor, xq2d: torch.Tensor, p: float = 2.0) -> torch.T
     return (x2d - xq2d).abs().pow(p).mean(dim=1)
 
 
+#: the scale searches :func:`search_uniform` offers
+SEARCH_METHODS = ("minmax", "percentile", "quantile", "mse")
+
+
 def search_uniform(
     x: torch.Tensor,
     bits: int,
