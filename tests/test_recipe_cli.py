@@ -59,7 +59,7 @@ def test_composed_recipe_reports_every_step(tmp_path, artifact):
     )
     _, report = run_recipe(recipe, tmp_path / "out")
     names = [v["name"] for v in report["variants"]]
-    assert names == ["baseline", "prune", "prune+ptq", "prune+ptq+tome"]
+    assert names == ["baseline", "prune", "prune+ptq (fake-quant sim.)", "prune+ptq+tome (fake-quant sim.)"]
     assert [s["name"] for s in report["steps"]] == ["prune", "ptq", "tome"]
     macs = [v["macs"] for v in report["variants"]]
     assert macs[0] > macs[1] >= macs[2] > macs[3]  # pruning and merging each cut MACs; ptq does not add any
@@ -158,3 +158,45 @@ def test_cli_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "vitkit_mnist_tiny" in out and "mnist5k" in out
+
+
+def test_recipe_deploys_with_runtime_auto(tmp_path, artifact, monkeypatch):
+    monkeypatch.setenv("VITKIT_CACHE", str(tmp_path / "cache"))
+    fast = ["torch-fp32", "torch-bf16", "ort-fp32", "ort-int8"]
+    recipe = parse_recipe(
+        {
+            "model": str(artifact),
+            "steps": [{"tome": {"r": 2}}],
+            "eval": {"data": "digits", "split": "test", "limit": 32, "robustness": False},
+            "calib": {"data": "digits", "n": 8},
+            "bench": {"batch_sizes": [4], "threads": 2, "repeats": 2, "latency_runs": 3},
+            "deploy": {"runtime": "auto", "max_drop": 100, "candidates": fast, "eval_images": 32},
+        }
+    )
+    _, report = run_recipe(recipe, tmp_path / "out")
+    chosen = report["runtime"]["chosen"]
+    assert chosen in fast and [c["runtime"] for c in report["runtime"]["candidates"]] == fast
+    assert [v["name"] for v in report["variants"]] == ["baseline", "tome", f"tome @ {chosen}"]
+    assert json.loads((tmp_path / "out" / "runtime.json").read_text())["chosen"] == chosen
+    assert "Runtime choice" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="deploy.runtime must be one of"):
+        parse_recipe({"model": "x", "deploy": {"runtime": "tensorrt"}})
+    with pytest.raises(ConfigError, match="deploy.candidates: unknown runtime 'openvino'"):
+        parse_recipe({"model": "x", "deploy": {"runtime": "auto", "candidates": ["openvino"]}})
+    with pytest.raises(ConfigError, match="max_drop"):
+        parse_recipe({"model": "x", "deploy": {"runtime": "auto", "max_drop": -1}})
+
+
+def test_recipe_without_steps_deploys_the_dense_model(tmp_path, artifact):
+    recipe = parse_recipe(
+        {
+            "model": str(artifact),
+            "eval": {"data": "digits", "split": "test", "limit": 16, "robustness": False},
+            "calib": {"data": "digits", "n": 8},
+            "bench": {"batch_sizes": [4], "threads": 2, "repeats": 2, "latency_runs": 3},
+            "deploy": {"runtime": "torch-bf16"},
+        }
+    )
+    _, report = run_recipe(recipe, tmp_path / "out")
+    assert [v["name"] for v in report["variants"]] == ["baseline", "baseline @ torch-bf16"]
+    assert report["runtime"] == {"chosen": "torch-bf16"}

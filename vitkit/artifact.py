@@ -177,3 +177,12 @@ def _restore(spec, model: nn.Module, step) -> None:
 
 
 DIRECTORY_LOADERS.append(load_artifact)  # vitkit.load(<artifact dir>) reads artifacts through this
+
+
+def recorded_eval_data(path: str | Path) -> str | None:
+    """The dataset an artifact's recipe evaluated on (``eval.data``), if ``path`` is an artifact that records one."""
+    if not is_artifact(path):
+        return None
+    resolved = yaml.safe_load((Path(path) / RECIPE).read_text()) or {}
+    recipe = resolved.get("recipe") or {}
+    return (recipe.get("eval") or {}).get("data") or recipe.get("data")

@@ -23,6 +23,7 @@ from typing import Any
 from .configs import TransformConfig, read_yaml_file
 from .errors import ConfigError
 from .registry import get_transform, list_transforms
+from .validate import check_int, check_number
 
 _log = logging.getLogger(__name__)
 
@@ -56,20 +57,36 @@ class CalibSpec:
 
 @dataclass(frozen=True)
 class DeploySpec:
-    """Also measure the composed model deployed in ONNX Runtime (``runtime: onnxruntime``), next to the
-    original model in ONNX Runtime fp32 so that the runtime's own share of the speed-up is visible.
-    ``int8``: ``dynamic`` (RepQ reparameterization + ORT dynamic int8, the fastest path on AVX2), ``qdq`` (our
-    calibrated scales; needs a ``ptq`` step), or ``none`` (fp32). The ONNX file is written into the artifact.
-    Deployed by :func:`vitkit.deploy.deploy` (runtimes ``ort-int8``, ``ort-qdq``, ``ort-fp32`` / ``ort-fake``)."""
+    """Where the composed model runs, measured next to the original.
+
+    ``runtime``: ``auto`` — every candidate runtime measured on this machine on the composed model (speed, and
+    top-1 on ``eval_images`` images of the calibration split, not the test split the report uses), the fastest
+    within ``max_drop`` points chosen (:mod:`vitkit.deploy.auto`; ``candidates`` narrows the list); a
+    :func:`vitkit.deploy.deploy` runtime name (``torch-w8a8``, ``ort-int8``, ...); or ``onnxruntime`` with
+    ``int8``: ``dynamic`` (RepQ reparameterization + ORT dynamic int8), ``qdq`` (our calibrated scales; needs a
+    ``ptq`` step) or ``none`` (fp32), beside the original in ORT fp32. An ONNX winner's file and ``runtime.json``
+    are written into the artifact."""
 
     runtime: str | None = None
     int8: str = "dynamic"
+    max_drop: float = 1.0
+    candidates: tuple[str, ...] | None = None
+    eval_images: int = 256
 
     def __post_init__(self) -> None:
-        if self.runtime not in (None, "onnxruntime"):
-            raise ConfigError(f"deploy.runtime must be 'onnxruntime' (or omitted), got {self.runtime!r}")
+        from .deploy import RUNTIMES
+        from .deploy.auto import CANDIDATES
+
+        valid = ("onnxruntime", *RUNTIMES)
+        if self.runtime is not None and self.runtime not in valid:
+            raise ConfigError(f"deploy.runtime must be one of {', '.join(valid)} (or omitted), got {self.runtime!r}")
         if self.int8 not in ("dynamic", "qdq", "none"):
             raise ConfigError(f"deploy.int8 must be one of dynamic, qdq, none; got {self.int8!r}")
+        check_number(self.max_drop, "deploy.max_drop", low=0.0)
+        check_int(self.eval_images, "deploy.eval_images", low=1)
+        for c in self.candidates or ():
+            if c not in CANDIDATES:
+                raise ConfigError(f"deploy.candidates: unknown runtime {c!r}; valid: {', '.join(CANDIDATES)}")
 
 
 @dataclass(frozen=True)
@@ -206,7 +223,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
     baseline = load(recipe.model, arch=recipe.arch, **recipe.model_kwargs)
     candidate = copy.deepcopy(baseline)
     calib = None
-    if recipe.steps and not dry_run:
+    if (recipe.steps or recipe.deploy.runtime) and not dry_run:
         calib = calibration_set(
             load_dataset(recipe.calib.data, recipe.calib.split, model=baseline), recipe.calib.n, seed=recipe.calib.seed
         )
@@ -221,7 +238,7 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
         records += apply_(candidate, [step], calib=calib).steps
         if recipe.bench.per_step and i < len(recipe.steps) - 1:
             label = "+".join(get_step_name(s) for s in recipe.steps[: i + 1])
-            intermediate.append((label, copy.deepcopy(candidate)))
+            intermediate.append((row_label(label, candidate), copy.deepcopy(candidate)))
     data = load_dataset(recipe.eval.data, recipe.eval.split, model=baseline) if recipe.eval.data else None
     say("benchmarking (baseline and candidate interleaved)")
     b = recipe.bench
@@ -235,7 +252,20 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
     )
     with tempfile.TemporaryDirectory(prefix="vitkit-deploy-") as tmp:
         extra_files = {}
-        if recipe.deploy.runtime and recipe.steps:
+        if recipe.deploy.runtime not in (None, "onnxruntime"):
+            spec = recipe.deploy
+            say(
+                "measuring candidate runtimes on this machine"
+                if spec.runtime == "auto"
+                else f"deploying: {spec.runtime}"
+            )
+            runner, files = deploy_runtime(candidate, spec, calib, recipe, baseline, Path(tmp))
+            extra_files.update(files)
+            if recipe.steps:
+                intermediate.append((row_label(recipe.label, candidate), candidate))
+            name = f"{recipe.label} @ {getattr(runner, 'auto_candidate', None) or spec.runtime}"
+            result = benchmark(runner, data, baseline, name=name, candidates=intermediate, **common)
+        elif recipe.deploy.runtime and recipe.steps:
             say("deploying to ONNX Runtime")
             base_ort, cand_ort, mode = deploy_onnx(baseline, candidate, recipe.deploy, calib, Path(tmp))
             extra_files["model.onnx"] = cand_ort.path
@@ -244,15 +274,54 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
                 cand_ort, data, baseline, name=f"{recipe.label} @ onnxruntime {mode}", candidates=intermediate, **common
             )
         elif recipe.steps:
-            result = benchmark(candidate, data, baseline, name=recipe.label, candidates=intermediate, **common)
+            name = row_label(recipe.label, candidate)
+            result = benchmark(candidate, data, baseline, name=name, candidates=intermediate, **common)
         else:
             result = benchmark(baseline, data, name="baseline", **common)
         report = result.to_dict()
         report["steps"] = [r.to_dict() for r in records]
+        if recipe.deploy.runtime not in (None, "onnxruntime"):
+            report["runtime"] = runtime_record(runner)
         if out is not None:
             title = f"vitkit: {recipe.label} on {model_label(baseline, recipe.model)}"
             save_artifact(candidate, recipe.to_dict(), report, out, title=title, extra_files=extra_files)
     return candidate, report
+
+
+def row_label(label: str, model) -> str:
+    """A report row's name; a fake-quant model says so (it simulates int8 in float: slower than fp32, not a
+    deployment)."""
+    from .quant import quantizers
+
+    return f"{label} (fake-quant sim.)" if quantizers(model) else label
+
+
+def deploy_runtime(candidate, spec: DeploySpec, calib, recipe: Recipe, baseline, tmp: Path):
+    """The composed model on ``spec.runtime`` (``auto``: chosen among measured candidates, scored on
+    ``spec.eval_images`` images of the calibration split). Returns the runner and the files for the artifact."""
+    import torch
+
+    from .data import iterate_batches, load_dataset
+    from .deploy import deploy
+
+    out = tmp / "deployed"
+    kw = {}
+    if spec.runtime == "auto":
+        ds = load_dataset(recipe.calib.data, recipe.calib.split, model=baseline)
+        xs, ys = zip(*iterate_batches(ds, 64, limit=spec.eval_images), strict=True)
+        kw = {"data": (torch.cat(xs), torch.cat([torch.as_tensor(y) for y in ys])), "max_drop": spec.max_drop}
+        kw["candidates"] = spec.candidates
+    runner = deploy(candidate, out, runtime=spec.runtime, calib=calib, example=calib[:2], **kw)
+    files = {p.name: str(p) for p in sorted(out.glob("*")) if p.is_file()} if out.exists() else {}
+    return runner, files
+
+
+def runtime_record(runner) -> dict[str, Any]:
+    """What the report says about the runtime: the auto choice (every candidate, the winner, why) or the name."""
+    choice = getattr(runner, "choice", None)
+    if choice is None:
+        return {"chosen": getattr(runner, "runtime", None) or getattr(runner, "graph", None)}
+    return {**choice.to_dict(), "markdown": choice.markdown()}
 
 
 def deploy_onnx(baseline, candidate, spec: DeploySpec, calib, tmp: Path):

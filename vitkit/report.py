@@ -102,6 +102,9 @@ def markdown_report(result: dict[str, Any], *, title: str = "vitkit report", ste
             summary = s.get("decisions", {}).get("summary", "")
             lines.append(f"- **{s['name']}** ({s['kind']}): `{s['config']}` {summary}".rstrip())
         lines.append("")
+    runtime = result.get("runtime") or {}
+    if runtime.get("markdown"):
+        lines += ["## Runtime choice (candidates measured on this machine)", "", runtime["markdown"], ""]
     lines += ["## Environment", ""]
     lines += [f"- {k}: {env_value(v)}" for k, v in env.items()]
     if settings:

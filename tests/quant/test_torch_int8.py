@@ -131,3 +131,15 @@ def test_deploy_runtimes_and_bad_input(tmp_path):
         to_torch_w8a8(m, _x(), activations="int4")
     with pytest.raises(DeployError, match="calibration images"):
         to_torch_w8a8(m, None)
+
+
+@pytest.mark.slow  # one torch.compile (Inductor C++ codegen) of a tiny model
+def test_compiled_runner_matches_eager():
+    m = make_tiny("vit")
+    x = _x()
+    eager = to_torch_w8a8(m, x, activations="static", attention="bf16", compile=False)
+    compiled = to_torch_w8a8(m, x, activations="static", attention="bf16", compile=True)
+    with torch.no_grad():
+        a, b = eager(x), compiled(x)
+    assert compiled.outlier_channels == {} and torch.isfinite(b).all()
+    assert float((a - b).abs().max()) <= 0.05 * float(a.abs().max()) + 1e-4

@@ -28,3 +28,19 @@ def test_ptq_and_ort_int8_candidates():
     assert int8["size_bytes"] < 0.75 * tome["size_bytes"]  # int8 MatMuls in the ONNX file (tiny: little else)
     assert int8["agreement"] >= 0.8
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # the original is untouched
+
+
+@pytest.mark.slow  # ONNX export + ORT quantization of each auto candidate
+def test_auto_deploy_candidate_picks_a_measured_runtime(tmp_path, monkeypatch):
+    from vitkit.deploy import auto
+
+    monkeypatch.setenv(auto.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(auto, "DEFAULT_CANDIDATES", ("torch-fp32", "torch-bf16", "ort-int8"))
+    torch.set_num_threads(1)
+    base = make_tiny()
+    val = load_dataset("digits", "val", model=base)
+    calib = calibration_set(load_dataset("digits", "train", model=base), 8)
+    ev = RecipeEvaluator(base, val, calib, "digits", objective="speed", batch_size=4)
+    m = ev(Candidate(({"tome": {"r": 2}},), "auto"), Fidelity(20, 1))
+    _, runner, _, _ = ev.build(Candidate(({"tome": {"r": 2}},), "auto"))
+    assert runner.choice.chosen in ("torch-fp32", "torch-bf16", "ort-int8") and m["speedup"] > 0

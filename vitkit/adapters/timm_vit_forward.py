@@ -85,7 +85,10 @@ def attention_with_extras(
     """
     B, N, _ = x.shape
     own_forward = type(attn) is not Attention  # a subclass (e.g. quantized attention) computes its own output
-    if own_forward:  # its numerics (quantizers) are kept; the extras come from its own qkv projection
+    if own_forward and callable(getattr(attn, "forward_and_qkv", None)):  # explicit attention (quantized, bf16)
+        own_out, qkv_out = attn.forward_and_qkv(x, attn_mask=additive_mask(bias, is_causal, N, x))
+        gate = None
+    elif own_forward:  # its numerics are kept; the extras come from its own qkv projection
         seen: dict[str, torch.Tensor] = {}
         hook = attn.qkv.register_forward_hook(lambda _m, _i, out: seen.__setitem__("qkv", out))
         try:

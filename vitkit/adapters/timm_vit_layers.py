@@ -156,8 +156,16 @@ class ExplicitAttention(Attention):
         return x
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        return self.forward_and_qkv(x, attn_mask, is_causal)[0]
+
+    def forward_and_qkv(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(output, qkv projection output)``: token reduction reads its metric from the second without a
+        forward hook (which ``torch.compile`` cannot trace)."""
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,H,N,d]
+        qkv_out = self.qkv(x)
+        qkv = qkv_out.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3,B,H,N,d]
         q, k, v = qkv.unbind(0)  # each [B,H,N,d]
         q, k = self.q_norm(q), self.k_norm(k)
         q = self.site("q", q * self.scale)
@@ -175,4 +183,4 @@ class ExplicitAttention(Attention):
         x = self.site("out", (attn @ v).transpose(1, 2).reshape(B, N, self.attn_dim))  # [B,N,H*d]
         x = self.norm(x)
         x = self.proj(x)
-        return self.proj_drop(x)
+        return self.proj_drop(x), qkv_out

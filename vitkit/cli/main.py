@@ -13,9 +13,10 @@ from pathlib import Path
 
 from ..errors import VitkitError
 from ..ui import EXIT_BAD_INPUT, console, parse_arch, progress
-from . import adapt, early_exit, merge, prune, quant, search
+from . import adapt, deploy, early_exit, merge, prune, quant, search
+from .deploy import print_runtime_choice
 
-FAMILY_COMMANDS = (merge, prune, quant, adapt, early_exit, search)
+FAMILY_COMMANDS = (deploy, merge, prune, quant, adapt, early_exit, search)
 
 
 def _print_table(variants: list[dict], title: str = "") -> None:
@@ -157,6 +158,7 @@ def cmd_run(args) -> int:
     with con.status("running recipe...") as status:
         _, report = run_recipe(recipe, args.out, progress=lambda m: status.update(m + "..."))
     _print_table(report["variants"], title=f"{recipe.label} on {recipe.model}")
+    print_runtime_choice(report.get("runtime"))
     con.print(f"artifact + report written to {args.out}")
     return 0
 
@@ -175,31 +177,20 @@ def cmd_demo(args) -> int:
 
         report, out = run_demo(args.out, retrain=args.retrain, progress=on_step, say=lambda m: con.log(m))
     _print_table(report["variants"], title="vitkit demo: reference ViT on MNIST-5k test")
-    con.print(f"artifact (weights, model.onnx), report.md, report.html, report.json and plot written to {out}")
+    print_runtime_choice(report.get("runtime"))
+    con.print(f"artifact (weights, runtime.json), report.md, report.html, report.json and plot written to {out}")
     return 0
 
 
-def _artifact_eval_data(path: str) -> str | None:
-    """The dataset an artifact's recipe evaluated on (``eval.data``), if it records one."""
-    import yaml
-
-    from ..artifact import RECIPE, is_artifact
-
-    if not is_artifact(path):
-        return None
-    resolved = yaml.safe_load((Path(path) / RECIPE).read_text()) or {}
-    recipe = resolved.get("recipe") or {}
-    return (recipe.get("eval") or {}).get("data") or recipe.get("data")
-
-
 def cmd_export(args) -> int:
+    from ..artifact import recorded_eval_data
     from ..data import load_dataset
     from ..deploy import export_model
     from ..models import load
 
     con = console()
     model = load(args.model, arch=parse_arch(args.arch))
-    data_name = args.data or _artifact_eval_data(args.model)
+    data_name = args.data or recorded_eval_data(args.model)
     data = load_dataset(data_name, args.split, model=model) if data_name else None
     if data is None:
         con.print("[yellow]no --data given and none recorded in the artifact: parity on random input[/yellow]")

@@ -75,7 +75,8 @@ class Int8Linear(nn.Module):
     """A Linear as ``torch._int_mm`` over int8 codes (module docstring). Buffers: ``w8`` ``[in, out]`` int8
     (codes − offset), ``acc_const`` ``[out]`` int32 (the shifts' constant terms), ``w_shift`` ``[out]`` (weight
     zero-point terms multiplying the activation row sum; all zero for symmetric weights), ``w_scale`` ``[out]``,
-    ``bias`` ``[out]``. ``act_scale``/``act_zero`` (static) are floats; ``None`` = dynamic per-token."""
+    ``bias`` ``[out]``, and for static activations the 0-d buffers ``act_scale``, ``act_zero`` (tensors, so that
+    ``torch.compile`` does not specialize — and recompile — per layer); dynamic layers have ``act_scale = None``."""
 
     def __init__(
         self,
@@ -96,10 +97,14 @@ class Int8Linear(nn.Module):
         w8 = (codes - w_off).round().to(torch.int32)
         d_w = (w_off - w_zero.double()).round().to(torch.int32)  # (c_w − z_w) = w8 + d_w
         self.static = act_scale is not None
-        self.act_scale, self.act_zero = (float(act_scale) if self.static else None), float(act_zero)
         self.act_min, self.act_max = Q.qrange(act_bits, act_symmetric) if self.static else (-127, 127)
         self.act_off = 0 if (act_symmetric or not self.static) else _SHIFT
-        d_a = int(round(self.act_off - self.act_zero)) if self.static else 0  # (c_a − z_a) = a8 + d_a
+        d_a = int(round(self.act_off - float(act_zero))) if self.static else 0  # (c_a − z_a) = a8 + d_a
+        if self.static:
+            self.register_buffer("act_scale", torch.tensor(float(act_scale)))
+            self.register_buffer("act_zero", torch.tensor(float(act_zero)))
+        else:
+            self.act_scale = self.act_zero = None
         const = d_a * w8.sum(1) + in_f * d_a * d_w  # [out]
         self.register_buffer("w8", w8.to(torch.int8).t().contiguous())
         self.register_buffer("acc_const", const.to(torch.int32))
@@ -165,7 +170,7 @@ class Int8Linear(nn.Module):
         x2 = x.reshape(-1, self.in_features).float()
         if self.static:
             q = torch.clamp(torch.round(x2 / self.act_scale) + self.act_zero, self.act_min, self.act_max)
-            return (q - self.act_off).to(torch.int8), x2.new_tensor(self.act_scale)
+            return (q - self.act_off).to(torch.int8), self.act_scale
         s = (x2.abs().amax(1, keepdim=True) / 127).clamp_min(torch.finfo(torch.float32).tiny)
         return torch.round(x2 / s).clamp(-127, 127).to(torch.int8), s
 
@@ -182,7 +187,7 @@ class Int8Linear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        act = f"static s={self.act_scale:.4g} z={self.act_zero:g}" if self.static else "dynamic per-token"
+        act = f"static s={float(self.act_scale):.4g} z={float(self.act_zero):g}" if self.static else "dynamic per-token"
         return f"in={self.in_features}, out={self.out_features}, act={act}"
 
 

@@ -63,8 +63,8 @@ class RecipeEvaluator:
         size = int(packed[-1]) if packed and packed[-1] else file_bytes(model)
         runner: nn.Module = model
         if cand.deploy != "torch":
-            runner = deploy(model, Path(self._tmp.name) / cand.cid, cand.deploy, self.calib)
-            size = runner.file_bytes
+            runner = deploy(model, Path(self._tmp.name) / cand.cid, cand.deploy, self.calib, self.val)
+            size = getattr(runner, "file_bytes", None) or size
         built = (model, runner, size, time.perf_counter() - t0)
         self._built[cand.cid] = built
         return built
@@ -145,11 +145,20 @@ class RecipeEvaluator:
 
 
 #: search space ``deploy`` value → :func:`vitkit.deploy.deploy` runtime
-RUNTIMES = {"ort": "ort-stripped", "ort_int8": "ort-int8"}
+RUNTIMES = {"ort": "ort-stripped", "ort_int8": "ort-int8", "torch_w8a8": "torch-w8a8", "auto": "auto"}
+#: validation images ``auto`` scores its runtime candidates on
+AUTO_IMAGES = 256
 
 
-def deploy(model: nn.Module, out_dir: Path, kind: str, calib: torch.Tensor) -> nn.Module:
-    """``ort``: ONNX Runtime fp32 session of the (float) model; ``ort_int8``: vitkit's int8 deployment."""
+def deploy(model: nn.Module, out_dir: Path, kind: str, calib: torch.Tensor, val=None) -> nn.Module:
+    """``ort``: ONNX Runtime fp32 session of the (float) model; ``ort_int8``: vitkit's int8 deployment;
+    ``torch_w8a8``: ``torch._int_mm`` W8A8; ``auto``: the fastest runtime measured here within 1 pt of the
+    candidate model's top-1 on the first :data:`AUTO_IMAGES` validation images."""
+    from ..data import iterate_batches
     from ..deploy import deploy as deploy_model
 
-    return deploy_model(model, out_dir, runtime=RUNTIMES[kind], calib=calib)
+    kw = {}
+    if kind == "auto":
+        batches = list(iterate_batches(val, 64, limit=AUTO_IMAGES))
+        kw["data"] = (torch.cat([x for x, _ in batches]), torch.cat([torch.as_tensor(y) for _, y in batches]))
+    return deploy_model(model, out_dir, runtime=RUNTIMES[kind], calib=calib, **kw)

@@ -12,9 +12,11 @@ eta: 2                                  # keep 1/eta of the candidates at each r
 batch_size: 64                          # throughput batch
 ```
 
-``deploy``: ``torch`` (PyTorch eager, fake-quant if a ``ptq`` step is present), ``ort`` (ONNX Runtime fp32) or
+``deploy``: ``torch`` (PyTorch eager, fake-quant if a ``ptq`` step is present), ``ort`` (ONNX Runtime fp32),
 ``ort_int8`` (vitkit's real int8 deployment: RepQ-ViT reparameterization + ORT dynamic int8, see
-:mod:`vitkit.deploy`). ``ort_int8`` candidates with a ``ptq`` step are skipped: ORT's dynamic int8 replaces the
+:mod:`vitkit.deploy`), ``torch_w8a8`` (``torch._int_mm`` W8A8 under ``torch.compile``) or ``auto`` (each
+candidate runtime measured on this machine, the fastest within 1 pt of the candidate model chosen:
+:mod:`vitkit.deploy.auto`). ``ort_int8`` candidates with a ``ptq`` step are skipped: ORT's dynamic int8 replaces the
 step's quantization (and ``deploy_int8`` reparameterizes a float model itself), so they would repeat the
 candidate without ``ptq``. The all-off candidate (the untouched model) is not searched: it is the baseline
 every candidate is measured against.
@@ -34,7 +36,7 @@ from ..configs import read_yaml_file
 from ..errors import ConfigError
 from ..validate import check_int, check_ints
 
-DEPLOYS = ("torch", "ort", "ort_int8")
+DEPLOYS = ("torch", "ort", "ort_int8", "torch_w8a8", "auto")
 SPACE_KEYS = ("axes", "recover", "deploy", "fidelity", "eta", "batch_size")
 
 #: The default space: pruning {0, 25, 50 % MACs} × PTQ {off, W8A8, W4A8} × ToMe r {0, 2, 4}, in PyTorch (26 step
