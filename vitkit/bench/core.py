@@ -123,6 +123,10 @@ def _size_and_memory(row: VariantResult, m: nn.Module, data, shape, memory_batch
         row.file_bytes = int(m.file_bytes)
         row.params = None
         row.extra["runtime"] = type(m).__name__
+    elif getattr(m, "vitkit_deployed", False):  # a deployed PyTorch runner (int8 kernels, compiled): its weights
+        row.params = None
+        row.file_bytes = file_bytes(m)
+        row.extra["runtime"] = getattr(m, "runtime", type(m).__name__)
     else:
         row.params = param_count(m)
         row.file_bytes = file_bytes(m)

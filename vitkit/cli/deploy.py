@@ -92,18 +92,20 @@ def print_runtime_choice(choice: dict | None) -> None:
     """The candidates ``runtime: auto`` measured (img/s, × vs PyTorch fp32, accuracy drop) and why one won."""
     if not choice or "candidates" not in choice:
         return
+    from rich.markup import escape
     from rich.table import Table
 
     from ..ui import console
 
     table = Table(title=f"runtime auto: candidates measured on this machine (budget {choice['max_drop']:g} pt)")
-    for h in ("runtime", "status", "img/s", "× vs torch-fp32", f"{choice.get('metric', 'drop')} pt"):
+    delta = "Δ top-1 pt" if choice.get("metric") == "top-1 drop" else "−disagreement pt"
+    for h in ("runtime", "status", "img/s", "× vs torch-fp32", delta):
         table.add_column(h, justify="left" if h in ("runtime", "status") else "right")
     for c in choice["candidates"]:
         name = f"[bold]{c['runtime']} ✓[/bold]" if c["runtime"] == choice.get("chosen") else c["runtime"]
         status = c["status"] + (f": {c['note']}" if c["note"] and c["status"] != "measured" else "")
         num = [f"{c['img_s']:.1f}" if c["img_s"] else "–", f"×{c['speedup']:.2f}" if c["speedup"] else "–"]
-        table.add_row(name, status, *num, f"{c['drop_pt']:+.2f}" if c["drop_pt"] is not None else "–")
+        table.add_row(name, escape(status), *num, f"{0.0 - c['drop_pt']:+.2f}" if c["drop_pt"] is not None else "–")
     con = console()
     con.print(table)
-    con.print(choice["reason"] + (" (measurements from the cache)" if choice.get("cached") else ""))
+    con.print(escape(choice["reason"] + (" (measurements from the cache)" if choice.get("cached") else "")))

@@ -50,6 +50,12 @@ def cmd_list(args) -> int:
     for s in merges:
         needs = ", ".join(("base" if s.needs_base else "no base",) + s.needs)
         con.print(f"  {s.name:<16} {needs:<20} {s.config_cls.__name__:<22} {s.paper}")
+    from ..deploy.auto import CANDIDATES
+
+    con.print("[bold]runtimes[/bold] (vitkit deploy --runtime, recipe deploy.runtime; auto measures the candidates)")
+    con.print(f"  {'auto':<16} the fastest candidate measured on this machine within --max-drop / deploy.max_drop")
+    for name, (what, _) in CANDIDATES.items():
+        con.print(f"  {name:<16} {what}")
     con.print("[bold]presets[/bold]")
     for name, p in PRESETS.items():
         con.print(f"  {name:<20} {p['doc']}")

@@ -77,7 +77,7 @@ class CandidateResult:
     speedup: float | None = None  # vs torch-fp32 in the same interleaved run
     top1: float | None = None
     agreement: float | None = None
-    drop_pt: float | None = None  # top-1 drop (labels) or disagreement with fp32, in points
+    drop_pt: float | None = None  # top-1 drop (labels) or disagreement with fp32, in points (tables show −drop_pt)
     within_budget: bool = False
 
 
@@ -102,16 +102,23 @@ class AutoChoice:
         return cls(**{**d, "candidates": [CandidateResult(**c) for c in d["candidates"]]})
 
     def markdown(self) -> str:
-        head = f"| runtime | status | img/s | × vs torch-fp32 | {self.metric} (pt) | within {self.max_drop:g} pt |"
+        delta = _delta_name(self.metric)
+        head = f"| runtime | status | img/s | × vs torch-fp32 | {delta} (pt) | within {self.max_drop:g} pt |"
         lines = [head, "|---|---|---|---|---|---|"]
         for c in self.candidates:
             mark = "**chosen**" if c.runtime == self.chosen else ""
             status = c.status if not c.note else f"{c.status}: {c.note}"
+            gain = None if c.drop_pt is None else 0.0 - c.drop_pt
             lines.append(
                 f"| {c.runtime} {mark} | {status} | {_fmt(c.img_s, '.1f')} | {_fmt(c.speedup, '.2f', '×')} | "
-                f"{_fmt(c.drop_pt, '+.2f')} | {'yes' if c.within_budget else 'no'} |"
+                f"{_fmt(gain, '+.2f')} | {'yes' if c.within_budget else 'no'} |"
             )
         return "\n".join(lines + ["", self.reason])
+
+
+def _delta_name(metric: str) -> str:
+    """How tables name the signed change: ``Δ top-1`` (positive = better) or ``−disagreement``."""
+    return "Δ top-1" if metric == "top-1 drop" else "−disagreement"
 
 
 def _fmt(v: float | None, spec: str, prefix: str = "") -> str:
@@ -154,6 +161,8 @@ def unavailable(runtime: str, machine: dict[str, Any], model: nn.Module) -> str 
             return "onnxruntime is not installed (pip install onnxruntime)"
     if "ptq" in needs and not quantizers(model):
         return "needs a ptq step's calibrated scales"
+    if runtime == "torch-bf16" and quantizers(model):
+        return "a ptq model runs its int8 numerics (torch-w8a8, ort-qdq), not bf16"
     return None
 
 
@@ -250,7 +259,7 @@ def choose_runtime(
     for r, t in zip(live, times, strict=True):
         r.img_s = round(min(batch, len(images)) / statistics.median(t), 2)
         r.speedup = round(base / statistics.median(t), 3)
-    choice = _decide(results, max_drop, machine, "top-1 drop" if labels is not None else "disagreement", key)
+    choice = decide(results, max_drop, machine, "top-1 drop" if labels is not None else "disagreement", key)
     if cache:
         _cache_write(choice)
     if choice.chosen is None:
@@ -264,7 +273,7 @@ def _preds(model: nn.Module, images: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([model(images[i : i + batch]).float().argmax(-1) for i in range(0, len(images), batch)])
 
 
-def _decide(results: list[CandidateResult], max_drop: float, machine: dict, metric: str, key: str) -> AutoChoice:
+def decide(results: list[CandidateResult], max_drop: float, machine: dict, metric: str, key: str) -> AutoChoice:
     """The fastest measured candidate within ``max_drop`` and a sentence saying why."""
     ok = [r for r in results if r.within_budget and r.speedup is not None]
     isa = " ".join(machine.get("isa") or []) or "unknown ISA"
@@ -272,17 +281,18 @@ def _decide(results: list[CandidateResult], max_drop: float, machine: dict, metr
         return AutoChoice(None, max_drop, results, "no candidate within the budget", machine, metric, key=key)
     best = max(ok, key=lambda r: r.speedup)
     faster = [r for r in results if r.speedup is not None and r.speedup > best.speedup]
-    why = f"{best.runtime}: fastest within {max_drop:g} pt ({metric} {best.drop_pt:+.2f} pt, ×{best.speedup:.2f} vs "
-    why += f"PyTorch fp32 eager) on {machine.get('cpu', '?')} [{isa}], {machine.get('threads')} threads"
+    why = f"{best.runtime}: fastest within {max_drop:g} pt ({_delta_name(metric)} {0.0 - best.drop_pt:+.2f} pt, "
+    why += f"×{best.speedup:.2f} vs PyTorch fp32 eager) on {machine.get('cpu', '?')} (ISA: {isa}), "
+    why += f"{machine.get('threads')} threads"
     if faster:
-        why += "; faster but over budget: " + ", ".join(f"{r.runtime} ({r.drop_pt:+.2f} pt)" for r in faster)
+        why += "; faster but over budget: " + ", ".join(f"{r.runtime} ({0.0 - r.drop_pt:+.2f} pt)" for r in faster)
     return AutoChoice(best.runtime, max_drop, results, why + ".", machine, metric, key=key)
 
 
 def _no_choice_message(choice: AutoChoice) -> str:
     measured = [c for c in choice.candidates if c.drop_pt is not None]
     best = min(measured, key=lambda c: c.drop_pt) if measured else None
-    closest = f" (closest: {best.runtime} at {best.drop_pt:+.2f} pt)" if best else ""
+    closest = f" (closest: {best.runtime} at {0.0 - best.drop_pt:+.2f} pt)" if best else ""
     return (
         f"runtime auto: no candidate keeps the {choice.metric} within {choice.max_drop:g} pt{closest}: raise "
         "max_drop or choose a runtime explicitly"

@@ -1,10 +1,11 @@
 """ONNX Runtime: sessions behind a PyTorch-module interface (:class:`OrtModule`) and ORT's dynamic int8
 quantizer (:func:`ort_dynamic_int8`).
 
-Kernel choices follow measurements on AVX2 without VNNI (to be re-measured per machine): ORT
-``quantize_dynamic`` on MatMul only, per-channel int8 weights with ``reduce_range=True`` (7-bit weights, so U8S8
-``vpmaddubsw`` never saturates). ``torch._int_mm`` and torchao's int8 path were 20× slower than fp32 on that
-machine and are not used.
+vitkit's ORT int8 settings: ``quantize_dynamic`` on MatMul only, per-channel int8 weights with ``reduce_range=True``
+(7-bit weights, so U8S8 ``vpmaddubsw`` never saturates on a CPU without VNNI). Which runtime is fastest is measured
+per machine (``runtime: auto``, :mod:`vitkit.deploy.auto`): on an AVX2-only Zen 3 ``torch._int_mm`` was 20× slower
+than fp32 and ORT int8 won; on an AVX-512 + VNNI + BF16 Zen 5 the PyTorch ``_int_mm`` path won (BENCHMARKS.md
+"hardware").
 """
 
 from __future__ import annotations

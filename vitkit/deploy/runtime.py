@@ -107,6 +107,7 @@ def deploy(
             runner = TORCH_RUNNERS[runtime](model, calib, reduce, outliers)
             runner.outlier_channels = getattr(runner, "outlier_channels", {})
             runner.runtime = runtime
+            runner.vitkit_deployed = runtime != "torch-fp32"  # reports: no parameter / MAC count of int8 kernels
             return runner
         if graph is None:
             float_model = int8_float_model(model, calib, reduce=reduce, outliers=outliers)
@@ -148,7 +149,7 @@ def _w8a8(attention: str):
 
 #: the PyTorch runtimes: (model, calib, reduce, outliers) → module
 TORCH_RUNNERS = {
-    "torch-fp32": lambda model, *_: model.eval(),
+    "torch-fp32": lambda model, *_: copy.deepcopy(model).eval(),  # a copy: deploy sets attributes on its result
     "torch-compile": lambda model, *_: torch.compile(copy.deepcopy(model).eval()),
     "torch-bf16": lambda model, *_: _bf16(model),
     "torch-w8a8": _w8a8("fp32"),
