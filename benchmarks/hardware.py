@@ -298,6 +298,7 @@ def render(res: dict, env: dict) -> str:
         lines += [
             f"### deit_small_patch16_224, random init, batch {BATCH} (speed)",
             "",
+            *([f"Run {s['run']}.", ""] if "run" in s else []),
             "| variant | img/s | × vs PyTorch fp32 eager |",
             "|---|---|---|",
         ]
@@ -309,6 +310,7 @@ def render(res: dict, env: dict) -> str:
         lines += [
             "### The real ViT-Ti (accuracy on the 500-image test split, speed at batch 16)",
             "",
+            *([f"Run {r0['run']}.", ""] if "run" in r0 else []),
             f"fp32 top-1 {100 * r0['fp32_top1']:.2f} %.",
             "",
             "| variant | top-1 % | Δ pt | agree % | img/s | × vs PyTorch fp32 eager |",
@@ -371,7 +373,9 @@ def main(argv=None) -> None:
         for part in [p.strip() for p in args.part.split(",") if p.strip()]:
             if part not in ("speed", "real"):
                 raise SystemExit(f"unknown part {part!r}: use speed, real")
+            started = time.perf_counter()
             res[part] = (part_speed if part == "speed" else part_real)(args, Path(tmp))
+            res[part]["run"] = f"{environment(probe=False)['date']}, {(time.perf_counter() - started) / 60:.1f} min"
             for r in res[part]["rows"]:
                 print(f"{part:6} {r['variant']:<60} {r['img_s']:8.1f} img/s ×{r['x']:.2f}", flush=True)
     if RESULTS.exists():  # parts not run this time keep their stored results
