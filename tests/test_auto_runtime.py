@@ -148,3 +148,21 @@ def test_bad_input():
         deploy(m, None, runtime="auto")
     with pytest.raises(ConfigError, match="unknown auto candidate 'tensorrt'"):
         choose_runtime(m, _builder(m), *_data(), candidates=("tensorrt",), probe=AVX2)
+
+
+def test_a_candidate_failing_at_its_first_call_is_reported_and_the_rest_go_on(monkeypatch):
+    _fake_timer(monkeypatch, AVX2_TIMES)
+    m = make_tiny("vit")
+    images, labels = _data()
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("Inductor failed to compile\nlong trace")
+
+    def build(runtime, where):
+        return Broken() if runtime == "ort-fp32" else _builder(m)(runtime, where)
+
+    choice, runners = choose_runtime(m, build, images, labels, max_drop=100.0, probe=AVX2, cache=False)
+    failed = {c.runtime: c.note for c in choice.candidates if c.status == "failed"}
+    assert failed == {"ort-fp32": "Inductor failed to compile"} and "ort-fp32" not in runners
+    assert choice.chosen == "ort-int8"

@@ -38,7 +38,7 @@ from .._io import atomic_write_text
 from .._version import __version__
 from ..bench.env import cpu_features, cpu_model, gemm_probe
 from ..bench.timing import interleaved_times
-from ..errors import ConfigError, DeployError
+from ..errors import ConfigError, DeployError, VitkitError
 from ..quant.modules import quantizers
 from ..validate import check_int, check_number
 
@@ -59,6 +59,9 @@ CANDIDATES: dict[str, tuple[str, tuple[str, ...]]] = {
 DEFAULT_CANDIDATES = ("torch-fp32", "torch-bf16", "torch-w8a8", "torch-w8a8-bf16", "ort-fp32", "ort-int8", "ort-qdq")
 
 CACHE_ENV = "VITKIT_CACHE"
+
+#: what a candidate that cannot be built or run here raises; it is reported ``failed`` and the others go on
+CANDIDATE_ERRORS = (VitkitError, RuntimeError, TypeError, ValueError, NotImplementedError)
 
 
 def cache_dir() -> Path:
@@ -119,6 +122,10 @@ class AutoChoice:
 def _delta_name(metric: str) -> str:
     """How tables name the signed change: ``Δ top-1`` (positive = better) or ``−disagreement``."""
     return "Δ top-1" if metric == "top-1 drop" else "−disagreement"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
 
 
 def _fmt(v: float | None, spec: str, prefix: str = "") -> str:
@@ -244,15 +251,22 @@ def choose_runtime(
             runners[r.runtime] = build(r.runtime, workdir / r.runtime)
             runners[r.runtime].auto_candidate = r.runtime
             r.note = f"built in {time.perf_counter() - t0:.0f} s"
-        except (DeployError, ConfigError, RuntimeError) as exc:
-            r.status, r.note = "failed", str(exc).splitlines()[0][:160]
+        except CANDIDATE_ERRORS as exc:
+            r.status, r.note = "failed", _first_line(exc)
     ref_preds = _preds(model, images, batch)
     base_top1 = float((ref_preds == labels).float().mean()) if labels is not None else None
     for r in results:
         if r.runtime in runners:
-            r.top1, r.agreement = _score(runners[r.runtime], images, labels, ref_preds, batch)
+            try:  # a compiled candidate compiles here, on its first call
+                r.top1, r.agreement = _score(runners[r.runtime], images, labels, ref_preds, batch)
+            except CANDIDATE_ERRORS as exc:
+                r.status, r.note = "failed", _first_line(exc)
+                del runners[r.runtime]
+                continue
             r.drop_pt = 100 * (base_top1 - r.top1) if labels is not None else 100 * (1 - r.agreement)
             r.within_budget = r.drop_pt <= max_drop + 1e-9
+    if "torch-fp32" not in runners:
+        raise DeployError(f"runtime auto: the model itself does not run ({results[0].note}): fix the model first")
     live = [r for r in results if r.runtime in runners]
     times = interleaved_times([runners[r.runtime] for r in live], images[:batch], repeats=repeats, warmup=2)
     base = statistics.median(times[0])
