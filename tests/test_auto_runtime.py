@@ -27,6 +27,7 @@ ZEN5_TIMES = {
     "torch-bf16": 0.33,
     "torch-w8a8": 0.28,
     "torch-w8a8-bf16": 0.21,
+    "torch-w8a8-onednn": 0.19,
     "ort-fp32": 0.55,
     "ort-int8": 0.25,
 }
@@ -66,7 +67,7 @@ def test_avx2_probe_leaves_out_bf16_and_int_mm_and_picks_ort_int8(monkeypatch):
     images, labels = _data()
     choice, _ = choose_runtime(m, _builder(m), images, labels, max_drop=100.0, probe=AVX2)
     skipped = {c.runtime: c.note for c in choice.candidates if c.status == "skipped"}
-    assert set(skipped) >= {"torch-bf16", "torch-w8a8", "torch-w8a8-bf16"}
+    assert set(skipped) >= {"torch-bf16", "torch-w8a8", "torch-w8a8-bf16", "torch-w8a8-onednn"}
     assert "bf16 GEMM 35.0 vs fp32 120.0" in skipped["torch-bf16"]
     assert "int8 GEMM 6.0" in skipped["torch-w8a8"]
     assert choice.chosen == "ort-int8"
@@ -81,9 +82,9 @@ def test_avx512_bf16_probe_measures_every_path_and_picks_the_fastest(monkeypatch
     choice, runners = choose_runtime(m, _builder(m), images, labels, max_drop=100.0, probe=AVX512_BF16)
     measured = {c.runtime for c in choice.candidates if c.status == "measured"}
     assert measured == set(ZEN5_TIMES)
-    assert choice.chosen == "torch-w8a8-bf16"
+    assert choice.chosen == "torch-w8a8-onednn"
     assert {c.runtime: c.speedup for c in choice.candidates}["torch-w8a8-bf16"] == pytest.approx(1 / 0.21, rel=1e-3)
-    assert "| torch-w8a8-bf16 **chosen** |" in choice.markdown()
+    assert "| torch-w8a8-onednn **chosen** |" in choice.markdown()
 
 
 def test_budget_excludes_faster_candidates_and_reason_names_them(monkeypatch):

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 import vitkit
+from vitkit.bench.env import cpu_features
 from vitkit.deploy import deploy
 from vitkit.deploy.torch_int8 import Int8Linear, LowPrecisionAttention, to_torch_w8a8
 from vitkit.errors import ConfigError, DeployError, UnsupportedModelError
@@ -143,3 +144,47 @@ def test_compiled_runner_matches_eager():
         a, b = eager(x), compiled(x)
     assert compiled.outlier_channels == {} and torch.isfinite(b).all()
     assert float((a - b).abs().max()) <= 0.05 * float(a.abs().max()) + 1e-4
+
+
+VNNI = bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_features()))
+
+
+def test_onednn_linear_matches_int_mm_linear():
+    from vitkit.deploy.onednn_int8 import OneDNNInt8Linear
+
+    m = make_tiny("vit")
+    runner = to_torch_w8a8(m, _x(), activations="static", compile=False)  # asymmetric uint8 acts, symmetric weights
+    inputs, hooks = {}, []
+    for name, layer in runner.named_modules():
+        if isinstance(layer, Int8Linear):
+            hooks.append(layer.register_forward_pre_hook(lambda mod, a, name=name: inputs.__setitem__(name, a[0])))
+    with torch.no_grad():
+        runner(_x(4, seed=2))
+    for h in hooks:
+        h.remove()
+    assert inputs
+    for name, x in inputs.items():
+        layer = runner.get_submodule(name)
+        with torch.no_grad():
+            want, got = layer(x), OneDNNInt8Linear(layer)(x)
+        lsb = layer.act_scale * layer.w_scale
+        # exact with VNNI (u8·s8 dot products without 16-bit saturation); close elsewhere
+        tol = lsb + 1e-5 * want.abs().max() if VNNI else 0.05 * want.abs().max()
+        assert ((got - want).abs() <= tol).all(), name
+
+
+def test_onednn_model_fuses_gelu_and_requant_and_agrees():
+    from vitkit.deploy.onednn_int8 import OneDNNInt8Linear, to_onednn_
+
+    x = _x(8, seed=4)
+    runner = to_torch_w8a8(make_tiny("vit"), _x(), activations="static", compile=False)
+    fused = copy.deepcopy(runner)
+    moved = to_onednn_(fused)
+    assert moved == sum(isinstance(m, Int8Linear) for m in runner.modules())
+    fc1 = fused.blocks[0].mlp.fc1
+    assert isinstance(fc1, OneDNNInt8Linear) and fc1.gelu and fc1.out_dtype == torch.uint8
+    assert isinstance(fused.blocks[0].mlp.act, nn.Identity)
+    with torch.no_grad():
+        a, b = runner(x), fused(x)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.75
+    assert float((a - b).abs().max()) <= 0.1 * float(a.abs().max()) + 1e-4

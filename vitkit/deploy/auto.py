@@ -51,12 +51,22 @@ CANDIDATES: dict[str, tuple[str, tuple[str, ...]]] = {
     "torch-bf16": ("PyTorch bf16 (precision step), eager", ("bf16",)),
     "torch-w8a8": ("PyTorch W8A8 on torch._int_mm, static RepQ scales, torch.compile", ("int8mm",)),
     "torch-w8a8-bf16": ("torch-w8a8 with bf16 attention matmuls", ("int8mm", "bf16")),
+    "torch-w8a8-onednn": ("torch-w8a8-bf16 on oneDNN qlinear (fused rescale/GELU/requant)", ("int8mm", "bf16")),
     "ort-fp32": ("ONNX Runtime fp32", ("ort",)),
     "ort-int8": ("ONNX Runtime dynamic int8 (RepQ fold, outlier channels float)", ("ort",)),
     "ort-qdq": ("ONNX Runtime QDQ W8A8 with the ptq step's scales", ("ort", "ptq")),
 }
 #: what ``auto`` tries unless told otherwise (``torch-compile`` adds a compile for ~5 % on the machines measured)
-DEFAULT_CANDIDATES = ("torch-fp32", "torch-bf16", "torch-w8a8", "torch-w8a8-bf16", "ort-fp32", "ort-int8", "ort-qdq")
+DEFAULT_CANDIDATES = (
+    "torch-fp32",
+    "torch-bf16",
+    "torch-w8a8",
+    "torch-w8a8-bf16",
+    "torch-w8a8-onednn",
+    "ort-fp32",
+    "ort-int8",
+    "ort-qdq",
+)
 
 CACHE_ENV = "VITKIT_CACHE"
 

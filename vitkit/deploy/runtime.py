@@ -16,7 +16,9 @@ and the demo all deploy through it; :func:`deploy_int8` is its int8 form.
 ``torch-compile``  ``torch.compile`` of the model
 ``torch-bf16``     the model in bfloat16 (:mod:`vitkit.quant.precision`), PyTorch eager
 ``torch-w8a8``     every Linear on ``torch._int_mm`` with static RepQ-ViT scales, ``torch.compile``
-                   (:mod:`vitkit.deploy.torch_int8`); ``torch-w8a8-bf16``: attention matmuls in bf16 too
+                   (:mod:`vitkit.deploy.torch_int8`); ``torch-w8a8-bf16``: attention matmuls in bf16 too;
+                   ``torch-w8a8-onednn``: the latter on oneDNN's quantized linear, rescale / GELU / requantize
+                   in the GEMM epilogue (:mod:`vitkit.deploy.onednn_int8`)
 ``auto``           each candidate above measured here, on this model: the fastest within ``max_drop`` points of
                    the fp32 model's top-1 (:mod:`vitkit.deploy.auto`); needs evaluation images
 =================  ===============================================================================================
@@ -37,6 +39,7 @@ from ..quant.outliers import split_channels
 from ..validate import check_choice
 from .auto import choose_runtime, keep_winner
 from .int8 import OUTLIER_RATIO, REDUCE, int8_float_model, to_torch_dynamic
+from .onednn_int8 import to_onednn_
 from .onnx import write_onnx
 from .ort import OrtModule
 from .torch_int8 import to_torch_w8a8
@@ -56,6 +59,7 @@ RUNTIMES: dict[str, str | None] = {
     "torch-bf16": None,
     "torch-w8a8": None,
     "torch-w8a8-bf16": None,
+    "torch-w8a8-onednn": None,
     "auto": None,
 }
 
@@ -140,9 +144,16 @@ def _bf16(model: nn.Module) -> nn.Module:
     return out
 
 
-def _w8a8(attention: str):
+def _w8a8(attention: str, kernel: str = "int_mm"):
     def build(model, calib, reduce, outliers):
-        return to_torch_w8a8(model, calib, activations="static", attention=attention, reduce=reduce, outliers=outliers)
+        kw = dict(activations="static", attention=attention, reduce=reduce, outliers=outliers)
+        if kernel == "int_mm":
+            return to_torch_w8a8(model, calib, **kw)
+        runner = to_torch_w8a8(model, calib, compile=False, **kw)
+        to_onednn_(runner, qkv_dtype=torch.bfloat16 if attention == "bf16" else torch.float32)
+        compiled = torch.compile(runner)
+        compiled.outlier_channels = runner.outlier_channels
+        return compiled
 
     return build
 
@@ -154,6 +165,7 @@ TORCH_RUNNERS = {
     "torch-bf16": lambda model, *_: _bf16(model),
     "torch-w8a8": _w8a8("fp32"),
     "torch-w8a8-bf16": _w8a8("bf16"),
+    "torch-w8a8-onednn": _w8a8("bf16", "onednn"),
 }
 
 

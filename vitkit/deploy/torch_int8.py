@@ -209,7 +209,8 @@ def _linear_names(model: nn.Module) -> list[str]:
     ]
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the sub-module ``name`` of ``model``."""
     parent, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, module)
 
@@ -230,7 +231,7 @@ def _static_model(model: nn.Module) -> nn.Module:
             split.outlier.weight.data.copy_(w_fq[:, kept])
             split.main = int8
             int8 = split
-        _set(out, name, int8)
+        set_module(out, name, int8)
     for m in list(out.modules()):  # the rest (patch embedding, attention) runs in float
         if any(isinstance(c, Quantizer) for c in m.children()):
             unpatch_module(m)
@@ -256,7 +257,7 @@ def _calibrate_static_(model: nn.Module, calib: torch.Tensor, search: str) -> No
         for h in hooks:
             h.remove()
     for name, layer in layers.items():
-        _set(model, name, layer.calibrated(inputs[name], search))
+        set_module(model, name, layer.calibrated(inputs[name], search))
 
 
 def _attention_to(model: nn.Module, dtype: str) -> int:
@@ -301,7 +302,7 @@ def to_torch_w8a8(
     else:
         runner = int8_float_model(model, calib, reduce=reduce, outliers=outliers)
         for name in _linear_names(runner):
-            _set(runner, name, Int8Linear.from_float(runner.get_submodule(name)))
+            set_module(runner, name, Int8Linear.from_float(runner.get_submodule(name)))
         if activations == "static":
             _calibrate_static_(runner, calib, search)
     n_attn = _attention_to(runner, attention)
