@@ -42,7 +42,7 @@ from .int8 import OUTLIER_RATIO, REDUCE, int8_float_model, to_torch_dynamic
 from .onednn_int8 import to_onednn_
 from .onnx import write_onnx
 from .ort import OrtModule
-from .torch_int8 import to_torch_w8a8
+from .torch_int8 import compile_runner, to_torch_w8a8
 from .trace import OPSET
 
 #: runtime → the ONNX graph :func:`~vitkit.deploy.onnx.write_onnx` writes for it (``torch-int8`` writes none)
@@ -151,7 +151,7 @@ def _w8a8(attention: str, kernel: str = "int_mm"):
             return to_torch_w8a8(model, calib, **kw)
         runner = to_torch_w8a8(model, calib, compile=False, **kw)
         to_onednn_(runner, qkv_dtype=torch.bfloat16 if attention == "bf16" else torch.float32)
-        compiled = torch.compile(runner)
+        compiled = compile_runner(runner)
         compiled.outlier_channels = runner.outlier_channels
         return compiled
 
@@ -161,7 +161,7 @@ def _w8a8(attention: str, kernel: str = "int_mm"):
 #: the PyTorch runtimes: (model, calib, reduce, outliers) → module
 TORCH_RUNNERS = {
     "torch-fp32": lambda model, *_: copy.deepcopy(model).eval(),  # a copy: deploy sets attributes on its result
-    "torch-compile": lambda model, *_: torch.compile(copy.deepcopy(model).eval()),
+    "torch-compile": lambda model, *_: compile_runner(copy.deepcopy(model).eval()),
     "torch-bf16": lambda model, *_: _bf16(model),
     "torch-w8a8": _w8a8("fp32"),
     "torch-w8a8-bf16": _w8a8("bf16"),

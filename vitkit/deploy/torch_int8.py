@@ -201,6 +201,21 @@ class LowPrecisionAttention(ExplicitAttention):
         return x.float() if name == "out" else x.to(self.compute_dtype)
 
 
+#: ``torch._dynamo``'s per-code-object recompile limit while vitkit compiles runners: every model instance and
+#: input shape is one more compile of the same ``forward``, and past the default (8) dynamo silently runs eager
+RECOMPILE_LIMIT = 64
+
+
+def compile_runner(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)`` with dynamo's recompile limit raised to :data:`RECOMPILE_LIMIT` (a process that
+    deploys or measures several models — ``runtime: auto``, benchmarks — would otherwise fall back to eager)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, 8 * RECOMPILE_LIMIT)
+    return torch.compile(model)
+
+
 def _linear_names(model: nn.Module) -> list[str]:
     return [
         n
@@ -309,7 +324,7 @@ def to_torch_w8a8(
     channels = {n: m.idx.tolist() for n, m in runner.named_modules() if isinstance(m, OutlierSplitLinear)}
     _log.info("torch-w8a8: %d int8 linears, %d bf16 attention cores", len(_int8s(runner)), n_attn)
     if compile:
-        runner = torch.compile(runner)
+        runner = compile_runner(runner)
     runner.outlier_channels = channels
     return runner
 
