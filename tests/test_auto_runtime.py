@@ -167,3 +167,18 @@ def test_a_candidate_failing_at_its_first_call_is_reported_and_the_rest_go_on(mo
     failed = {c.runtime: c.note for c in choice.candidates if c.status == "failed"}
     assert failed == {"ort-fp32": "Inductor failed to compile"} and "ort-fp32" not in runners
     assert choice.chosen == "ort-int8"
+
+
+def test_cache_key_follows_step_configs_and_reduced_precision():
+    import vitkit
+    from vitkit.models import model_fingerprint
+    from vitkit.quant import PrecisionConfig
+    from vitkit.tokens import ToMeConfig
+
+    a, b = make_tiny("vit"), make_tiny("vit")
+    vitkit.apply_(a, ToMeConfig(r=2))
+    vitkit.apply_(b, ToMeConfig(r=3))  # same tensors, another model
+    assert model_fingerprint(a) != model_fingerprint(b)
+    half = make_tiny("vit")
+    vitkit.apply_(half, PrecisionConfig(require_native=False))
+    assert len(model_fingerprint(half)) == 16  # bf16 tensors hash too

@@ -3,8 +3,9 @@ import json
 import pytest
 
 from vitkit.errors import ConfigError
+from vitkit.search import model_fingerprint
 from vitkit.search.core import search
-from vitkit.search.log import SearchLog, data_fingerprint, model_fingerprint
+from vitkit.search.log import SearchLog, data_fingerprint
 from vitkit.search.space import Fidelity
 
 from ..conftest import make_tiny

@@ -39,6 +39,7 @@ from .._version import __version__
 from ..bench.env import cpu_features, cpu_model, gemm_probe
 from ..bench.timing import interleaved_times
 from ..errors import ConfigError, DeployError, VitkitError
+from ..models.fingerprint import model_fingerprint
 from ..quant.modules import quantizers
 from ..validate import check_int, check_number
 
@@ -184,27 +185,14 @@ def unavailable(runtime: str, machine: dict[str, Any], model: nn.Module) -> str 
 
 
 def model_key(model: nn.Module, example: torch.Tensor, machine: dict[str, Any], extra: dict[str, Any]) -> str:
-    """A hash of the machine facts (probe excluded: it is noisy), the model's state and the input shape."""
-    h = hashlib.sha256()
+    """The cache key: the machine facts (probe excluded: it is noisy), the model's fingerprint, the input shape."""
     facts = {k: v for k, v in machine.items() if k != "gemm_gops"}
-    h.update(json.dumps({"machine": facts, "shape": list(example.shape[1:]), **extra}, sort_keys=True).encode())
-    h.update(type(model).__name__.encode())
-    for name, t in model.state_dict().items():
-        if isinstance(t, torch.Tensor):
-            h.update(name.encode())
-            h.update(t.detach().float().contiguous().numpy().tobytes() if t.numel() < 1 << 16 else _sketch(t))
-    return h.hexdigest()[:24]
+    blob = {"machine": facts, "shape": list(example.shape[1:]), "model": model_fingerprint(model), **extra}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _sketch(t: torch.Tensor) -> bytes:
-    """A cheap fingerprint of a large tensor: shape, sum, abs sum and every 997th value."""
-    f = t.detach().float().flatten()
-    return repr((tuple(t.shape), float(f.sum()), float(f.abs().sum()), f[::997].tolist())).encode()
-
-
-@torch.inference_mode()
 def _score(runner: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, ref: torch.Tensor, batch: int):
-    preds = torch.cat([runner(images[i : i + batch]).float().argmax(-1) for i in range(0, len(images), batch)])
+    preds = _preds(runner, images, batch)
     agree = float((preds == ref).float().mean())
     top1 = float((preds == labels).float().mean()) if labels is not None else None
     return top1, agree

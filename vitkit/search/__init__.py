@@ -1,8 +1,9 @@
 """Budgeted Pareto search over composed recipes: ``vitkit search`` / :func:`run_search`."""
 
+from ..models.fingerprint import model_fingerprint
 from .core import NoFeasibleCandidate, SearchOutcome, run_search, search
 from .halving import OBJECTIVES, successive_halving
-from .log import SearchLog, data_fingerprint, model_fingerprint
+from .log import SearchLog, data_fingerprint
 from .pareto import pareto_front
 from .space import DEFAULT_SPACE, Candidate, Fidelity, SearchSpace, parse_space, read_space
 

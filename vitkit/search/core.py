@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, VitkitError
+from ..models.fingerprint import model_fingerprint
 from .halving import OBJECTIVES, first_rung_size, rank_key, successive_halving, within
-from .log import LOG_NAME, SearchLog, data_fingerprint, model_fingerprint
+from .log import LOG_NAME, SearchLog, data_fingerprint
 from .space import Candidate, Fidelity, SearchSpace, read_space
 
 _log = logging.getLogger(__name__)

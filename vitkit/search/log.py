@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from ..errors import ConfigError
 
@@ -25,23 +24,6 @@ _log = logging.getLogger(__name__)
 
 LOG_NAME = "search.jsonl"
 LOG_VERSION = 1
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """sha256 (16 hex) of the architecture record, the step history and every tensor of the state dict."""
-    from ..history import step_history
-    from ..models.load import arch_record
-
-    h = hashlib.sha256()
-    try:
-        h.update(json.dumps(arch_record(model), sort_keys=True, default=str).encode())
-    except ConfigError:
-        h.update(type(model).__name__.encode())
-    h.update(json.dumps([s.name for s in step_history(model)]).encode())
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def data_fingerprint(dataset, *, max_images: int = 512) -> str:
