@@ -20,7 +20,7 @@ import torch.nn as nn
 from ..adapters.protocol import adapter_for
 from ..adapters.timm_vit_layers import mlp_gelu_chains
 from ..errors import DeployError
-from .torch_int8 import Int8Linear, set_module
+from .torch_int8 import Int8Linear
 
 
 @torch.library.custom_op("vitkit::onednn_qlinear", mutates_args=())
@@ -126,15 +126,15 @@ def to_onednn_(model: nn.Module, *, qkv_dtype: torch.dtype = torch.float32) -> i
         if not (_eligible(a) and _eligible(b)):
             continue
         out_quant = (float(b.act_scale), int(round(float(b.act_zero))))
-        set_module(model, fc1, OneDNNInt8Linear(a, out_dtype=torch.uint8, gelu=True, out_quant=out_quant))
-        set_module(model, act, nn.Identity())
-        set_module(model, fc2, OneDNNInt8Linear(b))
+        model.set_submodule(fc1, OneDNNInt8Linear(a, out_dtype=torch.uint8, gelu=True, out_quant=out_quant))
+        model.set_submodule(act, nn.Identity())
+        model.set_submodule(fc2, OneDNNInt8Linear(b))
         done |= {fc1, fc2}
     roles = adapter_for(model).linear_roles(model)
     for name, m in modules.items():
         if name not in done and _eligible(m):
             qkv = name in roles and roles[name].role == "qkv"
-            set_module(model, name, OneDNNInt8Linear(m, out_dtype=qkv_dtype if qkv else torch.float32))
+            model.set_submodule(name, OneDNNInt8Linear(m, out_dtype=qkv_dtype if qkv else torch.float32))
             done.add(name)
     return len(done)
 

@@ -42,7 +42,7 @@ from ..adapters.timm_vit_layers import ExplicitAttention
 from ..errors import DeployError, UnsupportedModelError
 from ..ops import quant as Q
 from ..quant.modules import quantizers, unpatch_module
-from ..quant.outliers import OUTLIER_PART, OutlierSplitLinear
+from ..quant.outliers import OUTLIER_PART, OutlierSplitLinear, split_channels
 from ..quant.quantizer import Quantizer, UniformQuantizer
 from ..validate import check_choice
 from .int8 import OUTLIER_RATIO, int8_float_model
@@ -224,12 +224,6 @@ def _linear_names(model: nn.Module) -> list[str]:
     ]
 
 
-def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Replace the sub-module ``name`` of ``model``."""
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
-
-
 def _static_model(model: nn.Module) -> nn.Module:
     """A ``ptq`` model's Linears → static :class:`Int8Linear` (float-channel inputs split off, as simulated)."""
     out = copy.deepcopy(model).eval()
@@ -246,7 +240,7 @@ def _static_model(model: nn.Module) -> nn.Module:
             split.outlier.weight.data.copy_(w_fq[:, kept])
             split.main = int8
             int8 = split
-        set_module(out, name, int8)
+        out.set_submodule(name, int8)
     for m in list(out.modules()):  # the rest (patch embedding, attention) runs in float
         if any(isinstance(c, Quantizer) for c in m.children()):
             unpatch_module(m)
@@ -272,7 +266,7 @@ def _calibrate_static_(model: nn.Module, calib: torch.Tensor, search: str) -> No
         for h in hooks:
             h.remove()
     for name, layer in layers.items():
-        set_module(model, name, layer.calibrated(inputs[name], search))
+        model.set_submodule(name, layer.calibrated(inputs[name], search))
 
 
 def _attention_to(model: nn.Module, dtype: str) -> int:
@@ -317,11 +311,11 @@ def to_torch_w8a8(
     else:
         runner = int8_float_model(model, calib, reduce=reduce, outliers=outliers)
         for name in _linear_names(runner):
-            set_module(runner, name, Int8Linear.from_float(runner.get_submodule(name)))
+            runner.set_submodule(name, Int8Linear.from_float(runner.get_submodule(name)))
         if activations == "static":
             _calibrate_static_(runner, calib, search)
     n_attn = _attention_to(runner, attention)
-    channels = {n: m.idx.tolist() for n, m in runner.named_modules() if isinstance(m, OutlierSplitLinear)}
+    channels = split_channels(runner)
     _log.info("torch-w8a8: %d int8 linears, %d bf16 attention cores", len(_int8s(runner)), n_attn)
     if compile:
         runner = compile_runner(runner)
