@@ -66,7 +66,13 @@ def gemm_probe(n: int = 512, repeats: int = 5) -> dict[str, float | None]:
     """Median GEMM throughput per dtype in G(FL)OP/s at the current thread count: ``fp32`` and ``bf16``
     (``torch.mm``) and ``int8`` (``torch._int_mm``, int8 × int8 → int32); ``None`` where this torch build or
     CPU cannot run that dtype. Small (512³) so every report can afford it; ratios between dtypes are what
-    tell which precision pays on this machine."""
+    tell which precision pays on this machine. Measured once per process and thread count (what each dtype can
+    do does not change; the fp32 ``gemm_gflops`` of a report is re-measured as its noise indicator)."""
+    return dict(_measured_probe(n, repeats, torch.get_num_threads()))
+
+
+@functools.lru_cache(maxsize=8)
+def _measured_probe(n: int, repeats: int, threads: int) -> tuple[tuple[str, float | None], ...]:
     out: dict[str, float | None] = {}
     a, b = torch.randn(n, n), torch.randn(n, n)
     cases = {
@@ -81,14 +87,7 @@ def gemm_probe(n: int = 512, repeats: int = 5) -> dict[str, float | None]:
             out[name] = round(2 * n**3 / _median_seconds(fn, repeats) / 1e9, 1)
         except (RuntimeError, NotImplementedError):
             out[name] = None
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _process_probe() -> tuple[tuple[str, float | None], ...]:
-    """:func:`gemm_probe` once per process for the reports (what each dtype can do does not change; the fp32
-    ``gemm_gflops`` beside it is re-measured per report as the noise indicator)."""
-    return tuple(gemm_probe().items())
+    return tuple(out.items())
 
 
 def environment(*, probe: bool = True) -> dict:
@@ -107,7 +106,7 @@ def environment(*, probe: bool = True) -> dict:
     }
     if probe:
         env["gemm_gflops"] = round(gemm_gflops(), 1)
-        env["gemm_gops_512"] = dict(_process_probe())
+        env["gemm_gops_512"] = gemm_probe()
     return env
 
 
