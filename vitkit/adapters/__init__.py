@@ -3,6 +3,7 @@ uses (see :mod:`.protocol`); :mod:`.timm_vit` / :mod:`.timm_vit_surgery` are the
 
 from .protocol import (
     ADAPTERS,
+    EXPLICIT_ATTENTION,
     AttentionCore,
     HostAdapter,
     KeyRole,
@@ -17,6 +18,7 @@ from .timm_vit_host import TIMM_VIT, TimmViTAdapter
 
 __all__ = [
     "ADAPTERS",
+    "EXPLICIT_ATTENTION",
     "AttentionCore",
     "BlockParts",
     "HostAdapter",

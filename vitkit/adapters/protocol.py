@@ -255,6 +255,18 @@ class HostAdapter(Protocol):
 #: Registered adapters, tried in order by :func:`adapter_for`. Families append themselves on import.
 ADAPTERS: list[HostAdapter] = []
 
+#: host attention class → its explicit twin: a subclass with both matmuls written out whose ``site(name, x)``
+#: hook sees each matmul input (``"q"`` scaled, ``"k"``, ``"attn"`` the softmax map, ``"v"``, ``"out"`` the heads'
+#: output). Methods that quantize or lower the attention (fake quantization, low-precision runtimes) swap a core's
+#: ``__class__`` to a subclass of its twin; each adapter registers the twins of its attention classes.
+EXPLICIT_ATTENTION: dict[type, type] = {}
+
+
+def register_explicit_attention(twin: type) -> type:
+    """Register ``twin`` (which names the host class it replaces as ``twin.host_class``)."""
+    EXPLICIT_ATTENTION[twin.host_class] = twin
+    return twin
+
 
 def register_adapter(adapter: HostAdapter) -> HostAdapter:
     ADAPTERS.append(adapter)

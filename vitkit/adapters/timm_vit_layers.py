@@ -20,7 +20,7 @@ import torch.nn as nn
 from timm.layers import Attention, LayerScale
 
 from ..errors import UnsupportedModelError
-from .protocol import AttentionCore, LinearRole, NormLinear
+from .protocol import AttentionCore, LinearRole, NormLinear, register_explicit_attention
 from .timm_vit import block_linears, block_parts, classifier_heads
 
 #: (role, parent in the block, attribute) of each block Linear, in forward order
@@ -141,6 +141,7 @@ def block_layers(block: nn.Module, *, index: int | None = None) -> BlockLayers:
     )
 
 
+@register_explicit_attention
 class ExplicitAttention(Attention):
     """timm ``Attention`` with explicit ``q·kᵀ`` and ``attn·v`` matmuls (no fused SDPA kernel), each matmul input
     passed through :meth:`site` — ``"q"`` (already scaled), ``"k"``, ``"attn"`` (the softmax map after dropout)

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..adapters import EXPLICIT_ATTENTION
 from ..adapters.timm_vit_layers import ExplicitAttention
 from ..ops import quant as Q
 from .quantizer import CACHE_SLOTS, Quantizer, UniformQuantizer, cached, fast_path_ok
@@ -66,28 +67,54 @@ class QuantConv2d(QuantWeightMixin, nn.Conv2d):
         return self._conv_forward(x, self.quant_weight(), self.bias)
 
 
-class QuantAttention(ExplicitAttention):
-    """The host attention with explicit ``q·kᵀ`` and ``attn·v`` matmuls (the fused SDPA kernel is replaced, since
-    the attention map itself is quantized) whose inputs pass quantizers: ``q_quant``, ``k_quant``, ``attn_quant``
-    on the softmax output, ``v_quant`` — each applied when present. A mask (e.g. token merging's
-    proportional-attention bias) is added to the logits before the softmax, so the quantized map is the masked one."""
+class QuantSites:
+    """Mixin for an explicit attention twin (:data:`~vitkit.adapters.EXPLICIT_ATTENTION`): each matmul input passes
+    its quantizer — ``q_quant``, ``k_quant``, ``attn_quant`` on the softmax output, ``v_quant`` — when present."""
 
     def site(self, name: str, x: torch.Tensor) -> torch.Tensor:
         q = getattr(self, f"{name}_quant", None)
         return q(x) if q is not None else x
 
 
-PATCHED = {nn.Linear: QuantLinear, nn.Conv2d: QuantConv2d, ExplicitAttention.host_class: QuantAttention}
-UNPATCHED = {v: k for k, v in PATCHED.items()}
+class QuantAttention(QuantSites, ExplicitAttention):
+    """The host attention with explicit ``q·kᵀ`` and ``attn·v`` matmuls (the fused SDPA kernel is replaced, since
+    the attention map itself is quantized) whose inputs pass quantizers: ``q_quant``, ``k_quant``, ``attn_quant``
+    on the softmax output, ``v_quant`` — each applied when present. A mask (e.g. token merging's
+    proportional-attention bias) is added to the logits before the softmax, so the quantized map is the masked one."""
+
+
+PATCHED: dict[type, type] = {
+    nn.Linear: QuantLinear,
+    nn.Conv2d: QuantConv2d,
+    ExplicitAttention.host_class: QuantAttention,
+}
+UNPATCHED: dict[type, type] = {v: k for k, v in PATCHED.items()}
+
+
+def quant_class(cls: type) -> type | None:
+    """The fake-quant class replacing ``cls`` (a quantized class maps to itself), None when there is none. Attention
+    classes of other host families get ``Quant<Host>`` = :class:`QuantSites` + the adapter's explicit twin."""
+    base = UNPATCHED.get(cls, cls)
+    if base not in PATCHED and base in EXPLICIT_ATTENTION:
+        twin = EXPLICIT_ATTENTION[base]
+        doc = f"{base.__name__} with explicit matmuls whose inputs pass quantizers (see QuantSites)."
+        quant = type(f"Quant{base.__name__}", (QuantSites, twin), {"__doc__": doc, "__module__": __name__})
+        PATCHED[base], UNPATCHED[quant] = quant, base
+    return PATCHED.get(base)
+
+
+def is_quant_attention(module: nn.Module) -> bool:
+    """True for a fake-quantized attention core of any host family."""
+    return isinstance(module, QuantSites)
 
 
 def patch_module(module: nn.Module, quantizers: dict[str, Quantizer]) -> None:
     """Swap ``module`` to its quantized class and attach ``quantizers`` (``{"a_quant": ..., "w_quant": ...}``).
     A module with a weight quantizer also gets the packed-weight state-dict hooks (:func:`pack_weight_hook`)."""
-    base = UNPATCHED.get(type(module), type(module))
-    if base not in PATCHED:
+    cls = quant_class(type(module))
+    if cls is None:
         raise TypeError(f"cannot quantize a {type(module).__name__}")
-    module.__class__ = PATCHED[base]
+    module.__class__ = cls
     for name, q in quantizers.items():
         setattr(module, name, q)
     if "w_quant" in quantizers and not getattr(module, "_vitkit_packed_hooks", False):

@@ -32,7 +32,7 @@ from ..errors import ConfigError, DataError, UnsupportedModelError
 from ..registry import register_transform
 from ..validate import check_choice, check_int, check_number
 from .calibrators import METHODS, POST_GELU_QUANTIZERS, SOFTMAX_QUANTIZERS, calibrator_for
-from .modules import PATCHED, UNPATCHED, QuantAttention, patch_module, quantized_size_bytes, quantizers
+from .modules import is_quant_attention, patch_module, quant_class, quantized_size_bytes, quantizers
 from .quantizer import make_quantizer
 from .reconstruct import reconstruct_blocks_
 
@@ -136,11 +136,7 @@ def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
         raise ConfigError(f"PTQConfig.layer_bits names unknown module(s) {unknown}; quantizable: {names[:4]}, ...")
     modules = dict(model.named_modules())
     # exact classes: subclasses (LoRALinear, adapter-wrapped layers) would lose their extra branch when patched
-    bad = [
-        f"{n} ({type(modules[n]).__name__})"
-        for n in names
-        if UNPATCHED.get(type(modules[n]), type(modules[n])) not in PATCHED
-    ]
+    bad = [f"{n} ({type(modules[n]).__name__})" for n in names if quant_class(type(modules[n])) is None]
     if bad:
         raise UnsupportedModelError(
             f"ptq cannot quantize the layer(s) {bad[:4]}: expected nn.Linear / nn.Conv2d / the host's attention "
@@ -220,7 +216,7 @@ def record_float_channels(model: nn.Module, plan: dict) -> dict[str, list[int]]:
 
 # -- the transform ----------------------------------------------------------------------------------------------------
 def check_not_quantized(model: nn.Module) -> None:
-    if quantizers(model) or any(isinstance(m, QuantAttention) for m in model.modules()):
+    if quantizers(model) or any(is_quant_attention(m) for m in model.modules()):
         raise ConfigError("model is already quantized: apply ptq to a float model (load the original again)")
 
 
