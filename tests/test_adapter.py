@@ -55,9 +55,11 @@ def test_unsupported_block_named():
         describe(model)
 
 
-def test_attention_pool_named():
+def test_attention_pool_handled_and_unhandled_variant_named():
     model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, global_pool="map")
-    with pytest.raises(UnsupportedModelError, match="attention-pool head"):
+    assert "attn_pool" in describe(model).features  # SigLIP-style head: tests/families/test_siglip.py
+    model.attn_pool.mlp = None
+    with pytest.raises(UnsupportedModelError, match="attn_pool has no MLP"):
         describe(model)
 
 

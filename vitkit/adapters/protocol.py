@@ -60,10 +60,11 @@ class LinearRole:
 @dataclass(frozen=True)
 class AttentionCore:
     """The module of one block that computes ``softmax(q·kᵀ·scale)·v`` — the inputs of its two matmuls are what
-    attention quantizers see. ``name`` relative to the model; ``scale`` multiplies ``q`` before ``q·kᵀ``."""
+    attention quantizers see. ``name`` relative to the model; ``scale`` multiplies ``q`` before ``q·kᵀ``; ``block``
+    is None for a core outside the blocks (an attention-pool head: it runs after the Linear of role ``pool_kv``)."""
 
     name: str
-    block: int
+    block: int | None
     num_heads: int
     head_dim: int
     scale: float

@@ -81,14 +81,16 @@ def describe(model: nn.Module) -> ViTInfo:
     """Inspect ``model`` and return its :class:`ViTInfo`, or raise ``UnsupportedModelError`` naming the feature."""
     if not isinstance(model, VisionTransformer):
         raise _not_plain(model, "it is not a timm VisionTransformer")
-    if getattr(model, "attn_pool", None) is not None:
+    from .timm_vit_pool import check_attention_pool
+
+    check_attention_pool(model)
+    if model.global_pool not in ("token", "avg", "map", ""):
         raise UnsupportedModelError(
-            f"attention-pool head (global_pool={model.global_pool!r}) is not supported yet: "
-            "use a model with global_pool='token' or 'avg'"
+            f"global_pool={model.global_pool!r} is not supported: use 'token', 'avg' or 'map' (attention pool)"
         )
-    if model.global_pool not in ("token", "avg", ""):
-        raise UnsupportedModelError(f"global_pool={model.global_pool!r} is not supported: use 'token' or 'avg'")
     features: set[str] = set()
+    if getattr(model, "attn_pool", None) is not None:
+        features.add("attn_pool")
     heads, head_dims, hidden = [], [], []
     for i, blk in enumerate(model.blocks):
         parts = block_parts(blk, index=i)

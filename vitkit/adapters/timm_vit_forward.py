@@ -16,6 +16,7 @@ from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Attention
 
 from .runtime import additive_mask
+from .timm_vit_pool import attention_pool
 
 
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,9 @@ def pool(model: nn.Module, tokens: torch.Tensor, *, size: torch.Tensor | None = 
     x = model.norm(tokens)
     if isinstance(model, VisionTransformerDistilled):
         return x[:, :2]  # the distilled head reads the cls and dist tokens, without fc_norm
-    if size is None or model.global_pool != "avg" or model.attn_pool is not None:
+    if model.attn_pool is not None:
+        x = attention_pool(model, x, size)
+    elif size is None or model.global_pool != "avg":
         x = model.pool(x)
     else:
         P = model.num_prefix_tokens

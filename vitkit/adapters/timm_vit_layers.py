@@ -22,6 +22,7 @@ from timm.layers import Attention, LayerScale
 from ..errors import UnsupportedModelError
 from .protocol import AttentionCore, LinearRole, NormLinear, register_explicit_attention
 from .timm_vit import block_linears, block_parts, classifier_heads
+from .timm_vit_pool import pool_core, pool_linear_roles, pool_norm_linear_pairs
 
 #: (role, parent in the block, attribute) of each block Linear, in forward order
 _BLOCK_LINEARS = (
@@ -44,6 +45,7 @@ def linear_roles(model: nn.Module) -> dict[str, LinearRole]:
             if hasattr(getattr(parts, parent), attr):
                 name = f"blocks.{i}.{parent}.{attr}"
                 roles[name] = LinearRole(name, role, i, attr)
+    roles.update(pool_linear_roles(model))
     for name, head in zip(_HEAD_NAMES, classifier_heads(model), strict=False):
         if isinstance(head, nn.Linear):
             roles[name] = LinearRole(name, "head", None, name)
@@ -56,7 +58,7 @@ def norm_linear_pairs(model: nn.Module) -> list[NormLinear]:
     for i in range(len(model.blocks)):
         pairs.append(NormLinear(f"blocks.{i}.norm1", (f"blocks.{i}.attn.qkv",), "attn"))
         pairs.append(NormLinear(f"blocks.{i}.norm2", (f"blocks.{i}.mlp.fc1",), "mlp"))
-    return pairs
+    return pairs + pool_norm_linear_pairs(model)
 
 
 def attention_cores(model: nn.Module) -> list[AttentionCore]:
@@ -65,7 +67,8 @@ def attention_cores(model: nn.Module) -> list[AttentionCore]:
     for i, blk in enumerate(model.blocks):
         attn = block_parts(blk, index=i).attn
         cores.append(AttentionCore(f"blocks.{i}.attn", i, int(attn.num_heads), int(attn.head_dim), float(attn.scale)))
-    return cores
+    pool = pool_core(model)
+    return cores if pool is None else [*cores, pool]
 
 
 @dataclass(frozen=True)

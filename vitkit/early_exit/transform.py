@@ -30,9 +30,9 @@ def _host(model: nn.Module) -> dict[str, Any]:
     """What exit heads need from the host: width, classes, pooling, prefix tokens, final norm, classifier."""
     host = adapter_for(model)
     info = host.describe(model)
-    if info.global_pool not in ("token", "avg"):
+    if info.global_pool not in ("token", "avg", "map"):
         raise UnsupportedModelError(
-            f"early exit needs a pooled classifier (global_pool 'token' or 'avg'), got {info.global_pool!r}"
+            f"early exit needs a pooled classifier (global_pool 'token', 'avg' or 'map'), got {info.global_pool!r}"
         )
     if info.pool_include_prefix:
         raise UnsupportedModelError("early exit does not handle pool_include_prefix=True: use the default pooling")
@@ -52,6 +52,7 @@ def _host(model: nn.Module) -> dict[str, Any]:
 def _build_heads(model: nn.Module, heads: list[str], *, init: bool) -> nn.ModuleList:
     host = _host(model)
     info = host["info"]
+    # an attention-pool ('map') host's exits average the patch tokens: the pool's own attention runs once, at the end
     pool = "token" if info.global_pool == "token" else "avg"
     mods = []
     for kind in heads:

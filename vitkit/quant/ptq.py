@@ -115,7 +115,7 @@ def quant_sites(model: nn.Module) -> dict[str, str]:
     sites = {host.outer_layers(model).patch_proj_name: "embed"}
     for name, linear in host.linear_roles(model).items():
         sites[name] = linear.role
-        if linear.role == "qkv":
+        if linear.role in ("qkv", "pool_kv"):
             sites[cores[linear.block]] = "attention"  # q·kᵀ and attn·v run between qkv and attn_out
     return sites
 
