@@ -13,6 +13,7 @@ def mixin_class(mixin: type, base: type, name: str, *, module: str, doc: str | N
     key = (mixin, base, name, module)
     if key not in _CLASSES:
         cls = type(name, (mixin, base), {"__doc__": mixin.__doc__ if doc is None else doc, "__module__": module})
-        setattr(sys.modules[module], name, cls)
+        if getattr(sys.modules[module], name, None) is not mixin:  # never shadow the mixin itself (same name)
+            setattr(sys.modules[module], name, cls)
         _CLASSES[key] = cls
     return _CLASSES[key]
