@@ -247,6 +247,9 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, *, calib=None, dry_run: bool =
 
 def _add_lora(model: nn.Module, cfg: LoRAConfig, names: list[str]) -> None:
     gen = torch.Generator().manual_seed(int(cfg.seed))
+    route = getattr(adapter_for(model), "route_linears", None)
+    if callable(route):  # the host's forward must call the adapted modules (some hosts read a weight directly)
+        route(model, names)
     params = []
     for name in names:
         lin = model.get_submodule(name)

@@ -13,6 +13,10 @@ from .protocol import (
     adapter_for,
     run_forward,
 )
+from .timm_efficientformer import TIMM_EFFICIENTFORMER  # noqa: F401  (registers the EfficientFormer adapter)
+from .timm_eva import TIMM_EVA, TimmEvaAdapter  # noqa: F401  (registers the EVA adapter)
+from .timm_swin_host import TIMM_SWIN  # noqa: F401  (registers the Swin adapter)
+from .timm_tiny_vit import TIMM_TINY_VIT  # noqa: F401  (registers the TinyViT adapter)
 from .timm_vit import BlockParts, ViTInfo, block_parts, describe
 from .timm_vit_host import TIMM_VIT, TimmViTAdapter
 

@@ -70,8 +70,10 @@ class AttentionCore:
     scale: float
 
 
-#: Roles a Linear can play: attention in/out, MLP in/out, classifier.
-LINEAR_ROLES = ("qkv", "attn_out", "mlp_in", "mlp_out", "head")
+#: Roles a Linear can play: attention in/out, MLP in/out, classifier; ``conv``: a hybrid's convolution outside the
+#: attention blocks (stem, MBConv, downsampling, conv MLPs), quantized per output channel like the patch projection;
+#: ``downsample``: a Linear between stages (Swin's patch-merging reduction, fed by a LayerNorm).
+LINEAR_ROLES = ("qkv", "attn_out", "mlp_in", "mlp_out", "head", "conv", "downsample")
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ class HostAdapter(Protocol):
         """True when this adapter handles ``model`` (checked in :data:`ADAPTERS` order)."""
 
     def describe(self, model: nn.Module):
-        """Static facts (:class:`~vitkit.adapters.timm_vit.ViTInfo`): depth, heads, head_dim, prefix tokens, pool."""
+        """Static facts (:class:`~vitkit.adapters.timm_vit.ViTInfo`): depth, heads, head_dim, prefix tokens, pool,
+        and per block ``block_dims`` (residual width), ``block_tokens``, ``block_spans`` (keys per query)."""
 
     def stages(self, model: nn.Module) -> list[Stage]: ...
 
@@ -176,9 +179,22 @@ class HostAdapter(Protocol):
 
     def input_size(self, model: nn.Module) -> tuple[int, int, int]: ...
 
+    def block_input_shape(self, model: nn.Module, index: int) -> tuple[int, ...]:
+        """The shape of one image's tokens entering block ``index`` at the default input size, without the batch
+        dim: ``(N, D)`` for a plain ViT, ``(H, W, C)`` for a host whose blocks keep the token grid (Swin)."""
+
     # -- the host forward, split once: ``head(pool(blocks(embed(x))))`` -------------------------------------
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) → tokens (B, N, D) entering the first block: patches, prefix tokens, positions."""
+
+    def block_state(self, model: nn.Module, x: torch.Tensor, positions: torch.Tensor | None = None) -> dict:
+        """Keyword arguments every block call of one forward on images ``x`` takes besides the tokens (EVA: ``rope``,
+        the rotary embedding of the patch tokens; ``{}`` for a plain ViT). ``positions`` (``[B, T, 2]``, see
+        :meth:`token_positions`): the state for patch tokens at those positions, after token merging."""
+
+    def token_positions(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        """Positions ``[1, T, 2]`` of the patch tokens entering the first block when the blocks' computation depends
+        on them (RoPE), for token reduction to track (merged tokens: size-weighted mean); None when it does not."""
 
     def pool(self, model: nn.Module, tokens: torch.Tensor, *, size: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens after the last block → pooled features (B, D), final norm included (a host with several
@@ -211,16 +227,24 @@ class HostAdapter(Protocol):
         needs: frozenset[str] = frozenset(),
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``x`` + the attention branch, and the extras named in ``needs`` (``metric``: head-mean keys,
-        ``cls_attn``: the first token's attention row, ``global_attn``: attention each token receives)."""
+        ``cls_attn``: the first token's attention row, ``global_attn``: attention each token receives). A host with
+        a non-empty :meth:`block_state` takes it here too, as keyword arguments."""
 
     def mlp_residual(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """``x`` + the MLP branch."""
 
     def block_linears(self, block: nn.Module, *, index: int | None = None) -> dict[str, nn.Module | None]:
-        """A block's Linear layers by role: ``qkv``, ``attn_out``, ``attn_gate``, ``mlp_in``, ``mlp_out``."""
+        """A block's Linear layers by role: ``qkv``, ``attn_out``, ``attn_gate``, ``mlp_in``, ``mlp_out``, and
+        ``mlp_gate`` for a split GLU MLP (its gate Linear; ``mlp_in`` is then the value Linear). An ``mlp_in`` with
+        ``k × hidden`` rows stacks ``k`` rows per neuron (a packed GLU). Separate q/k/v projections: ``qkv`` is None
+        and ``attn_q`` / ``attn_k`` / ``attn_v`` are given."""
 
     def residual_branches(self, block: nn.Module, *, index: int | None = None) -> tuple[nn.Module, nn.Module]:
         """The attention and MLP residual branches (norm included) as modules sharing the block's weights."""
+
+    def route_linears(self, model: nn.Module, names: Sequence[str]) -> None:
+        """A method is about to give the Linears ``names`` extra computation (LoRA): make the host's forward call
+        those modules (a host whose forward reads a weight directly switches to calling the module)."""
 
     # -- structured pruning: shape surgery that keeps the model exact ----------------------------------------
     def check_prunable(self, model: nn.Module, groups) -> None:
@@ -289,10 +313,18 @@ def adapter_for(model: nn.Module) -> HostAdapter:
 def run_forward(
     model: nn.Module, x: torch.Tensor, *, block_fn: Callable[[int, nn.Module, torch.Tensor], torch.Tensor] | None = None
 ) -> torch.Tensor:
-    """The host forward through the adapter: ``head(pool(blocks(embed(x))))``; ``block_fn(i, block, tokens)``
-    replaces the plain ``block(tokens)`` call (token reduction, early exit, feature capture)."""
+    """The host forward through the adapter: ``head(pool(blocks(embed(x))))``, each stage's downsampling module
+    (patch merging) before its first block; ``block_fn(i, block, tokens)`` replaces the plain ``block(tokens)``
+    call (token reduction, early exit, feature capture)."""
     host = adapter_for(model)
     tokens = host.embed(model, x)
-    for i, (_, block) in enumerate(host.blocks(model)):
-        tokens = block(tokens) if block_fn is None else block_fn(i, block, tokens)
+    make_state = getattr(host, "block_state", None)  # per-forward block arguments (RoPE), {} for most hosts
+    state = make_state(model, x) if callable(make_state) else {}
+    blocks = iter(enumerate(host.blocks(model)))
+    for stage in host.stages(model):
+        if stage.downsample is not None:
+            tokens = model.get_submodule(stage.downsample)(tokens)
+        for _ in stage.block_names:
+            i, (_, block) = next(blocks)
+            tokens = block(tokens, **state) if block_fn is None else block_fn(i, block, tokens)
     return host.head(model, host.pool(model, tokens))

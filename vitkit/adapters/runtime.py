@@ -61,6 +61,7 @@ class HostRun:
         self.model, self.host = model, adapter_for(model)
         self._layers = block_modules(model)
         self.mask, self.causal = attn_mask, bool(is_causal)
+        self.state: dict = {}  # the host's per-forward block arguments (EVA: rope), set by embed
 
     @property
     def depth(self) -> int:
@@ -72,11 +73,14 @@ class HostRun:
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         dtype = reduced_dtype(self.model)
-        return self.host.embed(self.model, x if dtype is None else x.to(dtype))  # [B, N, C]
+        x = x if dtype is None else x.to(dtype)
+        self.state = block_state(self.host, self.model, x)
+        return self.host.embed(self.model, x)  # [B, N, C]
 
     def block_kwargs(self) -> dict:
         # defaults not passed: tracers (ONNX) would turn a bool kwarg into a tensor
-        return {"attn_mask": self.mask, "is_causal": self.causal} if (self.mask is not None or self.causal) else {}
+        kw = {"attn_mask": self.mask, "is_causal": self.causal} if (self.mask is not None or self.causal) else {}
+        return {**kw, **self.state}
 
     def block(self, i: int, x: torch.Tensor) -> torch.Tensor:
         return self._layers[i](x, **self.block_kwargs())
@@ -100,6 +104,18 @@ class HostRun:
         for i in range(self.depth):
             h = self.block(i, h)
         return h
+
+
+def block_state(host, model: nn.Module, x: torch.Tensor, positions: torch.Tensor | None = None) -> dict:
+    """The host's per-forward block arguments (:meth:`HostAdapter.block_state`; ``{}`` for a host without)."""
+    make = getattr(host, "block_state", None)
+    return make(model, x, positions) if callable(make) else {}
+
+
+def token_positions(host, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """:meth:`HostAdapter.token_positions` (None for a host without)."""
+    make = getattr(host, "token_positions", None)
+    return make(model, x) if callable(make) else None
 
 
 def take_rows(t, keep: torch.Tensor, batch: int):

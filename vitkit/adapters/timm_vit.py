@@ -1,4 +1,6 @@
-"""Adapter for timm's plain ``VisionTransformer`` family (ViT, DeiT, distilled DeiT, DeiT3, registers, ...).
+"""Adapter for timm's plain ``VisionTransformer`` family (ViT, DeiT, distilled DeiT, DeiT3, registers, ...), including
+GLU MLPs (``SwiGLU``, ``GluMlp`` / ``SwiGLUPacked``, ViTamin's ``GeGluMlp``: see :mod:`.timm_mlp`) and a conv stem
+(``HybridEmbed``, e.g. ViTamin's MbConv stem: see :mod:`.timm_vit_stem`).
 
 This is the only module that knows timm's internals. It answers "where are the blocks, attention, MLP,
 norms, prefix tokens, heads" and raises :class:`~vitkit.errors.UnsupportedModelError` naming any feature
@@ -10,16 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn as nn
-from timm.layers import Attention, LayerScale, Mlp
+from timm.layers import Attention, LayerScale
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import UnsupportedModelError
+from . import timm_mlp, timm_vit_stem
 
 #: Visual-prompt tokens inserted by vitkit (``vitkit.adapt`` VPT) right after cls/dist/register tokens; they
 #: count as prefix tokens (``num_prefix_tokens`` includes them) so token reduction never merges or drops them.
 PROMPT_TOKENS_ATTR = "vitkit_prompt_tokens"
 
-_SUPPORTED_FAMILIES = "timm VisionTransformer models (ViT, DeiT, distilled DeiT, DeiT3, register/avg-pool variants)"
+_SUPPORTED_FAMILIES = (
+    "timm VisionTransformer models (ViT, DeiT, distilled DeiT, DeiT3, register/avg-pool variants, GLU MLPs, "
+    "a HybridEmbed conv stem: ViTamin)"
+)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,20 @@ class ViTInfo:
         """Tokens entering the first block at the default input size."""
         return self.num_patches + self.num_prefix_tokens
 
+    # per-block geometry, as hierarchical hosts (Swin) report it: one width, all tokens, global attention
+    @property
+    def block_dims(self) -> tuple[int, ...]:
+        return (self.embed_dim,) * self.depth
+
+    @property
+    def block_tokens(self) -> tuple[int, ...]:
+        return (self.num_tokens,) * self.depth
+
+    @property
+    def block_spans(self) -> tuple[int, ...]:
+        """Keys each query attends to, per block (every token: global attention)."""
+        return self.block_tokens
+
 
 def _not_plain(model: nn.Module, why: str) -> UnsupportedModelError:
     return UnsupportedModelError(
@@ -97,7 +117,7 @@ def describe(model: nn.Module) -> ViTInfo:
         attn = parts.attn
         heads.append(int(attn.num_heads))
         head_dims.append(int(attn.head_dim))
-        hidden.append(_mlp_hidden(parts.mlp))
+        hidden.append(timm_mlp.mlp_hidden(parts.mlp))
         if isinstance(parts.ls1, LayerScale) or isinstance(parts.ls2, LayerScale):
             features.add("layer_scale")
         if not isinstance(attn.q_norm, nn.Identity):
@@ -106,8 +126,13 @@ def describe(model: nn.Module) -> ViTInfo:
             features.add("scale_norm")
         if getattr(attn, "gate", None) is not None:
             features.add("gated_attn")
-        if not isinstance(parts.mlp, Mlp):
+        if timm_mlp.is_glu(parts.mlp, f"blocks.{i}.mlp"):
             features.add("glu_mlp")
+        if not isinstance(timm_mlp.hidden_norm(parts.mlp), nn.Identity):
+            features.add("mlp_norm")
+    timm_vit_stem.check_stem(model)
+    if timm_vit_stem.has_conv_stem(model):
+        features.add("conv_stem")
     has_dist = getattr(model, "dist_token", None) is not None
     num_reg = int(getattr(model, "num_reg_tokens", 0) or 0)
     if has_dist:
@@ -140,10 +165,10 @@ def describe(model: nn.Module) -> ViTInfo:
         has_dist_token=has_dist,
         num_reg_tokens=num_reg,
         global_pool=str(model.global_pool),
-        patch_size=tuple(int(p) for p in pe.patch_size),
+        patch_size=timm_vit_stem.patch_stride(model),
         grid_size=tuple(int(g) for g in pe.grid_size),
         img_size=tuple(int(s) for s in pe.img_size),
-        in_chans=int(pe.proj.in_channels),
+        in_chans=timm_vit_stem.in_chans(model),
         num_classes=int(model.num_classes),
         block_names=tuple(f"blocks.{i}" for i in range(len(model.blocks))),
         features=frozenset(features),
@@ -172,15 +197,17 @@ def block_parts(block: nn.Module, *, index: int | None = None) -> BlockParts:
 
 def block_linears(block: nn.Module, *, index: int | None = None) -> dict[str, nn.Module | None]:
     """The Linear layers of one block by role: ``qkv``, ``attn_out``, ``attn_gate`` (None without a gate),
-    ``mlp_in``, ``mlp_out`` (None where the MLP has no such single Linear, e.g. SwiGLU's split input)."""
+    ``mlp_in``, ``mlp_out``, and ``mlp_gate`` for a split GLU (``mlp_in`` is then its value Linear; a packed GLU's
+    ``mlp_in`` stacks two rows per neuron): see :func:`.timm_mlp.mlp_block_linears`."""
     parts = block_parts(block, index=index)
-    attn, mlp = parts.attn, parts.mlp
+    attn = parts.attn
+    where = f"blocks.{index}.mlp" if index is not None else "mlp"
+    timm_mlp.mlp_kind(parts.mlp, where)
     return {
         "qkv": attn.qkv,
         "attn_out": attn.proj,
         "attn_gate": getattr(attn, "gate", None),
-        "mlp_in": getattr(mlp, "fc1", None),
-        "mlp_out": getattr(mlp, "fc2", None),
+        **timm_mlp.mlp_block_linears(parts.mlp),
     }
 
 
@@ -198,13 +225,6 @@ def feature_norm(model: nn.Module) -> nn.Module | None:
     return fc_norm if isinstance(fc_norm, nn.LayerNorm) else getattr(model, "norm", None)
 
 
-def _mlp_hidden(mlp: nn.Module) -> int:
-    fc1 = getattr(mlp, "fc1", None)
-    if isinstance(fc1, nn.Linear):
-        return int(fc1.out_features)
-    raise UnsupportedModelError(f"MLP {type(mlp).__name__} has no fc1 Linear")
-
-
 def classifier_heads(model: VisionTransformer) -> list[nn.Module]:
     """The classifier head(s): ``head``, plus ``head_dist`` on distilled DeiT."""
     heads = [model.head]
@@ -214,8 +234,9 @@ def classifier_heads(model: VisionTransformer) -> list[nn.Module]:
 
 
 def input_size(model: nn.Module) -> tuple[int, int, int]:
-    """(C, H, W) the model expects, from its patch embedding (works for any timm ViT)."""
+    """(C, H, W) the model expects, from its patch embedding (works for any timm ViT; a conv stem's channels are its
+    first conv's)."""
     pe = getattr(model, "patch_embed", None)
     if pe is None or not hasattr(pe, "img_size"):
         raise _not_plain(model, "it has no patch_embed with an img_size")
-    return int(pe.proj.in_channels), int(pe.img_size[0]), int(pe.img_size[1])
+    return timm_vit_stem.in_chans(model), int(pe.img_size[0]), int(pe.img_size[1])

@@ -4,21 +4,23 @@
 A parallel MLP branch sees what the block's MLP sees — the normed input ``h = norm2(x')`` — and adds to what it
 returns, so the branch goes through the block's ``ls2`` / ``drop_path2`` together with the MLP. The MLP module
 (timm's plain ``Mlp``) takes the method's mixin by ``__class__`` swap: its own parameters keep their names and
-the branch's modules are registered on it (``blocks.i.mlp.<branch module>.*``).
+the branch's modules are registered on it (``blocks.i.mlp.<branch module>.*``). Any MLP kind of :mod:`.timm_mlp`
+takes a branch (a GLU's input is the same ``h``).
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
-from timm.layers import Mlp
 
 from ..errors import UnsupportedModelError
 from ..patching import mixin_class
+from . import timm_mlp
 from .timm_vit import block_parts, describe
 
 #: ``vitkit.adapt``'s default LoRA targets as globs over a timm ViT's module names: exactly the block linears
 #: whose :func:`~.timm_vit_layers.linear_roles` role is qkv / attn_out / mlp_in / mlp_out (never the patch
-#: projection or the classifier). The method takes its default from the roles; this is the same list as globs.
+#: projection or the classifier). The method takes its default from the roles; this is the same list as globs for
+#: timm's plain ``Mlp`` (a GLU MLP's gate / value / out Linears are selected by their roles alike).
 LORA_TARGETS = ("blocks.*.attn.qkv", "blocks.*.attn.proj", "blocks.*.mlp.fc1", "blocks.*.mlp.fc2")
 
 
@@ -31,13 +33,15 @@ def _mlp(model: nn.Module, block_name: str) -> nn.Module:
 
 def mlp_branch_dim(model: nn.Module, block_name: str) -> int:
     """Width of the input of block ``block_name``'s MLP (what a parallel branch reads and writes), or
-    ``UnsupportedModelError`` when no branch can be attached there (anything but timm's plain ``Mlp``)."""
+    ``UnsupportedModelError`` when no branch can be attached there (anything but one of
+    :data:`.timm_mlp.MLP_CLASSES` exactly, e.g. an MLP that already has a branch)."""
     mlp = _mlp(model, block_name)
-    if type(mlp) is not Mlp:
+    if type(mlp) not in timm_mlp.MLP_CLASSES:
         raise UnsupportedModelError(
-            f"{block_name}.mlp is a {type(mlp).__name__}; a parallel MLP branch (AdaptFormer) needs timm's plain Mlp"
+            f"{block_name}.mlp is a {type(mlp).__name__}; a parallel MLP branch (AdaptFormer) needs one of "
+            f"{timm_mlp.HANDLED}, unpatched"
         )
-    return int(mlp.fc1.in_features)
+    return timm_mlp.mlp_in_features(mlp)
 
 
 def _branch_class(mixin: type, base: type) -> type:
@@ -51,7 +55,8 @@ def add_mlp_branch(model: nn.Module, block_name: str, mixin: type, modules: dict
     device and dtype, in the given order) and set ``attrs``; returns the MLP's module name."""
     mlp_branch_dim(model, block_name)
     mlp = _mlp(model, block_name)
-    dev, dt = mlp.fc1.weight.device, mlp.fc1.weight.dtype
+    ref = next(mlp.parameters())
+    dev, dt = ref.device, ref.dtype
     mlp.__class__ = _branch_class(mixin, type(mlp))
     for name, module in modules.items():
         setattr(mlp, name, module.to(dev, dt))

@@ -14,13 +14,15 @@ from . import (
     timm_vit_keys,
     timm_vit_layers,
     timm_vit_prompts,
+    timm_vit_stem,
     timm_vit_surgery,
 )
 from .protocol import AttentionCore, KeyRole, LinearRole, NormLinear, Stage, register_adapter
 
 
 class TimmViTAdapter:
-    """timm ViT / DeiT / distilled DeiT / DeiT3 / register and avg-pool variants: one stage, global attention."""
+    """timm ViT / DeiT / distilled DeiT / DeiT3 / register and avg-pool variants, GLU MLPs, a conv stem (ViTamin): one
+    stage, global attention."""
 
     name = "timm VisionTransformer"
 
@@ -71,8 +73,18 @@ class TimmViTAdapter:
     def input_size(self, model: nn.Module) -> tuple[int, int, int]:
         return timm_vit.input_size(model)
 
+    def block_input_shape(self, model: nn.Module, index: int) -> tuple[int, ...]:
+        info = timm_vit.describe(model)
+        return (info.num_tokens, info.embed_dim)
+
     def embed(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return timm_vit_forward.embed(model, x)
+
+    def block_state(self, model: nn.Module, x: torch.Tensor, positions: torch.Tensor | None = None) -> dict:
+        return {}  # absolute position embeddings only: blocks take nothing but the tokens
+
+    def token_positions(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+        return None
 
     def pool(self, model: nn.Module, tokens: torch.Tensor, *, size: torch.Tensor | None = None) -> torch.Tensor:
         return timm_vit_forward.pool(model, tokens, size=size)
@@ -112,6 +124,9 @@ class TimmViTAdapter:
     def residual_branches(self, block: nn.Module, *, index: int | None = None) -> tuple[nn.Module, nn.Module]:
         return timm_vit.residual_branches(block, index=index)
 
+    def route_linears(self, model: nn.Module, names) -> None:
+        return None  # every Linear is called as a module
+
     def check_prunable(self, model: nn.Module, groups) -> None:
         timm_vit_surgery.check_prunable(model, groups)
 
@@ -146,6 +161,8 @@ def _patch_embed_input_size(model: nn.Module) -> tuple[int, int, int] | None:
     pe = getattr(model, "patch_embed", None)
     if pe is None or getattr(pe, "img_size", None) is None:
         return None
+    if timm_vit_stem.has_conv_stem(model):  # HybridEmbed: ``proj`` may be Identity, the first conv has the channels
+        return timm_vit_stem.in_chans(model), int(pe.img_size[0]), int(pe.img_size[1])
     return int(pe.proj.in_channels), int(pe.img_size[0]), int(pe.img_size[1])
 
 

@@ -4,10 +4,12 @@ needs).
 
 Parts are the protocol's roles (:data:`~vitkit.adapters.protocol.LINEAR_ROLES`: ``qkv`` / ``attn_out`` /
 ``mlp_in`` / ``mlp_out`` / ``head``, plus ``norm1`` / ``norm2`` / ``embed`` / ``pos`` / ``prefix`` /
-``final_norm`` / ``layer_scale``) and three more: ``qk_norm`` (per-head q/k norms), ``prompt`` (visual-prompt
-tokens vitkit inserts) and ``other`` (a key this adapter does not recognise: GLU MLPs, gates, scale norms,
-attention-pool heads, ...). ``KeyRole.extra["module"]`` is the module a key belongs to (``""`` for root
-parameters); a layer-scale key's ``extra["scales"]`` is the role of the linear whose output it scales.
+``final_norm`` / ``layer_scale``) and more: ``qk_norm`` (per-head q/k norms), ``prompt`` (visual-prompt
+tokens vitkit inserts), the GLU MLP parts of :mod:`.timm_mlp` (``mlp_gate``; ``mlp_norm`` a hidden norm,
+``mlp_in_norm`` GeGluMlp's input norm), ``stem`` (a conv stem's tensors) and ``other`` (a key this adapter does not
+recognise: gates, scale norms, attention-pool heads, ...). ``KeyRole.extra["module"]`` is the module a key belongs
+to (``""`` for root parameters); a layer-scale key's ``extra["scales"]`` is the role of the linear whose output it
+scales.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UnsupportedModelError
+from . import timm_mlp
 from .protocol import (  # noqa: F401  (role tables re-exported: they were defined here)
     ATTN_QKV,
     ATTN_V,
@@ -126,8 +129,25 @@ def key_role(key: str) -> KeyRole:
 
 
 def key_roles(state_dict: Mapping[str, torch.Tensor] | Iterable[str]) -> dict[str, KeyRole]:
-    """The role of every key of ``state_dict`` (a state dict or its keys), in key order."""
-    return {k: key_role(k) for k in state_dict}
+    """The role of every key of ``state_dict`` (a state dict or its keys), in key order; GLU MLP keys by
+    :func:`.timm_mlp.mlp_key_parts`, a conv stem's (``patch_embed.backbone.*``) as part ``stem``."""
+    keys = list(state_dict)
+    per_block: dict[int, set[str]] = {}
+    for k in keys:
+        m = _BLOCK.match(k)
+        if m:
+            per_block.setdefault(int(m.group(1)), set()).add(m.group(2))
+    glu = {b: timm_mlp.mlp_key_parts(sfx) for b, sfx in per_block.items()}
+    out = {}
+    for k in keys:
+        role, m = key_role(k), _BLOCK.match(k)
+        if m and m.group(2) in glu[role.block]:
+            part, tensor = glu[role.block][m.group(2)]
+            role = KeyRole(k, role.block, part, tensor, role.extra)
+        elif role.part == "other" and k.startswith("patch_embed.backbone."):
+            role = KeyRole(k, None, "stem", role.tensor, role.extra)
+        out[k] = role
+    return out
 
 
 def permutation_axes(roles: Mapping[str, KeyRole]) -> dict[str, tuple[tuple[int, str], ...]]:
@@ -136,6 +156,11 @@ def permutation_axes(roles: Mapping[str, KeyRole]) -> dict[str, tuple[tuple[int,
     unchanged. Raises :class:`UnsupportedModelError` naming the first key whose symmetry is unknown."""
     out = {}
     for key, role in roles.items():
+        if role.part in timm_mlp.GLU_PARTS:
+            raise UnsupportedModelError(
+                f"no known permutation symmetry for MLP tensor {key!r} (a GLU gate or an MLP norm): use another "
+                "merge method for this model"
+            )
         axes = _PERMUTED_AXES.get((role.part, role.tensor))
         if axes is None:
             raise UnsupportedModelError(
@@ -152,6 +177,8 @@ def set_mlp_widths(model: nn.Module, widths: Sequence[int]) -> None:
     the old ones; load real weights afterwards). Blocks already at their width are left as they are."""
     for i, blk in enumerate(model.blocks):
         mlp = block_parts(blk, index=i).mlp
+        if timm_mlp.is_glu(mlp, f"blocks.{i}.mlp"):
+            raise UnsupportedModelError(f"blocks.{i}.mlp is a {type(mlp).__name__}: resizing a GLU MLP is not handled")
         width = int(widths[i])
         if mlp.fc1.out_features != width:
             idx = torch.arange(width) % mlp.fc1.out_features

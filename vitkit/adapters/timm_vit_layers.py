@@ -1,6 +1,7 @@
 """The layers of a timm ``VisionTransformer`` by role: what quantization and reparameterization act on.
 
-* :func:`linear_roles` — every Linear by role (``qkv`` / ``attn_out`` / ``mlp_in`` / ``mlp_out`` / ``head``);
+* :func:`linear_roles` — every Linear by role (``qkv`` / ``attn_out`` / ``mlp_in`` / ``mlp_out`` / ``head``; a conv
+  stem's convs: ``conv``);
 * :func:`norm_linear_pairs` — the LayerNorms that feed Linears directly (RepQ-ViT folds scales through them);
 * :func:`attention_cores` — the module of each block that computes ``softmax(q·kᵀ·scale)·v``, with its heads;
 * :func:`outer_layers` / :func:`block_layers` — the layers around and inside the blocks, for converters that
@@ -20,31 +21,32 @@ import torch.nn as nn
 from timm.layers import Attention, LayerScale
 
 from ..errors import UnsupportedModelError
+from . import timm_mlp, timm_vit_stem
 from .protocol import AttentionCore, LinearRole, NormLinear, register_explicit_attention
 from .timm_vit import block_linears, block_parts, classifier_heads
 from .timm_vit_pool import pool_core, pool_linear_roles, pool_norm_linear_pairs
 
-#: (role, parent in the block, attribute) of each block Linear, in forward order
-_BLOCK_LINEARS = (
-    ("qkv", "attn", "qkv"),
-    ("attn_out", "attn", "proj"),
-    ("mlp_in", "mlp", "fc1"),
-    ("mlp_out", "mlp", "fc2"),
-)
+#: (role, attribute) of each attention Linear, in forward order (the MLP's: :func:`.timm_mlp.mlp_linears`)
+_ATTN_LINEARS = (("qkv", "qkv"), ("attn_out", "proj"))
 _HEAD_NAMES = ("head", "head_dist")
 
 
 def linear_roles(model: nn.Module) -> dict[str, LinearRole]:
-    """``{name: LinearRole}`` in forward order: per block qkv, attn_out (``proj``), mlp_in (``fc1``), mlp_out
-    (``fc2``) — whatever module sits there, so that a wrapped layer is reported by name rather than skipped —
-    then the classifier head(s) that are Linears (``head``, ``head_dist`` on a distilled DeiT)."""
-    roles: dict[str, LinearRole] = {}
+    """``{name: LinearRole}`` in forward order: a conv stem's convs but the first (role ``conv``, see
+    :mod:`.timm_vit_stem`), then per block qkv, attn_out (``proj``), mlp_in (``fc1``; a GLU's gate and value),
+    mlp_out (``fc2`` / ``w2``) — whatever module sits there, so that a wrapped layer is reported by name rather than
+    skipped — then the classifier head(s) that are Linears (``head``, ``head_dist`` on a distilled DeiT)."""
+    roles = {name: LinearRole(name, "conv", None, "conv") for name in timm_vit_stem.conv_names(model)}
     for i, blk in enumerate(model.blocks):
         parts = block_parts(blk, index=i)
-        for role, parent, attr in _BLOCK_LINEARS:
-            if hasattr(getattr(parts, parent), attr):
-                name = f"blocks.{i}.{parent}.{attr}"
+        for role, attr in _ATTN_LINEARS:
+            if hasattr(parts.attn, attr):
+                name = f"blocks.{i}.attn.{attr}"
                 roles[name] = LinearRole(name, role, i, attr)
+        timm_mlp.mlp_kind(parts.mlp, f"blocks.{i}.mlp")
+        for attr, role in timm_mlp.mlp_linears(parts.mlp):
+            name = f"blocks.{i}.mlp.{attr}"
+            roles[name] = LinearRole(name, role, i, attr)
     roles.update(pool_linear_roles(model))
     for name, head in zip(_HEAD_NAMES, classifier_heads(model), strict=False):
         if isinstance(head, nn.Linear):
@@ -53,11 +55,14 @@ def linear_roles(model: nn.Module) -> dict[str, LinearRole]:
 
 
 def norm_linear_pairs(model: nn.Module) -> list[NormLinear]:
-    """Per block ``norm1 → qkv`` (role ``attn``) then ``norm2 → fc1`` (role ``mlp``)."""
+    """Per block ``norm1 → qkv`` (role ``attn``) then ``norm2 → fc1`` (role ``mlp``; a split GLU: ``norm2 → (gate,
+    value)``; ViTamin's GeGluMlp: its own input norm ``mlp.norm → (w0, w1)``, see :func:`.timm_mlp.mlp_norm_linear`)."""
     pairs = []
-    for i in range(len(model.blocks)):
+    for i, blk in enumerate(model.blocks):
+        mlp = block_parts(blk, index=i).mlp
+        timm_mlp.mlp_kind(mlp, f"blocks.{i}.mlp")
         pairs.append(NormLinear(f"blocks.{i}.norm1", (f"blocks.{i}.attn.qkv",), "attn"))
-        pairs.append(NormLinear(f"blocks.{i}.norm2", (f"blocks.{i}.mlp.fc1",), "mlp"))
+        pairs.append(timm_mlp.mlp_norm_linear(f"blocks.{i}", "norm2", "mlp", mlp))
     return pairs + pool_norm_linear_pairs(model)
 
 
@@ -73,7 +78,8 @@ def attention_cores(model: nn.Module) -> list[AttentionCore]:
 
 @dataclass(frozen=True)
 class OuterLayers:
-    """The layers around the blocks: the patch projection (``patch_proj_name`` relative to the model), the prefix
+    """The layers around the blocks: the patch projection (``patch_proj_name`` relative to the model; a conv stem's
+    first conv), the prefix
     token parameters in sequence order (cls, dist, registers; ``[1, n, D]`` each), the position embedding, the
     norm before the first block, the final norm and the norm after pooling (``nn.Identity`` when absent)."""
 
@@ -92,9 +98,10 @@ def _or_identity(module: nn.Module | None) -> nn.Module:
 
 def outer_layers(model: nn.Module) -> OuterLayers:
     tokens = [getattr(model, n, None) for n in ("cls_token", "dist_token", "reg_token")]
+    proj = timm_vit_stem.patch_proj_name(model)
     return OuterLayers(
-        patch_proj_name="patch_embed.proj",
-        patch_proj=model.patch_embed.proj,
+        patch_proj_name=proj,
+        patch_proj=model.get_submodule(proj),
         prefix_tokens=tuple(t for t in tokens if t is not None),
         positions=getattr(model, "pos_embed", None),
         pre_norm=_or_identity(getattr(model, "norm_pre", None)),
@@ -128,9 +135,15 @@ def _gamma(ls: nn.Module, where: str) -> torch.Tensor | None:
 
 
 def block_layers(block: nn.Module, *, index: int | None = None) -> BlockLayers:
+    """Refused for a GLU MLP (the whole-block converters compute ``fc2(act(fc1 x))``)."""
     p = block_parts(block, index=index)
     lin = block_linears(block, index=index)  # the same role table pruning reads
     where = f"blocks.{index}" if index is not None else "block"
+    if timm_mlp.is_glu(p.mlp, f"{where}.mlp"):
+        raise UnsupportedModelError(
+            f"{where}.mlp is a {type(p.mlp).__name__} (GLU MLP): whole-block conversion (integer-only inference) "
+            "implements fc2(act(fc1 x)) only"
+        )
     return BlockLayers(
         attention=p.attn,
         linears={r: lin[r] for r in ("qkv", "attn_out", "mlp_in", "mlp_out")},
@@ -140,7 +153,7 @@ def block_layers(block: nn.Module, *, index: int | None = None) -> BlockLayers:
             "mlp": _gamma(p.ls2, f"{where} MLP layer scale"),
         },
         act=p.mlp.act,
-        mlp_inner_norm=_or_identity(getattr(p.mlp, "norm", None)),
+        mlp_inner_norm=timm_mlp.hidden_norm(p.mlp),
     )
 
 
@@ -199,6 +212,8 @@ def mlp_gelu_chains(model: nn.Module) -> list[tuple[str, str, str]]:
     for i, block in enumerate(model.blocks):
         name = f"blocks.{i}"
         mlp = block_parts(block, index=i).mlp
+        if timm_mlp.mlp_kind(mlp, f"{name}.mlp") != "mlp":  # a GLU's fc2 input is act(g)·v, not a GELU output
+            continue
         act, norm = getattr(mlp, "act", None), getattr(mlp, "norm", nn.Identity())
         fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
         exact_gelu = isinstance(act, nn.GELU) and act.approximate == "none"

@@ -84,7 +84,7 @@ def add_prompt_tokens(
     info = describe(model)
     if deep and len(deep) != info.depth - 1:
         raise ValueError(f"deep prompts: one set per block after the first ({info.depth - 1}), got {len(deep)}")
-    ref = model.patch_embed.proj.weight
+    ref = next(model.patch_embed.parameters())  # the patch projection, or a conv stem (``proj`` may be Identity)
     dev, dt = ref.device, ref.dtype
     P, start = int(shallow.shape[1]), int(info.num_prefix_tokens)
     model.__dict__[ORIG_CLASS] = type(model)

@@ -1,5 +1,7 @@
 """Shape surgery on timm ``VisionTransformer`` blocks: remove whole heads, MLP neurons or whole blocks.
 
+MLP neurons of every MLP kind (:mod:`.timm_mlp`): a GLU neuron's gate and value rows go as a pair.
+
 Only this module (with ``timm_vit``) touches timm internals. Every function slices real weights, so pruning a
 head is exactly the model with that head's ``proj`` input columns zeroed, and pruning nothing is the identity.
 
@@ -19,30 +21,27 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import Mlp
 
 from ..errors import UnsupportedModelError
 from ..ops.pruning import head_cols, head_dim_cols, head_dim_rows, qkv_rows
+from . import timm_mlp
+from .slicing import _check_kept, slice_linear  # noqa: F401  (re-exported: other adapters import them from here)
 from .timm_vit import block_parts, describe
 
 
 def check_prunable(model: nn.Module, groups: Sequence[str]) -> None:
     """Raise :class:`UnsupportedModelError` naming the feature if ``groups`` cannot be pruned exactly."""
-    info = describe(model)
+    describe(model)  # refuses, by name, a model the adapter does not handle
     for i, blk in enumerate(model.blocks):
         parts = block_parts(blk, index=i)
         attn, mlp = parts.attn, parts.mlp
-        for name, lin in (
-            ("attn.qkv", attn.qkv),
-            ("attn.proj", attn.proj),
-            ("mlp.fc1", getattr(mlp, "fc1", None)),
-            ("mlp.fc2", getattr(mlp, "fc2", None)),
-        ):
+        for name, lin in (("attn.qkv", attn.qkv), ("attn.proj", attn.proj)):
             if isinstance(lin, nn.Linear) and type(lin) is not nn.Linear:  # LoRA / fake-quant subclasses
                 raise UnsupportedModelError(
                     f"blocks.{i}.{name} is a {type(lin).__name__}: slicing it would drop its extra branch; "
                     "prune before adapting, or fold it first (lora_merge step / vitkit.merge_back)"
                 )
+        timm_mlp.check_mlp_linears(mlp, f"blocks.{i}.mlp")
         if "heads" in groups:
             if not isinstance(attn.norm, nn.Identity):
                 raise UnsupportedModelError(
@@ -52,43 +51,11 @@ def check_prunable(model: nn.Module, groups: Sequence[str]) -> None:
             if not isinstance(attn.qkv, nn.Linear):
                 raise UnsupportedModelError(f"blocks.{i}.attn.qkv is not a fused Linear; cannot prune heads")
         if "mlp" in groups:
-            if not isinstance(mlp, Mlp) or "glu_mlp" in info.features:
-                raise UnsupportedModelError(
-                    f"blocks.{i}.mlp is a {type(mlp).__name__} (gated/GLU MLP): only timm's Mlp is supported; "
-                    "prune groups=('heads',) only"
-                )
-            if not isinstance(mlp.norm, nn.Identity):
+            if not isinstance(timm_mlp.hidden_norm(mlp), nn.Identity):
                 raise UnsupportedModelError(
                     f"blocks.{i}.mlp has a hidden norm (scale_mlp_norm): neuron pruning would change its "
                     "statistics; prune groups=('heads',) only"
                 )
-
-
-def slice_linear(lin: nn.Linear, *, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> nn.Linear:
-    w = lin.weight.detach()
-    if rows is not None:
-        w = w.index_select(0, rows)
-    if cols is not None:
-        w = w.index_select(1, cols)
-    bias = lin.bias is not None
-    new = nn.Linear(w.shape[1], w.shape[0], bias=bias, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if bias:
-            b = lin.bias.detach()
-            new.bias.copy_(b.index_select(0, rows) if rows is not None else b)
-    new.weight.requires_grad_(lin.weight.requires_grad)
-    if bias:
-        new.bias.requires_grad_(lin.bias.requires_grad)
-    return new
-
-
-def _check_kept(keep: list[int], n: int, where: str, what: str, if_empty: str) -> None:
-    """``keep`` (sorted) must be non-empty distinct indices below ``n``."""
-    if not keep:
-        raise UnsupportedModelError(f"{where}: {if_empty}")
-    if keep[0] < 0 or keep[-1] >= n or len(set(keep)) != len(keep):
-        raise UnsupportedModelError(f"{where}: kept {what} {keep} are not distinct indices below {n}")
 
 
 def prune_heads(block: nn.Module, keep: Sequence[int], *, index: int | None = None) -> None:
@@ -162,20 +129,10 @@ def prune_head_dims(block: nn.Module, keep_dims: Sequence[int], *, index: int | 
 
 
 def prune_mlp(block: nn.Module, keep: Sequence[int], *, index: int | None = None) -> None:
-    """Keep only hidden neurons ``keep`` of ``block.mlp``: fc1 rows (+ bias) and fc2 columns."""
-    mlp = block_parts(block, index=index).mlp
-    keep = sorted(int(k) for k in keep)
-    n = int(mlp.fc1.out_features)
+    """Keep only hidden neurons ``keep`` of ``block.mlp``: fc1 rows (+ bias) and fc2 columns; a GLU's gate and value
+    rows as a pair (:func:`.timm_mlp.prune_mlp`)."""
     where = f"blocks.{index}" if index is not None else "block"
-    if not keep:
-        raise UnsupportedModelError(f"{where}: cannot remove every MLP neuron; remove the block instead")
-    if keep[0] < 0 or keep[-1] >= n or len(set(keep)) != len(keep):
-        raise UnsupportedModelError(f"{where}: kept neurons are not distinct indices below {n}")
-    if len(keep) == n:
-        return
-    idx = torch.as_tensor(keep, dtype=torch.long, device=mlp.fc1.weight.device)
-    mlp.fc1 = slice_linear(mlp.fc1, rows=idx)
-    mlp.fc2 = slice_linear(mlp.fc2, cols=idx)
+    timm_mlp.prune_mlp(block_parts(block, index=index).mlp, keep, where=where)
 
 
 def keep_blocks(model: nn.Module, keep: Sequence[int]) -> None:

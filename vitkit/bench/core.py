@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..adapters.timm_vit import input_size
+from ..adapters import adapter_for
 from ..errors import NumericsError
 from . import timing
 from .env import environment
@@ -179,7 +179,8 @@ def benchmark(
         check_finite(m)
         m.eval()
     internal = [m for m in models if not is_external(m)]
-    shape = input_size(internal[0] if internal else model)
+    ref = internal[0] if internal else model
+    shape = adapter_for(ref).input_size(ref)  # any host family (TinyViT, Swin, ...), not only a plain ViT
     rows = [VariantResult(name=n) for n in names]
 
     if data is not None:

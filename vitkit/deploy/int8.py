@@ -32,7 +32,7 @@ from ..ops import quant as Q
 from ..quant.modules import quantizers, unpatch_module
 from ..quant.outliers import OUTLIER_PART, split_channels_, split_outlier_inputs_
 from ..quant.quantizer import Quantizer
-from ..quant.reparam import fold_into_norm_linear, reparam_factors
+from ..quant.reparam import fold_into_norm_linears, reparam_factors
 from ..validate import check_choice
 from .trace import first_line
 
@@ -104,7 +104,7 @@ def reparameterize_(
     for p in pairs:
         s, z = stats[p.linears[0]]
         r, b, _, _ = reparam_factors(s, z, reduce=reduce)
-        fold_into_norm_linear(modules[p.norm], modules[p.linears[0]], r, b)
+        fold_into_norm_linears(modules[p.norm], [modules[n] for n in p.linears], r, b)  # all linears it feeds
     return [p.linears[0] for p in pairs]
 
 

@@ -7,6 +7,8 @@ named in an :class:`~vitkit.errors.UnsupportedModelError` instead of torch's mul
 
 from __future__ import annotations
 
+import copy
+import inspect
 import io
 import re
 import warnings
@@ -16,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UnsupportedModelError
+from ..patching import mixin_class
 
 #: the opset every graph is written at unless the caller asks for another one
 OPSET = 17
@@ -30,9 +33,29 @@ def first_line(exc: BaseException) -> str:
 
 def onnx_graph_module(model: nn.Module) -> nn.Module:
     """The module to trace for ``model`` as it computes: a transform-provided static graph
-    (``model.vitkit_onnx_module()``, e.g. early exit's per-sample exit selection) or the model itself."""
+    (``model.vitkit_onnx_module()``, e.g. early exit's per-sample exit selection) or the model itself — seen through
+    :func:`images_only` when its ``forward`` takes flags besides the images."""
     hook = getattr(model, "vitkit_onnx_module", None)
-    return hook() if callable(hook) else model
+    return hook() if callable(hook) else images_only(model)
+
+
+class ImagesOnly(nn.Module):
+    """Mixin placed before a host's class: ``forward(x)`` is the host's ``forward(x)`` with its defaults."""
+
+    def forward(self, x: torch.Tensor):
+        return super().forward(x)
+
+
+def images_only(model: nn.Module) -> nn.Module:
+    """``model``, or — when its ``forward`` has flag parameters (``is_causal: bool = False``) — a shallow copy (same
+    parameters, same names) whose ``forward`` takes the images only. The tracer feeds every defaulted argument in as a
+    tensor, and a host that hands the flag on to ``scaled_dot_product_attention`` then fails."""
+    flags = [p for p in inspect.signature(model.forward).parameters.values() if isinstance(p.default, bool)]
+    if not flags:
+        return model
+    twin = copy.copy(model)  # shares the parameter and module dicts: nothing is duplicated
+    twin.__class__ = mixin_class(ImagesOnly, type(model), f"ImagesOnly{type(model).__name__}", module=__name__)
+    return twin
 
 
 def trace_onnx(

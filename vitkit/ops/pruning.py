@@ -67,8 +67,25 @@ def head_sums(
     return out
 
 
+def head_sums_head_major(
+    qkv_t: torch.Tensor, proj_t: torch.Tensor, num_heads: int, qkv_bias_t: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`head_sums` for a head-major fused qkv (LeViT-style attention, TinyViT / EfficientFormer): ``qkv_t``
+    ``[H·(2·d + v), C]`` holds each head's ``[q | k | v]`` rows together, ``proj_t`` ``[C, H·v]`` → ``[H]``."""
+    h, c = num_heads, qkv_t.shape[1]
+    out = qkv_t.reshape(h, -1, c).sum(dim=(1, 2))  # [H, 2d+v, C] → [H]
+    out = out + proj_t.reshape(proj_t.shape[0], h, -1).sum(dim=(0, 2))  # [C, H, v] → [H]
+    if qkv_bias_t is not None:
+        out = out + qkv_bias_t.reshape(h, -1).sum(dim=1)
+    return out
+
+
 def neuron_sums(fc1_t: torch.Tensor, fc2_t: torch.Tensor, fc1_bias_t: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum an elementwise tensor over each MLP hidden neuron: fc1 row (+ bias) and fc2 column → ``[I]``."""
+    """Sum an elementwise tensor over each MLP hidden neuron: fc1 row (+ bias) and fc2 column → ``[I]``. An fc1 with
+    ``k·I`` rows stacks ``k`` rows per neuron (a packed GLU's gate and value rows, Shazeer 2020 Eq. 6): all count."""
+    if fc1_t.shape[0] != fc2_t.shape[1]:  # stacked rows: fold them onto their neuron first
+        rows = fc1_t.sum(dim=1) if fc1_bias_t is None else fc1_t.sum(dim=1) + fc1_bias_t  # [k·I]
+        return rows.reshape(-1, fc2_t.shape[1]).sum(dim=0) + fc2_t.sum(dim=0)  # [k, I] → [I];  [C, I] → [I]
     out = fc1_t.sum(dim=1) + fc2_t.sum(dim=0)  # [I, C] → [I];  [C, I] → [I]
     if fc1_bias_t is not None:
         out = out + fc1_bias_t
@@ -175,6 +192,10 @@ class BlockGeometry:
     gated: bool = False
     #: ``(seconds per head, per neuron, fixed per block)`` measured on this CPU, for ``target="latency"``
     latency: tuple[float, float, float] | None = None
+    #: keys each query attends to (windowed attention: the window area); None = every token (global attention)
+    span: int | None = None
+    #: value width per head when it differs from the key width ``head_dim`` (EfficientFormer: 4·d); None = ``head_dim``
+    val_dim: int | None = None
 
 
 def _latency(g: BlockGeometry) -> tuple[float, float, float]:
@@ -184,14 +205,16 @@ def _latency(g: BlockGeometry) -> tuple[float, float, float]:
 
 
 def head_cost(g: BlockGeometry, target: str) -> float:
-    """Params or MACs per image of one head: qkv rows + proj cols (+ gate); MACs add QKᵀ and AV (2·N²·d)."""
+    """Params or MACs per image of one head: qkv rows + proj cols (+ gate); MACs add QKᵀ and AV (2·N·S·d, with
+    S = N keys per query under global attention, the window area under windowed attention)."""
     if target == "latency":
         return _latency(g)[0]
     d, c, n = g.head_dim, g.dim, g.tokens
-    lin = 4 * d * c + (d * c if g.gated else 0)
+    v = d if g.val_dim is None else g.val_dim  # q, k rows of width d; v rows and proj columns of width v
+    lin = (2 * d + 2 * v) * c + (d * c if g.gated else 0)
     if target == "params":
-        return lin + (3 * d if g.qkv_bias else 0) + (d if g.gated and g.qkv_bias else 0)
-    return n * lin + 2 * n * n * d
+        return lin + (2 * d + v if g.qkv_bias else 0) + (d if g.gated and g.qkv_bias else 0)
+    return n * lin + n * (n if g.span is None else g.span) * (d + v)
 
 
 def neuron_cost(g: BlockGeometry, target: str) -> float:

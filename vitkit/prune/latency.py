@@ -48,16 +48,16 @@ def measure_block_costs(model: nn.Module, *, batch_size: int = 1, repeats: int =
     """Per-block :class:`LatencyCosts` (seconds per image), measured once per distinct geometry."""
     host = adapter_for(model)
     info = host.describe(model)
-    tokens, dim = info.num_tokens, info.embed_dim
     out: list[LatencyCosts] = []
     seen: dict[tuple, LatencyCosts] = {}
     for i, blk in enumerate(block_modules(model)):
         h, head_dim, hidden = info.num_heads[i], info.head_dim[i], info.mlp_hidden[i]
-        key = (dim, h, head_dim, hidden, tokens)
+        shape = host.block_input_shape(model, i)  # one image's tokens entering the block, e.g. [N, D]
+        key = (shape, h, head_dim, hidden)
         if key in seen:
             out.append(seen[key])
             continue
-        x = torch.randn(batch_size, tokens, dim)
+        x = torch.randn(batch_size, *shape)
         b = copy.deepcopy(blk).eval()
         a_full, m_full = host.residual_branches(b, index=i)  # norm → attention, norm → MLP
         a_small_blk = copy.deepcopy(b)

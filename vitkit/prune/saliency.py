@@ -33,28 +33,43 @@ class BlockScores:
 
 def _group_sums(host, block: nn.Module, index: int, heads: tuple[int, int], elem) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply ``elem(param) -> tensor`` to each coupled weight/bias and sum per head and per neuron;
-    ``heads``: (number of heads, head dim) of the block."""
+    ``heads``: (number of heads, head dim or None) of the block."""
     lin = host.block_linears(block, index=index)
     opt = lambda p: None if p is None else elem(p)  # noqa: E731
     qkv, gate, mlp_in = lin["qkv"], lin["attn_gate"], lin["mlp_in"]
-    head_sums = P.head_sums(
-        elem(qkv.weight),
-        elem(lin["attn_out"].weight),
-        heads[0],
-        heads[1],
-        qkv_bias_t=opt(qkv.bias),
-        gate_t=None if gate is None else elem(gate.weight),
-        gate_bias_t=None if gate is None else opt(gate.bias),
-    )
+    if heads[1] is None:  # head-major fused qkv (TinyViT, EfficientFormer): each head's [q | k | v] rows together
+        head_sums = P.head_sums_head_major(elem(qkv.weight), elem(lin["attn_out"].weight), heads[0], opt(qkv.bias))
+    else:
+        if qkv is None:  # separate q/k/v projections: their rows stacked as a fused qkv's (a missing bias counts 0)
+            parts = [lin["attn_q"], lin["attn_k"], lin["attn_v"]]
+            qkv_t = torch.cat([elem(p.weight) for p in parts])
+            biases = [torch.zeros(p.out_features) if p.bias is None else elem(p.bias) for p in parts]
+            qkv_bias_t = None if all(p.bias is None for p in parts) else torch.cat(biases)
+        else:
+            qkv_t, qkv_bias_t = elem(qkv.weight), opt(qkv.bias)
+        head_sums = P.head_sums(
+            qkv_t,
+            elem(lin["attn_out"].weight),
+            heads[0],
+            heads[1],
+            qkv_bias_t=qkv_bias_t,
+            gate_t=None if gate is None else elem(gate.weight),
+            gate_bias_t=None if gate is None else opt(gate.bias),
+        )
     neurons = P.neuron_sums(elem(mlp_in.weight), elem(lin["mlp_out"].weight), fc1_bias_t=opt(mlp_in.bias))
+    gate_in = lin.get("mlp_gate")  # a split GLU's gate Linear: its rows belong to the same neurons
+    if gate_in is not None:
+        neurons = neurons + elem(gate_in.weight).sum(dim=1) + (0 if gate_in.bias is None else elem(gate_in.bias))
     return head_sums.double(), neurons.double()
 
 
 def _heads(model: nn.Module) -> tuple[object, list[tuple[int, int]]]:
-    """The host adapter and (number of heads, head dim) of every block."""
+    """The host adapter and (number of heads, head dim) of every block; head dim None where the host's fused qkv is
+    head-major (``head_major_qkv`` feature: :func:`~vitkit.ops.pruning.head_sums_head_major` scores its heads)."""
     host = adapter_for(model)
     info = host.describe(model)
-    return host, list(zip(info.num_heads, info.head_dim, strict=True))
+    dims = [None] * info.depth if "head_major_qkv" in info.features else info.head_dim
+    return host, list(zip(info.num_heads, dims, strict=True))
 
 
 def _block_params(block: nn.Module) -> list[nn.Parameter]:
@@ -136,7 +151,9 @@ def gradient_scores(model: nn.Module, importance: str, batches) -> list[BlockSco
                 if importance == "hessian":
                     for p in params:
                         p.grad = None
-                loss.backward()
+                # retain_graph: a host may reuse a tensor built in an earlier forward (timm's TinyViT /
+                # EfficientFormer cache their attention biases in eval mode), whose graph a second backward walks
+                loss.backward(retain_graph=True)
                 if importance == "hessian":
                     for i, blk in enumerate(blocks):
                         heads, neurons = _group_sums(

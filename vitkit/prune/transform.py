@@ -33,12 +33,14 @@ def geometry(model: nn.Module, latency: list | None = None) -> list[P.BlockGeome
         lin = host.block_linears(blk, index=i)
         out.append(
             P.BlockGeometry(
-                dim=info.embed_dim,
+                dim=info.block_dims[i],
                 num_heads=info.num_heads[i],
                 head_dim=info.head_dim[i],
                 hidden=info.mlp_hidden[i],
-                tokens=info.num_tokens,
-                qkv_bias=lin["qkv"].bias is not None,
+                tokens=info.block_tokens[i],
+                span=info.block_spans[i],
+                val_dim=lin["attn_out"].in_features // info.num_heads[i],  # = head_dim but for EfficientFormer
+                qkv_bias=(lin["qkv"] or lin.get("attn_q")).bias is not None,  # fused or separate projections
                 fc1_bias=lin["mlp_in"].bias is not None,
                 gated=lin["attn_gate"] is not None,
                 latency=None if latency is None else (latency[i].head, latency[i].neuron, latency[i].fixed),
@@ -207,7 +209,7 @@ def unpruned_teacher(model: nn.Module) -> nn.Module | None:
     kind="structure",
     paper="NViT (Yang et al., CVPR 2023)",
     restore=_restore,
-    example={"ratio": 0.3, "importance": "l1"},
+    example={"ratio": 0.2, "importance": "l1"},  # reachable on hybrids too, whose unpruned conv stages hold most MACs
     zero={"ratio": 0.0},
 )
 def apply_prune(model: nn.Module, cfg: PruneConfig, *, calib=None, dry_run: bool = False) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from .quantizer import LogQuantizer, UniformQuantizer
 
 _log = logging.getLogger(__name__)
 
-_UNSUPPORTED = ("qk_norm", "scale_norm", "dist_token", "reg_tokens", "no_class_token", "avg_pool")
+_UNSUPPORTED = ("qk_norm", "scale_norm", "dist_token", "reg_tokens", "no_class_token", "avg_pool", "conv_stem")
 
 
 class _Act:

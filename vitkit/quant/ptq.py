@@ -106,7 +106,7 @@ def quant_sites(model: nn.Module) -> dict[str, str]:
     block ``qkv``, its attention core (``attention``), ``attn_out``, ``mlp_in``, ``mlp_out``, then the heads."""
     host = adapter_for(model)
     info = host.describe(model)
-    unsupported = sorted(info.features & {"gated_attn", "glu_mlp"})
+    unsupported = sorted(info.features & {"gated_attn"})
     if unsupported:
         raise UnsupportedModelError(
             f"ptq does not handle the model feature(s) {unsupported}: use a ViT with plain Attention and Mlp"
@@ -148,6 +148,9 @@ def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
 def install(model: nn.Module, plan: dict[str, dict[str, dict]], *, calibrated: bool) -> None:
     """Patch every planned module with fresh quantizers (``calibrated=True`` when values come from a state dict)."""
     modules = dict(model.named_modules())
+    route = getattr(adapter_for(model), "route_linears", None)
+    if callable(route):  # the host's forward must call the quantized modules (some hosts read a weight directly)
+        route(model, list(plan))
     for name, slots in plan.items():
         qs = {slot: make_quantizer(spec, where=f"{name}.{slot}") for slot, spec in slots.items()}
         for q in qs.values():

@@ -42,12 +42,25 @@ def fold_into_norm_linear(norm: nn.Module, linear: nn.Linear, r: torch.Tensor, b
 
     Returns True when ``linear`` had no bias and one was added (its state dict gains ``bias``).
     """
+    return fold_into_norm_linears(norm, [linear], r, b)[0]
+
+
+@torch.no_grad()
+def fold_into_norm_linears(norm: nn.Module, linears, r: torch.Tensor, b: torch.Tensor) -> list[bool]:
+    """:func:`fold_into_norm_linear` for a norm feeding several Linears (a SwiGLU's gate and value): the norm is
+    folded once, every linear it feeds is compensated. Returns, per linear, whether a bias was added."""
     if not isinstance(norm, nn.LayerNorm) or norm.weight is None or norm.bias is None:
         raise UnsupportedModelError(
             f"RepQ-ViT reparameterization needs a LayerNorm with affine weight and bias, got {type(norm).__name__}"
         )
     norm.weight.div_(r)
     norm.bias.div_(r).sub_(b)
+    return [fold_into_linear(linear, r, b) for linear in linears]
+
+
+@torch.no_grad()
+def fold_into_linear(linear: nn.Linear, r: torch.Tensor, b: torch.Tensor) -> bool:
+    """``W[:, c] ← W[:, c]·r_c, bias ← bias + W′ b``: the linear side of the fold (True when a bias was added)."""
     linear.weight.mul_(r.unsqueeze(0))  # [out, in] · [1, in]
     added = linear.bias is None
     if added:

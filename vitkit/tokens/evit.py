@@ -116,6 +116,7 @@ def evit_rates(cfg: EViTConfig, depth: int) -> list[float]:
 def apply_evit(model, cfg: EViTConfig, *, calib=None, dry_run: bool = False) -> dict:
     host = adapter_for(model)
     info = host.describe(model)
+    prefix = host.prefix_tokens(model)  # a host without a token sequence (windowed attention) refuses here
     if not info.has_class_token:
         raise UnsupportedModelError(
             "EViT ranks tokens by [CLS] attention but this model has no class token (global_pool="
@@ -125,7 +126,7 @@ def apply_evit(model, cfg: EViTConfig, *, calib=None, dry_run: bool = False) -> 
     rates = evit_rates(cfg, info.depth)
     rates = [r if name in chosen else 1.0 for r, name in zip(rates, info.block_names, strict=True)]
     reducers = [EViTReducer(r, cfg.fuse) if r < 1.0 else None for r in rates]
-    removed, counts = plan_tokens(info.num_tokens, host.prefix_tokens(model), reducers)
+    removed, counts = plan_tokens(info.num_tokens, prefix, reducers)
     decisions = {
         "summary": token_summary("keep_rate", rates, counts),
         "keep_rate_per_layer": rates,

@@ -28,7 +28,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from ..adapters.runtime import HostRun, additive_mask, block_modules, outer_patches_lifted, take_rows
+from ..adapters.runtime import (
+    HostRun,
+    additive_mask,
+    block_modules,
+    block_state,
+    outer_patches_lifted,
+    take_rows,
+    token_positions,
+)
 from ..errors import ConfigError
 from ..history import drop_steps
 from ..ops.token_merging import TokenReduction, proportional_attention_bias
@@ -56,6 +64,22 @@ class TokenContext:
         self.mask: torch.Tensor | None = None  # [B|1, H|1, N|1, N] additive, after the first reduction
         self.reduced = False
         self.store: dict[str, torch.Tensor] = {}
+        # host block arguments (e.g. rotary embeddings) for the current tokens, and the positions they follow from
+        self.state: dict = {}
+        self.positions: torch.Tensor | None = None  # [B|1, T, 2] when the host's blocks depend on positions
+        self.restate = None  # positions → state (set by TokenRun)
+
+    def follow_positions(self, red: TokenReduction, size: torch.Tensor | None) -> None:
+        """Positions after ``red``: a merged token sits at the size-weighted mean of its sources' positions (the
+        weights ToMe §3 averages features with, whatever weights the method merges features with), then the host
+        recomputes its block state (e.g. rotary embeddings at those positions)."""
+        if self.positions is None:
+            return
+        B, P = red.keep.shape[0], self.num_prefix
+        pos = self.positions.expand(B, -1, -1)  # [B, T, 2]
+        full = torch.cat([pos.new_zeros(B, P, pos.shape[-1]), pos], dim=1)  # [B, N, 2]: prefix rows unused
+        self.positions = red.merge(full, size)[0][:, P:]  # [B, T', 2]
+        self.state = self.restate(self.positions)
 
     def bias(self, x: torch.Tensor) -> torch.Tensor | None:
         """Additive attention bias for the current tokens (caller mask + log size), or None."""
@@ -108,19 +132,21 @@ class TokenReductionBlock(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         ctx: TokenContext | None = None,
+        **state,
     ) -> torch.Tensor:
         reducer: Reducer | None = getattr(self, REDUCER, None)
+        state = state if ctx is None else ctx.state  # host block arguments for the current tokens (e.g. RoPE)
         if ctx is None or (reducer is None and not ctx.reduced):
-            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal, **state)
         # a block without a reducer after an earlier reduction still needs the size bias and the followed mask
         needs = reducer.needs(x.shape[1] - ctx.num_prefix) if reducer is not None else frozenset()
         if not ctx.reduced:
             if not needs:  # untouched tokens, nothing to do: the block's own forward, bit-exact
-                return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+                return super().forward(x, attn_mask=attn_mask, is_causal=is_causal, **state)
             bias, causal = attn_mask, bool(is_causal)
         else:
             bias, causal = ctx.bias(x), False
-        x, extras = ctx.host.attention_residual(self, x, bias=bias, is_causal=causal, needs=needs)
+        x, extras = ctx.host.attention_residual(self, x, bias=bias, is_causal=causal, needs=needs, **state)
         if needs:
             out = reducer.reduce(x, extras, ctx)
             if out is not None:
@@ -128,6 +154,7 @@ class TokenReductionBlock(nn.Module):
                 if not ctx.reduced:  # from now on the caller's mask follows the tokens
                     ctx.mask = additive_mask(attn_mask, is_causal, x.shape[1], x)
                     ctx.reduced = True
+                ctx.follow_positions(red, ctx.size)
                 x, ctx.size = red.merge(x, ctx.size, weight)
                 if ctx.mask is not None:
                     ctx.mask = _follow_mask(ctx.mask, red)
@@ -150,7 +177,10 @@ class TokenRun(HostRun):
         m, host = self.model, self.host
         prop_attn = bool(getattr(m, PROP_ATTN, False))
         self.ctx = TokenContext(host.prefix_tokens(m), host.token_grid(m, x), prop_attn, host)
-        return super().embed(x)
+        tokens = super().embed(x)
+        self.ctx.state, self.ctx.positions = self.state, token_positions(host, m, x)
+        self.ctx.restate = lambda positions: block_state(host, m, x, positions)
+        return tokens
 
     def block_kwargs(self) -> dict:
         return {**super().block_kwargs(), "ctx": self.ctx}
@@ -160,6 +190,8 @@ class TokenRun(HostRun):
         if self.ctx is not None:
             self.ctx.size, self.ctx.mask = take_rows(self.ctx.size, keep, batch), take_rows(self.ctx.mask, keep, batch)
             self.ctx.store = {k: take_rows(v, keep, batch) for k, v in self.ctx.store.items()}
+            self.ctx.state = {k: take_rows(v, keep, batch) for k, v in self.ctx.state.items()}
+            self.ctx.positions = take_rows(self.ctx.positions, keep, batch)
 
 
 class TokenReductionVisionTransformer(nn.Module):

@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from ...adapters import adapter_for
 from ..quantizer import make_quantizer
-from ..reparam import fold_into_norm_linear, reparam_factors
+from ..reparam import fold_into_norm_linears, reparam_factors
 from .base import Calibration, Calibrator, register_calibrator
 
 
@@ -49,12 +49,18 @@ def repq_reparameterize(model: nn.Module, plan: dict, *, reduce: str = "mean") -
     place; returns (reparameterized linears, linears that gained a bias)."""
     modules = dict(model.named_modules())
     done, added = [], []
+    feeds = {pair.norm: pair.linears for pair in adapter_for(model).norm_linear_pairs(model)}
+    folded: dict[str, tuple] = {}  # norm → its factors: a norm feeding several linears (SwiGLU) is folded once
     for norm_name, lin_name in post_ln_pairs(model, plan):
         lin = modules[lin_name]
-        aq = lin.a_quant
-        r, b, s_t, z_t = reparam_factors(aq.scale, aq.zero_point, reduce=reduce)
-        if fold_into_norm_linear(modules[norm_name], lin, r, b):
-            added.append(lin_name)
+        if norm_name not in folded:  # the first quantized linear's statistics (the others see the same input)
+            aq = lin.a_quant
+            folded[norm_name] = reparam_factors(aq.scale, aq.zero_point, reduce=reduce)
+            r, b = folded[norm_name][:2]
+            fed = feeds[norm_name]  # every linear this norm feeds is compensated, quantized or not
+            gained = fold_into_norm_linears(modules[norm_name], [modules[n] for n in fed], r, b)
+            added += [name for name, g in zip(fed, gained, strict=True) if g]
+        r, b, s_t, z_t = folded[norm_name]
         spec = dict(plan[lin_name]["a_quant"], channels=None)
         new = make_quantizer(spec, where=f"{lin_name}.a_quant")
         new.scale.copy_(s_t)
