@@ -66,7 +66,13 @@ FAMILIES = {
     ),
     "tiny_vit": (
         "tiny_vit_5m_224",
-        dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4), window_sizes=(2, 2, 2, 1)),
+        dict(
+            embed_dims=(16, 32, 48, 64),
+            depths=(1, 1, 1, 1),
+            num_heads=(1, 2, 3, 4),
+            window_sizes=(2, 2, 2, 1),
+            pretrained_cfg_overlay=dict(input_size=(3, 64, 64)),  # any size runs; this one is the model's
+        ),
         64,
     ),
     "efficientformer": (

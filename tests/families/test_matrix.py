@@ -21,6 +21,13 @@ from . import matrix as M
 REQUIRED = {
     "vit": set(M.METHODS) - {"evit"},
     "siglip": set(M.METHODS) - {"evit"},  # EViT ranks tokens by [CLS] attention: a map-head tower has no [CLS]
+    "eva02": set(M.METHODS),
+    "vitamin": set(M.METHODS) - {"evit"},  # EViT ranks tokens by [CLS] attention: ViTamin pools by average, no [CLS]
+    # windowed attention on a fixed grid: token reduction, early exit and prompts are refused by name
+    "swin": {"ptq", "mixed_ptq", "precision", "prune", "merge", "lora", "lora_merge", "adapter", "distill", "finetune"},
+    # conv + attention hybrids: tokens on a fixed grid (convs, attention biases): token methods refused by name
+    "tiny_vit": set(M.METHODS) - {"tome", "evit", "pitome", "hiprune", "random_drop", "early_exit", "prompt"},
+    "efficientformer": set(M.METHODS) - {"tome", "evit", "pitome", "hiprune", "random_drop", "early_exit", "prompt"},
 }
 
 
