@@ -18,6 +18,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .protocol import adapter_for
 
@@ -40,6 +41,22 @@ def additive_mask(attn_mask: torch.Tensor | None, is_causal: bool, n: int, like:
     while attn_mask.dim() < 4:
         attn_mask = attn_mask.unsqueeze(0)
     return attn_mask.to(like.dtype)
+
+
+def attend(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias, is_causal: bool) -> torch.Tensor:
+    """``softmax(q·kᵀ·scale + bias)·v`` ``[B, H, N, d]`` the way a timm attention module computes it: the fused SDPA
+    kernel when ``attn.fused_attn``, else the explicit matmuls (``attn.scale``, ``attn.attn_drop`` read from it)."""
+    N = q.shape[-2]
+    if attn.fused_attn:
+        dropout_p = attn.attn_drop.p if attn.training else 0.0
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=is_causal, scale=attn.scale
+        )
+    scores = (q * attn.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
+    b = additive_mask(bias, is_causal, N, scores)
+    if b is not None:
+        scores = scores + b
+    return attn.attn_drop(scores.softmax(dim=-1)) @ v
 
 
 #: Attribute naming the dtype a reduced-precision model runs in (set by :mod:`vitkit.quant.precision`).

@@ -29,7 +29,7 @@ from timm.models.eva import EvaAttention
 
 from ..errors import UnsupportedModelError
 from .protocol import register_explicit_attention
-from .runtime import additive_mask
+from .runtime import additive_mask, attend
 
 
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -172,17 +172,7 @@ def attention_with_extras(
 def _finish(attn: nn.Module, q, k, v, bias: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
     """``softmax(q·kᵀ·scale + bias)·v`` → heads merged → scale norm → output projection (timm's order)."""
     B, _, N, _ = q.shape
-    dropout_p = attn.attn_drop.p if attn.training else 0.0
-    if attn.fused_attn:
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=is_causal, scale=attn.scale
-        )  # [B, H, N, d]
-    else:
-        scores = (q * attn.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
-        b = additive_mask(bias, is_causal, N, scores)
-        if b is not None:
-            scores = scores + b
-        out = attn.attn_drop(scores.softmax(dim=-1)) @ v  # [B, H, N, d]
+    out = attend(attn, q, k, v, bias, is_causal)  # [B, H, N, d]
     out = attn.norm(out.transpose(1, 2).reshape(B, N, -1))  # [B, N, H·d]
     return attn.proj_drop(attn.proj(out))
 

@@ -38,6 +38,7 @@ from timm.layers import Mlp
 from ..errors import UnsupportedModelError
 from ..patching import mixin_class
 from . import timm_hybrid_surgery as surgery
+from .grid_info import GridInfo
 from .protocol import AttentionCore, KeyRole, LinearRole, NormLinear, Stage
 from .timm_vit_layers import OuterLayers
 
@@ -48,8 +49,8 @@ TOKEN_REFUSAL = (
 )
 
 
-@dataclass(frozen=True)
-class HybridInfo:
+@dataclass(frozen=True, kw_only=True)
+class HybridInfo(GridInfo):
     """What methods need to know about a hybrid: the fields a plain ViT's :class:`~.timm_vit.ViTInfo` has, over
     the attention blocks only, plus per-block geometry (``block_dims``: residual width, ``block_tokens``: tokens of
     the block's grid, ``block_spans``: keys each query attends to, ``block_stages``: stage index).
@@ -57,40 +58,8 @@ class HybridInfo:
     ``embed_dim`` is the first attention block's width and ``grid_size`` its token grid; ``num_features`` the width
     the classifier reads. ``patch_size`` is the stem's total stride."""
 
-    arch: str
-    depth: int
-    embed_dim: int
-    num_heads: tuple[int, ...]
-    head_dim: tuple[int, ...]
-    mlp_hidden: tuple[int, ...]
-    block_dims: tuple[int, ...]
-    block_tokens: tuple[int, ...]
-    block_spans: tuple[int, ...]
     block_stages: tuple[int, ...]
     num_features: int
-    global_pool: str
-    patch_size: tuple[int, int]
-    grid_size: tuple[int, int]
-    img_size: tuple[int, int]
-    in_chans: int
-    num_classes: int
-    block_names: tuple[str, ...]
-    features: frozenset[str]
-    num_prefix_tokens: int = 0
-    has_class_token: bool = False
-    has_dist_token: bool = False
-    num_reg_tokens: int = 0
-    num_prompt_tokens: int = 0
-    pool_include_prefix: bool = False
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size[0] * self.grid_size[1]
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens entering the first attention block at the default input size."""
-        return self.num_patches
 
 
 @dataclass(frozen=True)

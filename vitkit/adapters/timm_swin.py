@@ -33,6 +33,7 @@ from timm.models.swin_transformer import (
 )
 
 from ..errors import UnsupportedModelError
+from .grid_info import GridInfo
 from .timm_vit import BlockParts
 
 _SUPPORTED = "timm SwinTransformer (Swin v1: W-MSA/SW-MSA blocks, PatchMerging, LayerNorm, average pooling)"
@@ -63,8 +64,8 @@ def _first_window(model: SwinTransformer) -> tuple[int, int]:
     return tuple(model.layers[0].blocks[0].window_size) if len(model.layers[0].blocks) else (0, 0)
 
 
-@dataclass(frozen=True)
-class SwinInfo:
+@dataclass(frozen=True, kw_only=True)
+class SwinInfo(GridInfo):
     """What methods need to know about a Swin; the fields a plain ViT's :class:`~.timm_vit.ViTInfo` has, plus the
     per-block geometry (``block_dims``: residual width, ``block_tokens``: tokens, ``block_spans``: keys each
     query attends to = window area, ``block_windows``: window size, ``block_shifts``: cyclic shift).
@@ -72,41 +73,9 @@ class SwinInfo:
     ``embed_dim`` is the first stage's width and ``num_tokens`` / ``grid_size`` the first stage's grid (as timm
     names them); per-block values live in the ``block_*`` tuples."""
 
-    arch: str
-    depth: int
-    embed_dim: int
-    num_heads: tuple[int, ...]
-    head_dim: tuple[int, ...]
-    mlp_hidden: tuple[int, ...]
-    block_dims: tuple[int, ...]
-    block_tokens: tuple[int, ...]
-    block_spans: tuple[int, ...]
     block_windows: tuple[tuple[int, int], ...]
     block_shifts: tuple[tuple[int, int], ...]
     stage_grids: tuple[tuple[int, int], ...]
-    global_pool: str
-    patch_size: tuple[int, int]
-    grid_size: tuple[int, int]
-    img_size: tuple[int, int]
-    in_chans: int
-    num_classes: int
-    block_names: tuple[str, ...]
-    features: frozenset[str]
-    num_prefix_tokens: int = 0
-    has_class_token: bool = False
-    has_dist_token: bool = False
-    num_reg_tokens: int = 0
-    num_prompt_tokens: int = 0
-    pool_include_prefix: bool = False
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size[0] * self.grid_size[1]
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens entering the first block at the default input size."""
-        return self.num_patches
 
 
 def _unsupported(where: str, module: nn.Module, what: str) -> UnsupportedModelError:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Attention
 
-from .runtime import additive_mask
+from .runtime import additive_mask, attend
 from .timm_vit_pool import attention_pool
 
 
@@ -120,17 +119,7 @@ def attention_with_extras(
             extras["global_attn"] = probs.mean(dim=(1, 2))  # [B, N]
     if own_forward:
         return own_out, extras
-    dropout_p = attn.attn_drop.p if attn.training else 0.0
-    if attn.fused_attn:
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=is_causal, scale=attn.scale
-        )  # [B, H, N, hd]
-    else:
-        scores = (q * attn.scale) @ k.transpose(-2, -1)  # [B, H, N, N]
-        b = additive_mask(bias, is_causal, N, scores)
-        if b is not None:
-            scores = scores + b
-        out = attn.attn_drop(scores.softmax(dim=-1)) @ v  # [B, H, N, hd]
+    out = attend(attn, q, k, v, bias, is_causal)  # [B, H, N, hd]
     out = out.transpose(1, 2).reshape(B, N, attn.attn_dim)  # [B, N, H*hd]
     out = attn.norm(out)
     if gate is not None:
