@@ -209,3 +209,20 @@ def mlp_key_parts(suffixes: Mapping[str, object] | set[str]) -> dict[str, tuple[
             part, tensor = GLU_MLP_KEYS[s]
             out[s] = ("mlp_in_norm" if geglu and part == "mlp_norm" else part, tensor)
     return out
+
+
+def mlp_gelu_chains(model: nn.Module) -> list[tuple[str, str, str]]:
+    """``(fc1 name, activation name, fc2 name)`` of every timm ``Mlp`` in ``model`` (any host family: blocks, an
+    attention pool's MLP) that computes exactly ``fc2(gelu(fc1(x)))`` in eval mode (erf GELU, identity hidden norm,
+    dropout only): the chains an int8 runtime may fuse (GELU and the requantization for ``fc2`` in ``fc1``'s GEMM
+    epilogue). GLUs (``fc2``'s input is ``act(g)·v``), tanh GELU, a hidden norm and other MLP classes are left out."""
+    out = []
+    for name, mlp in model.named_modules():
+        if type(mlp) is not Mlp:
+            continue
+        act, norm = mlp.act, mlp.norm
+        exact_gelu = isinstance(act, nn.GELU) and act.approximate == "none"
+        if not (exact_gelu and isinstance(norm, nn.Identity) and isinstance(mlp.fc1, nn.Module)):
+            continue
+        out.append((f"{name}.fc1", f"{name}.act", f"{name}.fc2"))
+    return out

@@ -120,18 +120,29 @@ def block_parts(block: nn.Module, *, index: int | None = None, where: str | None
     )
 
 
+def _linear_like(module) -> bool:
+    """An ``nn.Linear``, or a module standing in for one (a deployed int8 linear): it names its widths as
+    ``nn.Linear`` does. Methods that need a real ``nn.Linear`` there (ptq, lora) check that themselves."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, nn.Module) and all(isinstance(getattr(module, a, None), int) for a in _WIDTHS)
+
+
+_WIDTHS = ("in_features", "out_features")
+
+
 def _check_block(block: nn.Module, where: str) -> None:
     parts = block_parts(block, where=where)
     _check_norm(parts.norm1, f"{where}.norm1")
     _check_norm(parts.norm2, f"{where}.norm2")
     attn, mlp = parts.attn, parts.mlp
     for name in ("qkv", "proj"):
-        if not isinstance(getattr(attn, name), nn.Linear):
+        if not _linear_like(getattr(attn, name)):
             raise _unsupported(f"{where}.attn.{name}", getattr(attn, name), "an nn.Linear")
     if attn.qkv.out_features % (3 * attn.num_heads):
         raise UnsupportedModelError(f"{where}.attn.qkv has {attn.qkv.out_features} outputs, not 3 × heads × head_dim")
     for name in ("fc1", "fc2"):
-        if not isinstance(getattr(mlp, name, None), nn.Linear):
+        if not _linear_like(getattr(mlp, name, None)):
             raise _unsupported(f"{where}.mlp.{name}", getattr(mlp, name, None), "an nn.Linear")
     if not isinstance(mlp.norm, nn.Identity):
         raise _unsupported(f"{where}.mlp.norm", mlp.norm, "no hidden norm (nn.Identity)")
@@ -161,7 +172,7 @@ def describe(model: nn.Module) -> SwinInfo:
         ds = stage.downsample
         if isinstance(ds, PatchMerging):
             _check_norm(ds.norm, f"{where}.downsample.norm")
-            if not isinstance(ds.reduction, nn.Linear):
+            if not _linear_like(ds.reduction):
                 raise _unsupported(f"{where}.downsample.reduction", ds.reduction, "an nn.Linear")
             features.add("patch_merging")
         elif not isinstance(ds, nn.Identity):
@@ -189,7 +200,7 @@ def describe(model: nn.Module) -> SwinInfo:
         raise _unsupported("head", head, "timm's ClassifierHead")
     if model.global_pool != "avg":
         raise UnsupportedModelError(f"global_pool={model.global_pool!r} is not supported on Swin: use 'avg'")
-    if not isinstance(head.fc, nn.Linear | nn.Identity):
+    if not (isinstance(head.fc, nn.Identity) or _linear_like(head.fc)):
         raise _unsupported("head.fc", head.fc, "an nn.Linear classifier")
     cfg = getattr(model, "pretrained_cfg", None) or {}
     return SwinInfo(

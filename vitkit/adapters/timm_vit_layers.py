@@ -201,28 +201,3 @@ class ExplicitAttention(Attention):
         x = self.norm(x)
         x = self.proj(x)
         return self.proj_drop(x), qkv_out
-
-
-def mlp_gelu_chains(model: nn.Module) -> list[tuple[str, str, str]]:
-    """``(fc1 name, activation name, fc2 name)`` of every block MLP that computes exactly ``fc2(gelu(fc1(x)))``
-    in eval mode (erf GELU, identity hidden norm, dropout only): the chains an int8 runtime may fuse (GELU and the
-    requantization for ``fc2`` in ``fc1``'s GEMM epilogue). Other MLPs (SwiGLU, tanh GELU, a hidden norm) are left
-    out."""
-    out = []
-    for i, block in enumerate(model.blocks):
-        name = f"blocks.{i}"
-        mlp = block_parts(block, index=i).mlp
-        if timm_mlp.mlp_kind(mlp, f"{name}.mlp") != "mlp":  # a GLU's fc2 input is act(g)·v, not a GELU output
-            continue
-        act, norm = getattr(mlp, "act", None), getattr(mlp, "norm", nn.Identity())
-        fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
-        exact_gelu = isinstance(act, nn.GELU) and act.approximate == "none"
-        if fc1 is None or fc2 is None or not exact_gelu or not isinstance(norm, nn.Identity):
-            continue
-        prefix = f"{name}.{_child_name(block, mlp)}"
-        out.append((f"{prefix}.fc1", f"{prefix}.act", f"{prefix}.fc2"))
-    return out
-
-
-def _child_name(parent: nn.Module, child: nn.Module) -> str:
-    return next(n for n, m in parent.named_children() if m is child)

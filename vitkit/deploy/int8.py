@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..adapters.protocol import adapter_for
-from ..errors import DeployError, UnsupportedModelError
+from ..errors import DeployError
 from ..history import drop_steps, steps_named
 from ..ops import quant as Q
 from ..quant.modules import quantizers, unpatch_module
@@ -80,12 +80,6 @@ def reparameterize_(
     host.describe(model)
     modules = dict(model.named_modules())
     pairs = sorted(host.norm_linear_pairs(model), key=lambda p: p.role != "attn")  # stable: attn, then mlp
-    for p in pairs:
-        if len(p.linears) != 1:
-            raise UnsupportedModelError(
-                f"{p.norm} feeds {len(p.linears)} linears {list(p.linears)}, and the RepQ-ViT fold handles one "
-                "linear per norm: deploy this model with runtime 'ort-fp32'"
-            )
     stats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook_for(name: str):
@@ -94,6 +88,7 @@ def reparameterize_(
 
         return hook
 
+    host.route_linears(model, [p.linears[0] for p in pairs])  # the forward must call them (EVA reads qkv.weight)
     hooks = [modules[p.linears[0]].register_forward_pre_hook(hook_for(p.linears[0])) for p in pairs]
     try:
         model.eval()

@@ -17,10 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..adapters.protocol import adapter_for
-from ..adapters.timm_vit_layers import mlp_gelu_chains
+from ..adapters.timm_mlp import mlp_gelu_chains
 from ..errors import DeployError
-from .torch_int8 import Int8Linear
+from .torch_int8 import Int8Linear, LowPrecisionAttention
 
 
 @torch.library.custom_op("vitkit::onednn_qlinear", mutates_args=())
@@ -114,7 +113,7 @@ class OneDNNInt8Linear(nn.Module):
 
 def to_onednn_(model: nn.Module, *, qkv_dtype: torch.dtype = torch.float32) -> int:
     """Every static :class:`Int8Linear` of ``model`` → :class:`OneDNNInt8Linear`, in place; an MLP's
-    ``fc1 → GELU → fc2`` (:func:`~vitkit.adapters.timm_vit_layers.mlp_gelu_chains`) fused so that ``fc1`` emits
+    ``fc1 → GELU → fc2`` (:func:`~vitkit.adapters.timm_mlp.mlp_gelu_chains`) fused so that ``fc1`` emits
     ``fc2``'s uint8 input codes; the qkv projections emit ``qkv_dtype`` (bf16 when attention runs in bf16).
     Returns how many linears moved."""
     if not onednn_available():
@@ -130,10 +129,11 @@ def to_onednn_(model: nn.Module, *, qkv_dtype: torch.dtype = torch.float32) -> i
         model.set_submodule(act, nn.Identity())
         model.set_submodule(fc2, OneDNNInt8Linear(b))
         done |= {fc1, fc2}
-    roles = adapter_for(model).linear_roles(model)
+    # only a lowered attention core (bf16 matmuls) takes its qkv projection in qkv_dtype; others stay fp32
+    lowered = {f"{n}.qkv" for n, m in modules.items() if isinstance(m, LowPrecisionAttention)}
     for name, m in modules.items():
         if name not in done and _eligible(m):
-            qkv = name in roles and roles[name].role == "qkv"
+            qkv = name in lowered
             model.set_submodule(name, OneDNNInt8Linear(m, out_dtype=qkv_dtype if qkv else torch.float32))
             done.add(name)
     return len(done)

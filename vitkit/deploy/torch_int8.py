@@ -93,6 +93,7 @@ class Int8Linear(nn.Module):
     ) -> None:
         super().__init__()
         out_f, in_f = codes.shape
+        self.in_features, self.out_features = int(in_f), int(out_f)  # as nn.Linear names them (adapters read them)
         w_off = 0 if w_symmetric else _SHIFT
         w8 = (codes - w_off).round().to(torch.int32)
         d_w = (w_off - w_zero.double()).round().to(torch.int32)  # (c_w − z_w) = w8 + d_w

@@ -65,6 +65,7 @@ def trace_onnx(
     (data-dependent branches of the patches, traced once) are silenced; any export failure is an
     ``UnsupportedModelError`` naming the operator when torch names one."""
     target = dst if isinstance(dst, io.BytesIO) else str(dst)
+    module = images_only(module)  # every graph (float, int8, QDQ) traces the images-only forward
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
