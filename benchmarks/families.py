@@ -75,7 +75,7 @@ SMALL = {
     "vitamin": ("vitamin_small_224", dict(img_size=64, depth=2), 64),
 }
 #: training epochs per family (the cheap 32² configs train longer; EfficientFormer runs at its fixed 224²)
-EPOCHS = {"swin": 30, "tiny_vit": 8, "efficientformer": 8, "eva02": 30, "siglip": 30, "vitamin": 8}
+EPOCHS = {"swin": 30, "tiny_vit": 8, "efficientformer": 4, "eva02": 20, "siglip": 20, "vitamin": 6}
 FIGURES = {"swin_int8": 1.8, "swin_prune": 1.6, "swin_agree": 0.99, "eva_tome": 1.4}
 
 
@@ -162,6 +162,7 @@ def part_speed(args, tmp: Path, families: list[str]) -> dict:
             for (n, _), v in zip(rows, ips, strict=True)
         ]
         out[fam] = fam_res
+        keep_partial("speed", fam, fam_res)
         for row in fam_res["rows"]:
             print(f"{fam:16} {row['variant']:<50} {row['img_s']:8.1f} img/s ×{row['x']:.2f}", flush=True)
     return out
@@ -204,7 +205,15 @@ def part_accuracy(args, tmp: Path, families: list[str]) -> dict:
             res[key] = r if isinstance(r, str) else _agreement(q, ref, x, y)
         out[fam] = res
         print(fam, json.dumps(res), flush=True)
+        keep_partial("accuracy", fam, res)
     return out
+
+
+def keep_partial(part: str, family: str, result: dict) -> None:
+    """Store one family's result as soon as it is measured (a long run stopped half-way keeps what it measured)."""
+    stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"env": environment(probe=False), "results": {}}
+    stored["results"].setdefault(part, {})[family] = result
+    RESULTS.write_text(json.dumps(stored, indent=1, default=str) + "\n")
 
 
 def _met(ok: bool | None) -> str:
@@ -265,6 +274,11 @@ def figures(res: dict) -> list[list[str]]:
     return rows
 
 
+def _when(res: dict, part: str) -> str:
+    run = res.get(f"{part}_run", "")
+    return run.get("when", "") if isinstance(run, dict) else str(run)
+
+
 def _mb(b) -> str:
     return "–" if not b else f"{b / 2**20:.1f}"
 
@@ -273,7 +287,7 @@ def render(res: dict, env: dict) -> str:
     lines = ["## Model families (`benchmarks/families.py`)", "", __doc__.split("\n\n", 2)[2].strip(), ""]
     lines += [env_lines(env), ""]
     if res.get("speed"):
-        lines += [f"### Speed and size, batch {BATCH} ({res['speed_run']})", ""]
+        lines += [f"### Speed and size, batch {BATCH} ({_when(res, 'speed')})", ""]
         lines += ["| family (model) | variant | img/s | × vs fp32 eager | weights MB |", "|---|---|---|---|---|"]
         for fam, r in res["speed"].items():
             for i, row in enumerate(r["rows"]):
@@ -284,7 +298,7 @@ def render(res: dict, env: dict) -> str:
                 lines.append(f"| | {note} | | | |")
         lines.append("")
     if res.get("accuracy"):
-        lines += [f"### PTQ on small configs trained on MNIST-5k ({res['accuracy_run']})", ""]
+        lines += [f"### PTQ on small configs trained on MNIST-5k ({_when(res, 'accuracy')})", ""]
         lines += [
             "| family | fp32 top-1 % | W8A8 top-1 % / agree % | W4A4 top-1 % / agree % | W8A8, `softmax: uniform` |",
             "|---|---|---|---|---|",
@@ -321,16 +335,16 @@ def main(argv=None) -> None:
     if unknown:
         raise SystemExit(f"unknown families {unknown}: use {', '.join(REAL)}")
     env = environment()
-    stored = json.loads(RESULTS.read_text())["results"] if RESULTS.exists() else {}
-    res = dict(stored)
     with tempfile.TemporaryDirectory() as tmp:
         for part in [p.strip() for p in args.part.split(",") if p.strip()]:
             if part not in ("speed", "accuracy"):
                 raise SystemExit(f"unknown part {part!r}: use speed, accuracy")
             started = time.perf_counter()
             fn = part_speed if part == "speed" else part_accuracy
-            res[part] = {**res.get(part, {}), **fn(args, Path(tmp), families)}
-            res[f"{part}_run"] = f"{environment(probe=False)['date']}, {(time.perf_counter() - started) / 60:.1f} min"
+            fn(args, Path(tmp), families)  # each family's result is stored as it is measured (keep_partial)
+            minutes = (time.perf_counter() - started) / 60
+            keep_partial(f"{part}_run", "when", f"{environment(probe=False)['date']}, {minutes:.1f} min")
+    res = json.loads(RESULTS.read_text())["results"]
     RESULTS.write_text(json.dumps({"env": env, "results": res}, indent=1, default=str) + "\n")
     write_section("families", render(res, env), args.out)
 
