@@ -10,7 +10,8 @@ file size of the fp32 and the int8 weights. Swin-T adds heads + MLP pruning to �
 speed only); EVA-02 adds ToMe at the smallest r reaching ×1.5 fewer MACs, and checks r=0 is exact.
 accuracy — a small config of each family trained here on MNIST-5k (32² input; 64² for TinyViT, whose four stages
 halve the grid three times; EfficientFormer at its fixed 224²), then PTQ (RepQ-ViT, W8A8 and W4A4, 32 calibration
-images): top-1 on the 1,000-image test split and agreement with the fp32 model. A method the family refuses is
+images; and W8A8 with the option ``softmax: uniform`` in place of the paper's log√2 post-softmax quantizer): top-1
+on the 500-image test split and agreement with the fp32 model. A method the family refuses is
 shown with its refusal.
 """
 
