@@ -17,8 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..patching import mixin_class
-from .timm_vit import PROMPT_TOKENS_ATTR
-from .timm_vit_prompts import DROP_ATTR, ORIG_CLASS, PROMPT_PARAM, START_ATTR, deep_prompt_hook
+from .timm_vit_prompts import DROP_ATTR, START_ATTR, install_prompts
 
 
 class PromptEvaMixin(nn.Module):
@@ -40,24 +39,9 @@ def add_prompt_tokens(
     depth = len(model.blocks)
     if deep and len(deep) != depth - 1:
         raise ValueError(f"deep prompts: one set per block after the first ({depth - 1}), got {len(deep)}")
-    ref = model.patch_embed.proj.weight
-    dev, dt = ref.device, ref.dtype
     P, start = int(shallow.shape[1]), int(model.num_prefix_tokens)
-    model.__dict__[ORIG_CLASS] = type(model)
-    model.__class__ = mixin_class(PromptEvaMixin, type(model), f"Prompt{type(model).__name__}", module=__name__)
-    model.vpt_prompt = nn.Parameter(shallow.to(dev, dt))
-    setattr(model, START_ATTR, start)
-    setattr(model, DROP_ATTR, float(dropout))
-    params = [PROMPT_PARAM]
-    for i, prompts in enumerate(deep, start=1):  # block 0's prompts are the inserted ones
-        blk = model.blocks[i]
-        blk.vpt_prompt = nn.Parameter(prompts.to(dev, dt))
-        setattr(blk, START_ATTR, start)
-        setattr(blk, DROP_ATTR, float(dropout))
-        blk.register_forward_pre_hook(deep_prompt_hook, with_kwargs=True)
-        params.append(f"blocks.{i}.{PROMPT_PARAM}")
-    model.num_prefix_tokens = start + P
+    cls = mixin_class(PromptEvaMixin, type(model), f"Prompt{type(model).__name__}", module=__name__)
+    params = install_prompts(model, cls, shallow, deep, start, dropout)
     for blk in model.blocks:
         blk.attn.num_prefix_tokens = start + P  # RoPE rotates the tokens after the prefix: the patches only
-    setattr(model, PROMPT_TOKENS_ATTR, int(getattr(model, PROMPT_TOKENS_ATTR, 0) or 0) + P)
     return params

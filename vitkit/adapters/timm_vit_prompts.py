@@ -84,11 +84,21 @@ def add_prompt_tokens(
     info = describe(model)
     if deep and len(deep) != info.depth - 1:
         raise ValueError(f"deep prompts: one set per block after the first ({info.depth - 1}), got {len(deep)}")
+    params = install_prompts(model, prompt_class(type(model)), shallow, deep, int(info.num_prefix_tokens), dropout)
+    if isinstance(getattr(model, "patch_drop", None), PatchDropout):
+        model.patch_drop.num_prefix_tokens = model.num_prefix_tokens
+    return params
+
+
+def install_prompts(model: nn.Module, cls: type, shallow: torch.Tensor, deep, start: int, dropout: float) -> list[str]:
+    """Swap ``model`` to the prompt class ``cls``, add the shallow prompts after the ``start`` prefix tokens and one
+    deep set per later block (a pre-hook replaces its prompt slots), count them as prefix tokens; returns the new
+    parameters' names. Shared by every host whose blocks sit in ``model.blocks``."""
     ref = next(model.patch_embed.parameters())  # the patch projection, or a conv stem (``proj`` may be Identity)
     dev, dt = ref.device, ref.dtype
-    P, start = int(shallow.shape[1]), int(info.num_prefix_tokens)
+    P = int(shallow.shape[1])
     model.__dict__[ORIG_CLASS] = type(model)
-    model.__class__ = prompt_class(type(model))
+    model.__class__ = cls
     model.vpt_prompt = nn.Parameter(shallow.to(dev, dt))
     setattr(model, START_ATTR, start)
     setattr(model, DROP_ATTR, float(dropout))
@@ -102,6 +112,4 @@ def add_prompt_tokens(
         params.append(f"blocks.{i}.{PROMPT_PARAM}")
     model.num_prefix_tokens = start + P
     setattr(model, PROMPT_TOKENS_ATTR, int(getattr(model, PROMPT_TOKENS_ATTR, 0) or 0) + P)
-    if isinstance(getattr(model, "patch_drop", None), PatchDropout):
-        model.patch_drop.num_prefix_tokens = model.num_prefix_tokens
     return params
