@@ -59,6 +59,26 @@ def attend(attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
     return attn.attn_drop(scores.softmax(dim=-1)) @ v
 
 
+def attention_probs(attn: nn.Module, q, k, bias, is_causal: bool, needs: frozenset[str]) -> dict[str, torch.Tensor]:
+    """What token reduction reads from the attention map (``q``, ``k`` ``[B, H, N, d]`` as the core sees them):
+    ``cls_attn`` (the first token's row, head-mean) and ``global_attn`` (attention each token receives) when named in
+    ``needs``; only the rows needed are computed."""
+    out: dict[str, torch.Tensor] = {}
+    if "global_attn" not in needs and "cls_attn" not in needs:
+        return out
+    N = q.shape[-2]
+    qq = q if "global_attn" in needs else q[:, :, :1]  # [B, H, Nq, d]
+    logits = (qq * attn.scale) @ k.transpose(-2, -1)  # [B, H, Nq, N]
+    b = additive_mask(bias, is_causal, N, logits)
+    if b is not None:
+        logits = logits + (b if b.shape[2] == 1 or qq.shape[2] == N else b[:, :, :1])
+    probs = logits.softmax(dim=-1)  # [B, H, Nq, N]
+    out["cls_attn"] = probs[:, :, 0].mean(dim=1)  # [B, N]
+    if "global_attn" in needs:
+        out["global_attn"] = probs.mean(dim=(1, 2))  # [B, N]
+    return out
+
+
 #: Attribute naming the dtype a reduced-precision model runs in (set by :mod:`vitkit.quant.precision`).
 DTYPE_ATTR = "vitkit_dtype"
 

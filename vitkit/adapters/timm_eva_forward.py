@@ -29,7 +29,7 @@ from timm.models.eva import EvaAttention
 
 from ..errors import UnsupportedModelError
 from .protocol import register_explicit_attention
-from .runtime import additive_mask, attend
+from .runtime import additive_mask, attend, attention_probs
 
 
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -154,16 +154,7 @@ def attention_with_extras(
     if "metric" in needs:
         extras["metric"] = k.mean(dim=1)  # [B, N, d]
     q, k = _rotate(attn, q, rope, v), _rotate(attn, k, rope, v)
-    if "global_attn" in needs or "cls_attn" in needs:
-        qq = q if "global_attn" in needs else q[:, :, :1]  # [B, H, Nq, d]
-        logits = (qq * attn.scale) @ k.transpose(-2, -1)  # [B, H, Nq, N]
-        b = additive_mask(bias, is_causal, N, logits)
-        if b is not None:
-            logits = logits + (b if b.shape[2] == 1 or qq.shape[2] == N else b[:, :, :1])
-        probs = logits.softmax(dim=-1)  # [B, H, Nq, N]
-        extras["cls_attn"] = probs[:, :, 0].mean(dim=1)  # [B, N]
-        if "global_attn" in needs:
-            extras["global_attn"] = probs.mean(dim=(1, 2))  # [B, N]
+    extras.update(attention_probs(attn, q, k, bias, is_causal, needs))
     if own_out is not None:
         return own_out, extras
     return _finish(attn, q, k, v, bias, is_causal), extras

@@ -14,7 +14,7 @@ import torch.nn as nn
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Attention
 
-from .runtime import additive_mask, attend
+from .runtime import additive_mask, attend, attention_probs
 from .timm_vit_pool import attention_pool
 
 
@@ -107,16 +107,7 @@ def attention_with_extras(
     extras: dict[str, torch.Tensor] = {}
     if "metric" in needs:
         extras["metric"] = k.mean(dim=1)  # [B, N, hd]
-    if "global_attn" in needs or "cls_attn" in needs:
-        qq = q if "global_attn" in needs else q[:, :, :1]  # [B, H, Nq, hd]
-        logits = (qq * attn.scale) @ k.transpose(-2, -1)  # [B, H, Nq, N]
-        b = additive_mask(bias, is_causal, N, logits)
-        if b is not None:
-            logits = logits + (b if b.shape[2] == 1 or qq.shape[2] == N else b[:, :, :1])
-        probs = logits.softmax(dim=-1)  # [B, H, Nq, N]
-        extras["cls_attn"] = probs[:, :, 0].mean(dim=1)  # [B, N]
-        if "global_attn" in needs:
-            extras["global_attn"] = probs.mean(dim=(1, 2))  # [B, N]
+    extras.update(attention_probs(attn, q, k, bias, is_causal, needs))
     if own_forward:
         return own_out, extras
     out = attend(attn, q, k, v, bias, is_causal)  # [B, H, N, hd]
