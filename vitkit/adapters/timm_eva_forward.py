@@ -29,7 +29,7 @@ from timm.models.eva import EvaAttention
 
 from ..errors import UnsupportedModelError
 from .protocol import register_explicit_attention
-from .runtime import additive_mask, attend, attention_probs
+from .runtime import additive_mask, attend, attention_probs, head_mean
 
 
 def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -152,7 +152,7 @@ def attention_with_extras(
     q, k, v = split_heads(attn, qkv_out)
     extras: dict[str, torch.Tensor] = {}
     if "metric" in needs:
-        extras["metric"] = k.mean(dim=1)  # [B, N, d]
+        extras["metric"] = head_mean(k)  # [B, N, d]
     q, k = _rotate(attn, q, rope, v), _rotate(attn, k, rope, v)
     extras.update(attention_probs(attn, q, k, bias, is_causal, needs))
     if own_out is not None:

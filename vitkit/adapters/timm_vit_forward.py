@@ -14,7 +14,7 @@ import torch.nn as nn
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import Attention
 
-from .runtime import additive_mask, attend, attention_probs
+from .runtime import additive_mask, attend, attention_probs, head_mean
 from .timm_vit_pool import attention_pool
 
 
@@ -106,7 +106,7 @@ def attention_with_extras(
     q, k = attn.q_norm(q), attn.k_norm(k)
     extras: dict[str, torch.Tensor] = {}
     if "metric" in needs:
-        extras["metric"] = k.mean(dim=1)  # [B, N, hd]
+        extras["metric"] = head_mean(k)  # [B, N, hd]
     extras.update(attention_probs(attn, q, k, bias, is_causal, needs))
     if own_forward:
         return own_out, extras

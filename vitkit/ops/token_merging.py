@@ -19,7 +19,7 @@ Papers:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +46,18 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     A row ``index_select`` on the flattened batch (ONNX ``Gather``): ~30× faster on CPU than
     ``torch.gather`` with an expanded index, which reads one index per element.
     """
+    return gather_rows(x, flat_rows(idx, x.shape[1]), idx.shape[1])
+
+
+def flat_rows(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """``[B, K]`` token indices into ``[B, n, ·]`` → ``[B·K]`` row indices of the flattened batch."""
+    return (idx + torch.arange(idx.shape[0], device=idx.device).unsqueeze(1) * n).reshape(-1)
+
+
+def gather_rows(x: torch.Tensor, flat: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`gather_tokens` with the row indices of :func:`flat_rows` given (``k`` tokens per sample)."""
     B, N, C = x.shape
-    flat = (idx + torch.arange(B, device=idx.device).unsqueeze(1) * N).reshape(-1)  # [B*K]
-    return x.reshape(B * N, C).index_select(0, flat).reshape(B, idx.shape[1], C)
+    return x.reshape(B * N, C).index_select(0, flat).reshape(B, k, C)
 
 
 @dataclass
@@ -64,6 +73,8 @@ class TokenReduction:
     src: torch.Tensor | None
     dst: torch.Tensor | None
     num_input: int
+    _flat_keep: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _flat_src: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_output(self) -> int:
@@ -80,21 +91,34 @@ class TokenReduction:
         fresh = size is None  # first reduction: every size is 1, so x·size = x
         if fresh:
             size = x.new_ones(x.shape[0], x.shape[1], 1)
-        size_out = gather_tokens(size, self.keep)  # [B, N', 1]
+        size_out = self._keep_rows(size)  # [B, N', 1]
         if self.src is None:  # pruning: a plain gather, bit-exact
-            return gather_tokens(x, self.keep), size_out
+            return self._keep_rows(x), size_out
         w = size if weight is None else weight  # [B, N, 1]
         xw = x if (fresh and weight is None) else x * w
         dst_c = self.dst.unsqueeze(-1).expand(-1, -1, x.shape[-1])  # [B, R, C]
         # in-place adds on freshly gathered tensors: no extra copy
-        num = gather_tokens(xw, self.keep).scatter_add_(1, dst_c, gather_tokens(xw, self.src))  # [B, N', C]
+        num = self._keep_rows(xw).scatter_add_(1, dst_c, self._src_rows(xw))  # [B, N', C]
         dst_1 = self.dst.unsqueeze(-1)  # [B, R, 1]
-        size_out = size_out.scatter_add_(1, dst_1, gather_tokens(size, self.src))
+        size_out = size_out.scatter_add_(1, dst_1, self._src_rows(size))
         if weight is None:
             den = size_out
         else:
-            den = gather_tokens(w, self.keep).scatter_add_(1, dst_1, gather_tokens(w, self.src))
+            den = self._keep_rows(w).scatter_add_(1, dst_1, self._src_rows(w))
         return num / den, size_out
+
+    def _keep_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``gather_tokens(x, keep)`` with the flat row indices computed once per reduction (a merge gathers
+        with them up to six times per block)."""
+        if self._flat_keep is None:
+            self._flat_keep = flat_rows(self.keep, self.num_input)
+        return gather_rows(x, self._flat_keep, self.keep.shape[1])
+
+    def _src_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``gather_tokens(x, src)``, flat row indices cached like :meth:`_keep_rows`."""
+        if self._flat_src is None:
+            self._flat_src = flat_rows(self.src, self.num_input)
+        return gather_rows(x, self._flat_src, self.src.shape[1])
 
     def unmerge(self, y: torch.Tensor) -> torch.Tensor:
         """Back to ``[B, N, C]``: every merged token gets a copy of its destination; dropped tokens are 0."""
