@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,6 +30,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode())
+
+
+def swap_in_dir(stage: str | Path, directory: str | Path) -> Path:
+    """Put the fully written directory ``stage`` at ``directory`` (same parent): a rename, the old one (if any)
+    moved aside first and removed after, so a reader sees the old or the new directory, never half of one."""
+    stage, directory = Path(stage), Path(directory)
+    if directory.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+        old.rmdir()
+        os.replace(directory, old)
+        os.replace(stage, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, directory)
+    return directory
 
 
 def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -7,9 +7,9 @@ staged beside its destination and swapped in with a rename, so a failed run leav
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any
 import torch.nn as nn
 import yaml
 
-from ._io import state_dict_for_saving
+from ._io import state_dict_for_saving, swap_in_dir
 from .errors import CheckpointError, ConfigError
 from .history import set_step_history, step_history
 from .models.load import DIRECTORY_LOADERS
@@ -107,23 +107,12 @@ def save_artifact(
                 (stage / REPORT_HTML).write_text(page)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, stage / name)
-        _swap_in(stage, directory)
+        swap_in_dir(stage, directory)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     _log.info("artifact written to %s", directory)
     return directory
-
-
-def _swap_in(stage: Path, directory: Path) -> None:
-    if directory.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-        old.rmdir()
-        os.replace(directory, old)
-        os.replace(stage, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage, directory)
 
 
 def is_artifact(directory: str | Path) -> bool:
@@ -132,7 +121,7 @@ def is_artifact(directory: str | Path) -> bool:
 
 def load_artifact(directory: str | Path) -> nn.Module:
     """Rebuild a model from an artifact: architecture → structural/numeric replays → strict weights → runtime."""
-    from .models.load import build_arch, load_state_dict_strict, read_state_dict
+    from .models.load import ARCH_ATTR, build_arch, load_state_dict_strict, read_state_dict
     from .registry import get_transform, list_transforms
     from .report import StepRecord
 
@@ -150,6 +139,7 @@ def load_artifact(directory: str | Path) -> nn.Module:
     list_transforms()  # make sure built-in transforms are registered
     arch = resolved["model"]
     model = build_arch(arch["name"], arch.get("kwargs") or {})
+    setattr(model, ARCH_ATTR, copy.deepcopy(arch))  # provenance beyond name/kwargs (e.g. the HF source config)
     steps = [StepRecord(**s) for s in resolved.get("steps") or []]
     specs = [get_transform(s.name) for s in steps]
     for spec, step in zip(specs, steps, strict=True):
