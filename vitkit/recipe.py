@@ -35,6 +35,9 @@ class EvalSpec:
     limit: int | None = None
     #: measure patch-corruption and one-pixel-shift robustness next to the original (vitkit.bench.robustness)
     robustness: bool = True
+    #: class-prompt embedding file (``vitkit zero-shot-embed``): the model's embedding head becomes a CLIP
+    #: zero-shot classifier before any step (:func:`vitkit.models.zero_shot.zero_shot_head`)
+    zero_shot: str | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,10 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
     say = progress or (lambda msg: _log.info(msg))
     say(f"loading {recipe.model}")
     baseline = load(recipe.model, arch=recipe.arch, **recipe.model_kwargs)
+    if recipe.eval.zero_shot:
+        from .models.zero_shot import read_class_embeddings, zero_shot_head
+
+        zero_shot_head(baseline, read_class_embeddings(recipe.eval.zero_shot)[0])
     candidate = copy.deepcopy(baseline)
     calib = None
     if (recipe.steps or recipe.deploy.runtime) and not dry_run:
