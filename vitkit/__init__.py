@@ -9,7 +9,7 @@ result = vitkit.benchmark(model, data=vitkit.data.load_dataset("mnist5k", model=
 """
 
 # ruff: noqa: E402
-from . import data
+from . import data, interop  # noqa: F401  (interop: loading a transformers export re-applies its runtime steps)
 from ._version import __version__
 from .adapt import AdapterConfig, FineTuneConfig, LoRAConfig, LoRAMergeConfig, PromptConfig, SlimFitConfig
 from .api import apply_, merge_back

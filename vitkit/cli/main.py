@@ -13,10 +13,10 @@ from pathlib import Path
 
 from ..errors import VitkitError
 from ..ui import EXIT_BAD_INPUT, console, parse_arch, progress
-from . import adapt, deploy, early_exit, merge, prune, quant, search
+from . import adapt, deploy, early_exit, merge, prune, quant, search, zero_shot
 from .deploy import print_runtime_choice
 
-FAMILY_COMMANDS = (deploy, merge, prune, quant, adapt, early_exit, search)
+FAMILY_COMMANDS = (deploy, merge, prune, quant, adapt, early_exit, search, zero_shot)
 
 
 def _print_table(variants: list[dict], title: str = "") -> None:
@@ -100,10 +100,15 @@ def cmd_eval(args) -> int:
     from ..models import load
 
     model = load(args.model, arch=parse_arch(args.arch))
+    if args.zero_shot:  # image-embedding model → classifier over the file's class prompts
+        from ..models.zero_shot import read_class_embeddings, zero_shot_head
+
+        zero_shot_head(model, read_class_embeddings(args.zero_shot)[0])
     data = load_dataset(args.data, args.split, model=model)
     logits, labels = classify(model, data, limit=args.limit)
     result = {
         "model": str(args.model),
+        "zero_shot": args.zero_shot,
         "data": args.data,
         "split": args.split,
         "images": int(labels.numel()),
@@ -189,6 +194,10 @@ def cmd_demo(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .export_hf import check_format, cmd_export_hf
+
+    if check_format(args.format) == "hf":
+        return cmd_export_hf(args)
     from ..artifact import recorded_eval_data
     from ..data import load_dataset
     from ..deploy import export_model
@@ -261,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", default=None, help="timm name or JSON {name, kwargs} for bare checkpoint files")
     s.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--zero-shot", default=None, metavar="EMB", help="class-prompt embeddings: CLIP zero-shot top-1")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("bench", help="accuracy, agreement, throughput, latency, memory, size, MACs")
@@ -283,10 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="show the decisions without changing anything")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("export", help="export an artifact or model to ONNX, check parity, benchmark ONNX Runtime")
+    s = sub.add_parser(
+        "export", help="export an artifact or model to ONNX (parity, ONNX Runtime benchmark) or a transformers folder"
+    )
     s.add_argument("model", help="artifact dir (or any model vitkit.load accepts)")
-    s.add_argument("--format", default="onnx", help="export format (onnx)")
-    s.add_argument("-o", "--out", default=None, help="output directory (default: <model>-onnx)")
+    s.add_argument("--format", default="onnx", help="onnx, or hf: a transformers folder with a model card")
+    s.add_argument("-o", "--out", default=None, help="output directory (default: <model>-onnx or <model>-hf)")
     s.add_argument("--data", default=None, help="images for the parity check (default: the artifact's eval data)")
     s.add_argument("--split", default="test")
     s.add_argument("--images", type=int, default=128, help="images in the parity check")

@@ -36,9 +36,14 @@ CONFIG = "adapter_config.json"
 PREFIX = "base_model.model."
 
 
-def export_peft(model: nn.Module, directory: str | Path, *, modules_to_save: list[str] | None = None) -> Path:
+def export_peft(
+    model: nn.Module, directory: str | Path, *, modules_to_save: list[str] | None = None, naming: str = "timm"
+) -> Path:
     """Write the model's LoRA factors (and ``modules_to_save``, default: the classifier head(s) if they are
-    trainable) as a peft LoRA directory. Files are written atomically. Returns the directory."""
+    trainable) as a peft LoRA directory. Files are written atomically. Returns the directory.
+
+    ``naming="hf"``: module names of the ``transformers`` model this one converts to (for
+    ``PeftModel.from_pretrained(<transformers model>, dir)``; see :func:`~vitkit.interop.hf_export.peft_hf_names`)."""
     from safetensors.torch import save
 
     mods = lora_modules(model)
@@ -93,6 +98,12 @@ def export_peft(model: nn.Module, directory: str | Path, *, modules_to_save: lis
         "rank_pattern": {},
         "alpha_pattern": {},
     }
+    if naming == "hf":
+        from .hf_export import peft_hf_names
+
+        tensors, config = peft_hf_names(model, tensors, config, PREFIX)
+    elif naming != "timm":
+        raise ConfigError(f"export_peft naming must be 'timm' or 'hf', got {naming!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(directory / WEIGHTS, save(tensors, metadata={"format": "pt"}))
