@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,12 +38,14 @@ FORMAT_VERSION = 1
 def resolved_recipe(model: nn.Module, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything needed to rebuild ``model``: architecture, every step with config and decisions."""
     from ._version import __version__
-    from .models.load import arch_record
+    from .models.load import arch_record, check_plain_record
 
+    record = arch_record(model)
+    check_plain_record(record)  # a class-valued kwarg (act_layer=nn.ReLU) → one ConfigError, nothing written
     resolved: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "vitkit": __version__,
-        "model": arch_record(model),
+        "model": record,
         "steps": [s.to_dict() for s in step_history(model)],
     }
     if recipe:
@@ -86,9 +89,7 @@ def save_artifact(
     from .report import markdown_report, plot_accuracy_vs_throughput
     from .report_html import html_report
 
-    directory = Path(directory)
-    if directory.exists() and (not directory.is_dir() or (any(directory.iterdir()) and not is_artifact(directory))):
-        raise ConfigError(f"output {directory} exists and is not a vitkit artifact: choose another output path")
+    directory = check_output_path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{directory.name}.stage-", dir=directory.parent))
     try:
@@ -112,6 +113,19 @@ def save_artifact(
         shutil.rmtree(stage, ignore_errors=True)
         raise
     _log.info("artifact written to %s", directory)
+    return directory
+
+
+def check_output_path(directory: str | Path) -> Path:
+    """Refuse an output path save_artifact could not write (or would clobber): call it before any work."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or (any(directory.iterdir()) and not is_artifact(directory))):
+        raise ConfigError(f"output {directory} exists and is not a vitkit artifact: choose another output path")
+    blocker = next((p for p in directory.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"cannot write {directory}: {blocker} is a file, not a directory; choose another output path")
+    if blocker is not None and not os.access(blocker, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {directory}: {blocker} is not writable; choose another output path")
     return directory
 
 
@@ -175,4 +189,15 @@ def recorded_eval_data(path: str | Path) -> str | None:
         return None
     resolved = yaml.safe_load((Path(path) / RECIPE).read_text()) or {}
     recipe = resolved.get("recipe") or {}
-    return (recipe.get("eval") or {}).get("data") or recipe.get("data")
+    found = (recipe.get("eval") or {}).get("data") or recipe.get("data")
+    if found or not (Path(path) / REPORT_JSON).is_file():
+        return found
+    try:  # an artifact saved through the Python API: the data its report was measured on ("mnist5k/test")
+        settings = json.loads((Path(path) / REPORT_JSON).read_text()).get("settings") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    data = settings.get("data")
+    if not isinstance(data, str) or not data:
+        return None
+    head, _, tail = data.rpartition("/")
+    return head if head and tail in ("train", "test", "val", "calib", "all") else data

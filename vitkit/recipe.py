@@ -3,6 +3,7 @@
 ```yaml
 model: vitkit_mnist_tiny            # timm name | preset | .safetensors/.pth file | artifact dir
 arch: null                          # for bare checkpoint files: timm name or {name, kwargs}
+import: [my_models]                 # optional: user modules / .py files imported first (register timm models)
 steps:                              # transforms in order (see `vitkit list`)
   - tome: {r: 8}
 eval: {data: mnist5k, split: test}
@@ -23,6 +24,7 @@ from typing import Any
 from .configs import TransformConfig, read_yaml_file
 from .errors import ConfigError
 from .registry import get_transform, list_transforms
+from .ui import import_modules
 from .validate import check_int, check_number
 
 _log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class Recipe:
     bench: BenchSpec = BenchSpec()
     calib: CalibSpec = CalibSpec()
     deploy: DeploySpec = DeploySpec()
+    imports: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -121,6 +124,7 @@ class Recipe:
             "bench": _dc_dict(self.bench),
             "calib": _dc_dict(self.calib),
             "deploy": _dc_dict(self.deploy),
+            **({"import": list(self.imports)} if self.imports else {}),
         }
 
 
@@ -147,7 +151,7 @@ def _section(cls, data: Any, where: str):
     return cls(**data)
 
 
-TOP_LEVEL = ("model", "arch", "model_kwargs", "name", "steps", "eval", "bench", "calib", "deploy")
+TOP_LEVEL = ("model", "arch", "model_kwargs", "name", "steps", "eval", "bench", "calib", "deploy", "import")
 
 
 def parse_steps(steps: Any) -> tuple[TransformConfig, ...]:
@@ -170,7 +174,9 @@ def parse_steps(steps: Any) -> tuple[TransformConfig, ...]:
     return tuple(out)
 
 
-def parse_recipe(data: Any) -> Recipe:
+def parse_recipe(data: Any, *, base: str | Path | None = None) -> Recipe:
+    """A validated :class:`Recipe`; its ``import:`` modules are imported first (``.py`` paths may be relative to
+    ``base``, the recipe's folder), so steps, presets and architectures they register are known."""
     if not isinstance(data, dict):
         raise ConfigError(f"a recipe must be a mapping with keys {list(TOP_LEVEL)}")
     unknown = sorted(set(data) - set(TOP_LEVEL))
@@ -178,7 +184,13 @@ def parse_recipe(data: Any) -> Recipe:
         raise ConfigError(f"unknown recipe key(s) {unknown}; valid keys: {list(TOP_LEVEL)}")
     if not data.get("model"):
         raise ConfigError("recipe needs 'model': a timm name, preset, checkpoint file or artifact dir")
+    imports = data.get("import") or []
+    imports = [imports] if isinstance(imports, str) else imports
+    if not isinstance(imports, list) or not all(isinstance(m, str) for m in imports):
+        raise ConfigError(f"recipe 'import' must be a list of module names or .py paths, got {imports!r}")
+    import_modules(imports, where="recipe import:", base=base)
     return Recipe(
+        imports=tuple(imports),
         model=str(data["model"]),
         steps=parse_steps(data.get("steps")),
         arch=data.get("arch"),
@@ -192,7 +204,7 @@ def parse_recipe(data: Any) -> Recipe:
 
 
 def read_recipe(path: str | Path) -> Recipe:
-    return parse_recipe(read_yaml_file(path, what="recipe"))
+    return parse_recipe(read_yaml_file(path, what="recipe"), base=Path(path).parent)
 
 
 def model_label(model, spec: str) -> str:
@@ -215,15 +227,19 @@ def run_recipe(recipe: Recipe, out: str | Path | None, *, dry_run: bool = False,
     """Load the model, apply the steps to a copy, benchmark it against the untouched original and
     (unless ``dry_run``) write the artifact to ``out``. Returns ``(model, report_dict_or_Report)``."""
     from .api import apply_
-    from .artifact import save_artifact
+    from .artifact import check_output_path, save_artifact
     from .bench import benchmark
+    from .bench.core import check_finite
     from .bench.robustness import RobustnessSpec
     from .data import calibration_set, load_dataset
     from .models import load
 
     say = progress or (lambda msg: _log.info(msg))
+    if out is not None and not dry_run:
+        check_output_path(out)  # refuse an unwritable output before any work
     say(f"loading {recipe.model}")
     baseline = load(recipe.model, arch=recipe.arch, **recipe.model_kwargs)
+    check_finite(baseline)  # the same one-line refusal as `vitkit bench` / eval / export
     if recipe.eval.zero_shot:
         from .models.zero_shot import read_class_embeddings, zero_shot_head
 

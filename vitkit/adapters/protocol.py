@@ -293,6 +293,40 @@ def register_explicit_attention(twin: type) -> type:
     return twin
 
 
+def foreign_override(cls: type, host: type, method: str = "forward") -> type | None:
+    """The first class in ``cls``'s MRO below ``host`` that defines ``method`` and is not vitkit's own (a user
+    subclass that changes the computation), None when ``cls`` computes what ``host`` computes."""
+    for klass in cls.__mro__:
+        if klass is host:
+            return None
+        if method in vars(klass) and not klass.__module__.startswith("vitkit."):
+            return klass
+    return None
+
+
+def check_host_module(module: nn.Module, host: type, where: str) -> None:
+    """THE capability check for a host module of class ``host`` (attention, MLP): ``host`` itself, vitkit's patches
+    of it and user subclasses that keep its ``forward`` are handled by every method; a subclass with its own
+    ``forward`` is refused with one message (methods run the host's computation and would bypass it)."""
+    klass = foreign_override(type(module), host)
+    if klass is not None:
+        raise UnsupportedModelError(
+            f"{where} is a {type(module).__name__}, a subclass of {host.__module__.split('.')[0]} {host.__name__} "
+            f"whose {klass.__name__}.forward replaces {host.__name__}.forward: vitkit's methods run "
+            f"{host.__name__}'s computation and would bypass it; keep {host.__name__}.forward (put custom logic "
+            "in sub-modules) or add an adapter in vitkit/adapters/"
+        )
+
+
+def explicit_host(cls: type) -> type | None:
+    """The registered host attention class (:data:`EXPLICIT_ATTENTION`) that ``cls`` stands for: the class itself,
+    or a subclass that overrides no ``forward`` anywhere below it (then it computes exactly what its host does)."""
+    for host in EXPLICIT_ATTENTION:
+        if issubclass(cls, host) and not any("forward" in vars(k) for k in cls.__mro__[: cls.__mro__.index(host)]):
+            return host
+    return None
+
+
 def register_adapter(adapter: HostAdapter) -> HostAdapter:
     ADAPTERS.append(adapter)
     return adapter

@@ -17,6 +17,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import UnsupportedModelError
 from . import timm_mlp, timm_vit_stem
+from .protocol import check_host_module
 
 #: Visual-prompt tokens inserted by vitkit (``vitkit.adapt`` VPT) right after cls/dist/register tokens; they
 #: count as prefix tokens (``num_prefix_tokens`` includes them) so token reduction never merges or drops them.
@@ -190,6 +191,7 @@ def block_parts(block: nn.Module, *, index: int | None = None) -> BlockParts:
             f"{where}.attn is a {type(block.attn).__name__}; only timm's Attention is supported "
             "(no RoPE/diff attention)"
         )
+    check_host_module(block.attn, Attention, f"{where}.attn")
     return BlockParts(
         block.norm1, block.attn, block.ls1, block.drop_path1, block.norm2, block.mlp, block.ls2, block.drop_path2
     )

@@ -170,6 +170,9 @@ def benchmark(
     ``candidates`` are more ``(name, model)`` rows (e.g. a recipe's intermediate steps), measured interleaved
     with the others and listed between the baseline and ``model``.
     """
+    from ..validate import check_int
+
+    check_int(repeats, "repeats", low=1, why=" (timed runs per batch size)")
     if threads:
         torch.set_num_threads(threads)
     extra = list(candidates or [])

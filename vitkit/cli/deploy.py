@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError
+from ._shared import add_arch, load_model
 
 
 def add_commands(sub) -> None:
@@ -28,7 +29,7 @@ def add_commands(sub) -> None:
     s.add_argument("--max-drop", type=float, default=1.0, help="accuracy budget in top-1 points (default 1.0)")
     s.add_argument("--candidates", default=None, help="comma list of runtimes auto tries (default: all)")
     s.add_argument("--no-cache", action="store_true", help="measure again even if this model was measured here")
-    s.add_argument("--arch", default=None)
+    add_arch(s)
     s.set_defaults(func=cmd_deploy)
 
 
@@ -39,14 +40,13 @@ def cmd_deploy(args) -> int:
     from ..data import iterate_batches, load_dataset
     from ..deploy import RUNTIMES, deploy
     from ..deploy.auto import NoRuntimeInBudget
-    from ..models import load
-    from ..ui import console, parse_arch
+    from ..ui import console
     from ..validate import check_choice, check_int
 
     check_choice(args.runtime, "--runtime", RUNTIMES)
     check_int(args.images, "--images", low=1)
     con = console()
-    model = load(args.model, arch=parse_arch(args.arch)).eval()
+    model = load_model(args.model, args.arch).eval()
     data_name = args.data or recorded_eval_data(args.model) or "mnist5k"
     ds = load_dataset(data_name, args.split, model=model)
     batches = list(iterate_batches(ds, 64, limit=args.images))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from ..errors import ConfigError
+from ._shared import add_arch, load_model
 
 _log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def add_commands(sub) -> None:
     s.add_argument("--cost", default="macs", choices=["macs", "latency"], help="what per-exit calibration minimises")
     s.add_argument("--epochs", type=int, default=3, help="KD epochs for the exit heads (0 = untrained)")
     s.add_argument("--data", default="mnist5k", help="dataset: mnist5k | digits | imagefolder:/path")
+    add_arch(s)
     s.set_defaults(func=cmd_early_exit)
 
 
@@ -46,7 +48,6 @@ def cmd_early_exit(args) -> int:
     from ..data import load_dataset
     from ..early_exit.config import EarlyExitConfig
     from ..early_exit.train import evaluate_exits
-    from ..models import load
     from ..ui import console, progress
 
     heads = args.head.split(",") if "," in args.head else args.head
@@ -60,7 +61,7 @@ def cmd_early_exit(args) -> int:
         data=args.data,
         train=dict(epochs=args.epochs),
     )
-    model = load(args.model)
+    model = load_model(args.model, args.arch)
     con = console()
     with progress() as prog:
         task = prog.add_task("training exit heads + calibrating", total=None, info="")

@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 from ..errors import VitkitError
-from ..ui import EXIT_BAD_INPUT, console, parse_arch, progress
-from . import adapt, deploy, early_exit, merge, prune, quant, search, zero_shot
+from ..ui import EXIT_BAD_INPUT, console, import_modules, parse_arch, progress
+from . import adapt, convert, deploy, early_exit, merge, prune, quant, search, zero_shot
+from ._shared import add_arch, load_model
 from .deploy import print_runtime_choice
 
-FAMILY_COMMANDS = (deploy, merge, prune, quant, adapt, early_exit, search, zero_shot)
+FAMILY_COMMANDS = (deploy, merge, prune, quant, adapt, early_exit, search, zero_shot, convert)
 
 
 def _print_table(variants: list[dict], title: str = "") -> None:
@@ -97,9 +98,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from ..bench.metrics import classify, topk_accuracy
     from ..data import load_dataset
-    from ..models import load
 
-    model = load(args.model, arch=parse_arch(args.arch))
+    model = load_model(args.model, args.arch)
     if args.zero_shot:  # image-embedding model → classifier over the file's class prompts
         from ..models.zero_shot import read_class_embeddings, zero_shot_head
 
@@ -126,13 +126,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from ..artifact import save_artifact
+    from ..artifact import check_output_path, save_artifact
     from ..bench import benchmark
     from ..data import load_dataset
-    from ..models import load
 
-    model = load(args.model, arch=parse_arch(args.arch))
-    baseline = load(args.baseline, arch=parse_arch(args.arch)) if args.baseline else None
+    if args.out:
+        check_output_path(args.out)  # refuse an unusable -o before the timing runs
+    model = load_model(args.model, args.arch)
+    baseline = load_model(args.baseline, args.arch) if args.baseline else None
     data = load_dataset(args.data, args.split, model=model) if args.data else None
     with console().status("benchmarking (interleaved, median of repeats)..."):
         result = benchmark(
@@ -159,6 +160,10 @@ def cmd_run(args) -> int:
     from ..recipe import read_recipe, run_recipe
 
     recipe = read_recipe(args.recipe)
+    if args.arch:  # --arch overrides the recipe's arch: (recorded in the artifact's recipe and model record)
+        import dataclasses
+
+        recipe = dataclasses.replace(recipe, arch=parse_arch(args.arch))
     con = console()
     if args.dry_run:
         _, planned = run_recipe(recipe, None, dry_run=True)
@@ -201,14 +206,15 @@ def cmd_export(args) -> int:
     from ..artifact import recorded_eval_data
     from ..data import load_dataset
     from ..deploy import export_model
-    from ..models import load
 
     con = console()
-    model = load(args.model, arch=parse_arch(args.arch))
+    model = load_model(args.model, args.arch)
     data_name = args.data or recorded_eval_data(args.model)
     data = load_dataset(data_name, args.split, model=model) if data_name else None
     if data is None:
-        con.print("[yellow]no --data given and none recorded in the artifact: parity on random input[/yellow]")
+        from ..deploy.export import RANDOM_PARITY
+
+        con.print(f"[yellow]{RANDOM_PARITY} (none given or recorded in the artifact)[/yellow]")
     out = Path(args.out or f"{str(args.model).rstrip('/')}-onnx")
     with con.status("exporting, checking parity, benchmarking ONNX Runtime vs PyTorch..."):
         res = export_model(
@@ -245,9 +251,24 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's bad-input contract: one ``error: ...`` line (usage is one --help away), exit 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vitkit", description="Make Vision Transformers faster, smaller, combinable.")
+    p = _Parser(prog="vitkit", description="Make Vision Transformers faster, smaller, combinable.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import user code first (module name or .py path; repeatable): register timm models, vitkit presets",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="list transforms, presets and datasets")
@@ -267,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="timm name, preset, checkpoint file or artifact dir")
     s.add_argument("--data", default="mnist5k")
     s.add_argument("--split", default="test")
-    s.add_argument("--arch", default=None, help="timm name or JSON {name, kwargs} for bare checkpoint files")
+    add_arch(s)
     s.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--zero-shot", default=None, metavar="EMB", help="class-prompt embeddings: CLIP zero-shot top-1")
@@ -278,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--baseline", default=None, help="model to compare against, timed interleaved")
     s.add_argument("--data", default=None, help="dataset for accuracy (default: timing on random input)")
     s.add_argument("--split", default="test")
-    s.add_argument("--arch", default=None)
+    add_arch(s)
     s.add_argument("--batch-sizes", type=_batch_sizes, default=[1, 16])
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--repeats", type=int, default=7)
@@ -291,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("recipe")
     s.add_argument("-o", "--out", default=None)
     s.add_argument("--dry-run", action="store_true", help="show the decisions without changing anything")
+    add_arch(s, "overrides the recipe's arch:")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser(
@@ -304,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", type=int, default=128, help="images in the parity check")
     s.add_argument("--quant", default="auto", help="quantized models: auto|qdq|fake|dynamic|float")
     s.add_argument("--opset", type=int, default=17)
-    s.add_argument("--arch", default=None)
+    add_arch(s)
     s.add_argument("--no-bench", action="store_true", help="skip the ONNX Runtime vs PyTorch timing")
     s.set_defaults(func=cmd_export)
 
@@ -324,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        import_modules(args.imports)  # before anything is built: user code registers architectures / presets
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
+from ..ui import parse_arch
+from ._shared import add_arch
 
 _log = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ def add_commands(sub) -> None:
     s.add_argument("config", help="merge YAML: merge_method, base_model, models[], parameters, filter, arch")
     s.add_argument("-o", "--out", required=True, help="output directory")
     s.add_argument("--dry-run", action="store_true", help="validate the YAML and print the resolved plan")
+    add_arch(s, "overrides the YAML's arch:")
     s.set_defaults(func=cmd_merge)
 
 
@@ -54,7 +57,7 @@ def cmd_merge(args) -> int:
     if plan.dtype:
         dt = getattr(torch, plan.dtype)
         state = {k: v.to(dt) if v.is_floating_point() else v for k, v in state.items()}
-    arch_model = _arch_model(plan)
+    arch_model = _arch_model(plan, parse_arch(args.arch))
     if arch_model is not None:
         from ..artifact import save_artifact
         from ..models.load import load_state_dict_strict
@@ -77,15 +80,16 @@ def _is_merge_output(out: Path, is_artifact) -> bool:
     return is_artifact(out) or (out / RESOLVED).exists()
 
 
-def _arch_model(plan):
+def _arch_model(plan, override=None):
     from ..models import load
 
-    if plan.arch is not None:
-        if isinstance(plan.arch, str):
-            return load(plan.arch)
-        if isinstance(plan.arch, dict) and "name" in plan.arch:
-            return load(plan.arch["name"], **dict(plan.arch.get("kwargs") or {}))
-        raise ConfigError(f"arch must be a model name or {{name, kwargs}}, got {plan.arch!r}")
+    arch = override if override is not None else plan.arch
+    if arch is not None:
+        if isinstance(arch, str):
+            return load(arch)
+        if isinstance(arch, dict) and "name" in arch:
+            return load(arch["name"], **dict(arch.get("kwargs") or {}))
+        raise ConfigError(f"arch must be a model name or {{name, kwargs}}, got {arch!r}")
     from ..artifact import is_artifact
 
     for p in [plan.base] + plan.models:

@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 from ..errors import ConfigError
+from ._shared import add_arch, load_model
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def add_commands(sub) -> None:
     s.add_argument("-o", "--out", default=None, help="artifact directory to write (required unless --dry-run)")
     s.add_argument("--dry-run", action="store_true", help="show what would be pruned; change and write nothing")
     s.add_argument("--json", action="store_true", help="print one JSON summary")
+    add_arch(s)
     s.set_defaults(func=cmd_prune)
 
 
@@ -83,7 +85,6 @@ def cmd_prune(args) -> int:
     from ..artifact import is_artifact, save_artifact
     from ..data import calibration_set, load_dataset
     from ..distill.trainer import progress_to
-    from ..models import load
     from ..ops.pruning import DATA_FREE
     from ..training import evaluate_top1
     from ..ui import console, progress
@@ -96,7 +97,7 @@ def cmd_prune(args) -> int:
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_artifact(out))):
             raise ConfigError(f"output {out} exists and is not a vitkit artifact: choose another output path")
     con = console()
-    original = load(args.model)
+    original = load_model(args.model, args.arch)
     model = copy.deepcopy(original)
     calib = None
     if steps[0].importance not in DATA_FREE:

@@ -47,8 +47,21 @@ class InputSpec:
     crop_pct: float = 1.0
 
 
+#: How a user sets a model's input normalisation (named in warnings and errors).
+NORM_HINT = (
+    "set it with the arch kwarg pretrained_cfg_overlay={'mean': [...], 'std': [...]} (vitkit.load / --arch / recipe "
+    "model_kwargs; one value per channel, or one for all) or input_spec(model, mean=..., std=...)"
+)
+
+
 def input_spec(model: torch.nn.Module | None = None, **overrides) -> InputSpec:
-    """The model's input spec from timm's data config (``pretrained_cfg``), with ``overrides`` on top."""
+    """The model's input spec from timm's data config (``pretrained_cfg``), with ``overrides`` on top.
+
+    Normalisation comes from the model's ``pretrained_cfg`` mean/std. When the model records none (a custom or
+    user-registered architecture) and ``overrides`` set none, a default is used *and logged as a warning* naming
+    the values and :data:`NORM_HINT`: timm's ImageNet mean/std for 3 channels, 0.5/0.5 per channel otherwise.
+    A mean/std whose length fits neither 1 nor the model's channels is a :class:`DataError` naming the fix.
+    Without a model: the bundled datasets' 1×28×28 grey input with mean 0.5, std 0.5."""
     if model is not None:
         from timm.data import resolve_data_config
 
@@ -59,6 +72,17 @@ def input_spec(model: torch.nn.Module | None = None, **overrides) -> InputSpec:
                 c, h, w = size
                 break
         mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+        own = getattr(model, "pretrained_cfg", None) or {}
+        if not ("mean" in own and "std" in own) and not ("mean" in overrides and "std" in overrides):
+            if c != 3:
+                mean, std = (0.5,) * c, (0.5,) * c
+            _log.warning(
+                "%s records no input normalisation: using mean=%s std=%s; %s",
+                type(model).__name__,
+                [round(v, 4) for v in mean],
+                [round(v, 4) for v in std],
+                NORM_HINT,
+            )
         spec = dict(chans=c, height=h, width=w, mean=mean, std=std)
         spec.update(interpolation=cfg.get("interpolation", "bilinear"), crop_pct=float(cfg.get("crop_pct", 1.0)))
     else:
@@ -70,7 +94,7 @@ def input_spec(model: torch.nn.Module | None = None, **overrides) -> InputSpec:
         if len(vals) == 1 and c > 1:
             vals = vals * c
         if len(vals) != c:
-            raise DataError(f"{key} has {len(vals)} values but the model takes {c} channels")
+            raise DataError(f"{key} has {len(vals)} values but the model takes {c} channels: {NORM_HINT}")
         spec[key] = vals
     return InputSpec(**spec)
 
@@ -164,6 +188,9 @@ def iterate_batches(
 
     Augmentation (:func:`random_affine`) is applied to the raw images of in-memory sets and to the
     model-ready batches of other datasets (image folders), with the same seeded generator."""
+    from ..validate import check_int
+
+    check_int(limit, "limit", low=1, optional=True, why=" (number of images)")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=gen)[:n] if shuffle else torch.arange(n)

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import torch.nn as nn
 
 from .._io import atomic_write_text
 from ..adapters.protocol import adapter_for
+from ..errors import ConfigError
 from ..validate import check_choice, check_int
 from .runtime import deploy
 from .trace import OPSET
@@ -34,6 +38,10 @@ FORMATS = ("onnx",)
 QUANT_MODES = {"auto": "ort-auto", "qdq": "ort-qdq", "fake": "ort-fake", "dynamic": "ort-int8", "float": "ort-fp32"}
 
 
+#: What the CLI and export_report.md say when no images were given or recorded for the parity check.
+RANDOM_PARITY = "parity on random input: pass --data (real images) for a meaningful check"
+
+
 @dataclass
 class ExportResult:
     path: Path
@@ -42,9 +50,11 @@ class ExportResult:
     agreement: float
     images: int
     bench: dict[str, Any] = field(default_factory=dict)
+    random_input: bool = False  # parity checked on random input (no data given or recorded)
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "parity_input": "random" if self.random_input else "real",
             "path": str(self.path),
             "mode": self.mode,
             "max_abs_diff": self.max_abs_diff,
@@ -81,15 +91,37 @@ def export_model(
 ) -> ExportResult:
     """Export ``model`` to ``out_dir/model.onnx``, check parity on ``images`` real images of ``data`` and
     benchmark the ONNX Runtime session against the PyTorch model. Writes ``export_report.{json,md}``."""
-    from ..bench import benchmark
-    from ..data import iterate_batches
-    from ..report import markdown_report
+    from ..bench.core import check_finite
 
     check_choice(fmt, "export format (--format)", FORMATS)
     check_choice(quant, "quant mode (--quant)", QUANT_MODES)
     check_int(images, "images", low=1, why=" (for the parity check)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_int(opset, "opset", low=7, high=20, why=" (the range of torch's ONNX exporter)")
+    check_finite(model)  # before anything is written: a NaN/Inf model must not leave a half-written out_dir
+    final = Path(out_dir)
+    if final.exists() and not final.is_dir():
+        raise ConfigError(f"output {final} exists and is not a directory: choose another output path")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # everything is written into a stage directory beside the target and moved in file by file at the end: a failure
+    # (an op ONNX cannot express, Ctrl-C) leaves no half-written export, and other files in the target stay
+    out_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.stage-", dir=final.parent))
+    try:
+        result = _export_into(model, out_dir, final, data, images, quant, opset, bench, bench_kwargs)
+        final.mkdir(exist_ok=True)
+        for f in sorted(out_dir.iterdir()):
+            os.replace(f, final / f.name)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return result
+
+
+def _export_into(model, out_dir: Path, final: Path, data, images, quant, opset, bench, bench_kwargs) -> ExportResult:
+    """:func:`export_model`'s work, every file written into ``out_dir`` (the stage directory); paths recorded as
+    they will be in ``final``."""
+    from ..bench import benchmark
+    from ..data import iterate_batches
+    from ..report import markdown_report
+
     model.eval()
     if data is not None:
         xs = [x for x, _ in iterate_batches(data, 128, limit=images)]
@@ -103,7 +135,7 @@ def export_model(
     mode = session.graph
     max_diff, agree = parity(model, session, real)
     _log.info("ONNX parity on %d images: max |diff| %.3g, top-1 agreement %.2f%%", len(real), max_diff, 100 * agree)
-    result = ExportResult(Path(session.path), mode, max_diff, agree, len(real))
+    result = ExportResult(final / Path(session.path).name, mode, max_diff, agree, len(real), random_input=data is None)
     if bench:
         kw = dict(batch_sizes=(1, 16), repeats=5, latency_runs=20, measure_memory=False)
         kw.update(bench_kwargs or {})
@@ -111,6 +143,10 @@ def export_model(
         rep = res.to_dict()
         rep["export"] = result.to_dict()
         result.bench = rep
-        atomic_write_text(out_dir / "export_report.md", markdown_report(rep, title="ONNX Runtime vs PyTorch"))
+        md = markdown_report(rep, title="ONNX Runtime vs PyTorch")
+        if data is None:  # say it under the title: the parity numbers above are not on real images
+            title, _, rest = md.partition("\n")
+            md = f"{title}\n\n> {RANDOM_PARITY}\n{rest}"
+        atomic_write_text(out_dir / "export_report.md", md)
     atomic_write_text(out_dir / "export_report.json", json.dumps(result.to_dict(), indent=2, default=str) + "\n")
     return result

@@ -81,12 +81,16 @@ class SafetensorsSource(TensorSource):
 
         self.label = str(path)
         if not path.is_file():
-            raise CheckpointError(f"checkpoint file not found: {path}")
+            raise CheckpointError(
+                f"checkpoint file not found: {path}: check the path (relative paths start at the current directory)"
+            )
         try:
             self._fh = safe_open(str(path), framework="pt", device="cpu")
             self._keys = list(self._fh.keys())
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"corrupt or truncated safetensors file {path}: {exc}") from None
+            raise CheckpointError(
+                f"corrupt or truncated safetensors file {path} ({exc}): re-download it or re-save the weights"
+            ) from None
         self._meta: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
 
     def _info(self, key: str) -> tuple[tuple[int, ...], torch.dtype]:

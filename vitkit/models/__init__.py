@@ -1,5 +1,6 @@
 """Model loading: timm names, presets, checkpoints on disk and vitkit artifacts."""
 
+from . import convert as _convert  # noqa: F401  (registers the vitkit_vit timm architecture)
 from . import hf as _hf  # noqa: F401  (registers vitkit.load(<transformers save_pretrained folder>))
 from . import open_clip as _open_clip  # noqa: F401  (registers vitkit.load("open_clip:ARCH/TAG"))
 from .fingerprint import model_fingerprint

@@ -64,6 +64,26 @@ def arch_record(model: nn.Module) -> dict[str, Any]:
     return {"name": name, "kwargs": kwargs}
 
 
+def _yaml_plain(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _yaml_plain(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_yaml_plain(v) for v in value)
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def check_plain_record(rec: dict[str, Any]) -> None:
+    """Refuse an arch record that YAML cannot hold (a class or partial passed as a timm kwarg): artifacts rebuild
+    the model from it, so every kwarg must be str/int/float/bool/list/dict."""
+    for key, value in (rec.get("kwargs") or {}).items():
+        if not _yaml_plain(value):
+            hint = f"{key}={value.__name__.lower()!r}" if isinstance(value, type) else f"{key}='<name>'"
+            raise ConfigError(
+                f"model {rec.get('name')!r} was built with {key}={value!r}, which an artifact cannot record: "
+                f"pass the string name timm resolves instead (e.g. {hint}) to vitkit.load"
+            )
+
+
 def build_arch(name: str, kwargs: dict[str, Any] | None = None, *, pretrained: bool = False) -> nn.Module:
     """Create a timm model (or preset) with random init unless ``pretrained``; records how it was built."""
     import timm
@@ -87,7 +107,8 @@ def build_arch(name: str, kwargs: dict[str, Any] | None = None, *, pretrained: b
         arch = name
         if not timm.is_model(arch):
             close = difflib.get_close_matches(arch, timm.list_models() + list(PRESETS), n=4, cutoff=0.6)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            fix = "; use a timm name (timm.list_models()) or a preset (vitkit list)"
+            hint = f"; did you mean {', '.join(close)}?" if close else fix
             raise ConfigError(f"unknown model {name!r}: not a timm model name, preset or existing file{hint}")
     model = _create(arch, name, kwargs, pretrained=pretrained, hub=False)
     _apply_vitkit_opts(model, vitkit_opts)
@@ -114,6 +135,12 @@ def _create(arch: str, name: str, kwargs: dict[str, Any], *, pretrained: bool, h
             raise CheckpointError(
                 f"could not download {what} for {name!r} ({type(exc).__name__}; offline?): "
                 f"pass a local checkpoint instead, e.g. vitkit.load('weights.safetensors', arch={name!r})"
+            ) from None
+        if isinstance(exc, AssertionError | ValueError | KeyError | NotImplementedError):  # timm's kwarg checks
+            shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "no kwargs"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"cannot build {name!r} with {shown}: {reason}; fix the arch kwargs (--arch / arch=)"
             ) from None
         raise
 
@@ -169,7 +196,9 @@ def _parse_arch(arch: str | dict | None) -> tuple[str, dict[str, Any]]:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely: safetensors, or ``torch.load(weights_only=True)`` for .pth/.pt/.bin."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise CheckpointError(
+            f"checkpoint file not found: {path}: check the path (relative paths start at the current directory)"
+        )
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes): re-save or re-download it")
     if path.suffix == ".safetensors":
@@ -179,7 +208,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"corrupt or truncated safetensors file {path}: {exc}") from None
+            raise CheckpointError(
+                f"corrupt or truncated safetensors file {path} ({exc}): re-download it or re-save the weights"
+            ) from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -269,7 +300,9 @@ def load(spec: str | Path, *, arch: str | dict | None = None, pretrained: bool =
     if path.suffix in CHECKPOINT_SUFFIXES or "/" in text or path.exists():
         if not path.exists():
             if path.suffix in CHECKPOINT_SUFFIXES:
-                raise CheckpointError(f"file not found: {path}")
+                raise CheckpointError(
+                    f"file not found: {path}: check the path (relative paths start at the current directory)"
+                )
             raise ConfigError(
                 f"{text!r} is not a file or folder; for a Hugging Face Hub model use hf-hub:org/name, "
                 "or save_pretrained it and pass the folder"

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..adapters import EXPLICIT_ATTENTION
+from ..adapters.protocol import explicit_host
 from ..adapters.timm_vit_layers import ExplicitAttention
 from ..ops import quant as Q
 from .quantizer import CACHE_SLOTS, Quantizer, UniformQuantizer, cached, fast_path_ok
@@ -95,6 +96,12 @@ def quant_class(cls: type) -> type | None:
     """The fake-quant class replacing ``cls`` (a quantized class maps to itself), None when there is none. Attention
     classes of other host families get ``Quant<Host>`` = :class:`QuantSites` + the adapter's explicit twin."""
     base = UNPATCHED.get(cls, cls)
+    host = explicit_host(base) if base not in PATCHED and base not in UNPATCHED else None
+    if host is not None and host is not base:  # a user subclass keeping the host's forward: quantized as the host
+        quant = quant_class(host)
+        sub = type(f"Quant{base.__name__}", (quant, base), {"__doc__": quant.__doc__, "__module__": __name__})
+        PATCHED[base], UNPATCHED[sub] = sub, base
+        return sub
     if base not in PATCHED and base in EXPLICIT_ATTENTION:
         twin = EXPLICIT_ATTENTION[base]
         doc = f"{base.__name__} with explicit matmuls whose inputs pass quantizers (see QuantSites)."

@@ -135,13 +135,18 @@ def build_plan(model: nn.Module, cfg: PTQConfig) -> dict[str, dict[str, dict]]:
     if unknown:
         raise ConfigError(f"PTQConfig.layer_bits names unknown module(s) {unknown}; quantizable: {names[:4]}, ...")
     modules = dict(model.named_modules())
-    # exact classes: subclasses (LoRALinear, adapter-wrapped layers) would lose their extra branch when patched
+    # the adapter has already refused attention subclasses with their own forward (check_host_module); what is left
+    # unquantizable are Linear subclasses (LoRALinear, adapter-wrapped layers) whose extra branch patching would drop
     bad = [f"{n} ({type(modules[n]).__name__})" for n in names if quant_class(type(modules[n])) is None]
     if bad:
-        raise UnsupportedModelError(
-            f"ptq cannot quantize the layer(s) {bad[:4]}: expected nn.Linear / nn.Conv2d / the host's attention "
-            "there (fold LoRA first with a lora_merge step / vitkit.merge_back, or skip them with skip=[...])"
+        lora = any(isinstance(modules[n], nn.Linear) for n in names if quant_class(type(modules[n])) is None)
+        why = (
+            "a Linear subclass with an extra branch (LoRA / adapter) would lose it: fold LoRA first with a lora_merge "
+            "step / vitkit.merge_back, or skip them with skip=[...]"
+            if lora
+            else "vitkit has no fake-quant version of that class: skip them with skip=[...]"
         )
+        raise UnsupportedModelError(f"ptq cannot quantize the layer(s) {bad[:4]}: {why}")
     return calibrator_for(cfg.method).plan(model, {n: sites[n] for n in names}, cfg)
 
 
