@@ -143,10 +143,12 @@ def _hf_layout(config: dict[str, Any], arch: str) -> dict[str, Any]:
     """Everything both directions need from a config: dims, flags and the timm name + kwargs."""
     mt = config["model_type"]
     dim, depth, heads = int(config["hidden_size"]), int(config["num_hidden_layers"]), int(config["num_attention_heads"])
-    if dim % heads or int(config.get("head_dim") or dim // heads) != dim // heads:
+    head_dim = int(config.get("head_dim") or (dim // heads if dim % heads == 0 else 0))
+    narrow = head_dim > 0 and heads * head_dim != dim  # e.g. a uniformly head-pruned export
+    if head_dim <= 0 or (narrow and mt != "vit"):
         raise UnsupportedModelError(
-            f"attention head_dim {config.get('head_dim')} with hidden_size {dim} and {heads} heads: timm's ViT needs "
-            "head_dim = hidden_size / num_attention_heads"
+            f"attention head_dim {config.get('head_dim')} with hidden_size {dim} and {heads} heads: timm's "
+            f"{'ViT' if mt == 'vit' else mt} needs head_dim = hidden_size / num_attention_heads"
         )
     swiglu = bool(config.get("use_swiglu_ffn", False)) if mt == "dinov2" else False
     act = str(config.get("hidden_act", "gelu"))
@@ -179,7 +181,19 @@ def _hf_layout(config: dict[str, Any], arch: str) -> dict[str, Any]:
     }
     if mt == "dinov2":
         kwargs["init_values"] = float(config.get("layerscale_value") or 1.0)
-    return {"mt": mt, "dim": dim, "depth": depth, "mlp": mlp, "swiglu": swiglu, "name": name, "kwargs": kwargs}
+    if narrow:  # heads × head_dim ≠ hidden_size: vitkit's timm ViT with a free head width
+        name, kwargs["attn_head_dim"] = "vitkit_vit", head_dim
+    width = heads * head_dim
+    return {
+        "mt": mt,
+        "dim": dim,
+        "depth": depth,
+        "mlp": mlp,
+        "swiglu": swiglu,
+        "name": name,
+        "kwargs": kwargs,
+        "width": width,
+    }
 
 
 def _expected(lay: dict[str, Any], arch: str) -> dict[str, tuple[int, ...]]:
@@ -199,11 +213,12 @@ def _expected(lay: dict[str, Any], arch: str) -> dict[str, tuple[int, ...]]:
         exp["embeddings.distillation_token"] = (1, 1, d)
     for i in range(lay["depth"]):
         p = f"encoder.layer.{i}."
+        a = lay["width"]  # attention width (hidden_size unless heads were pruned)
         for n in ("query", "key", "value"):
-            exp[f"{p}attention.attention.{n}.weight"] = (d, d)
+            exp[f"{p}attention.attention.{n}.weight"] = (a, d)
             if kw["qkv_bias"]:
-                exp[f"{p}attention.attention.{n}.bias"] = (d,)
-        exp[f"{p}attention.output.dense.weight"] = (d, d)
+                exp[f"{p}attention.attention.{n}.bias"] = (a,)
+        exp[f"{p}attention.output.dense.weight"] = (d, a)
         exp[f"{p}attention.output.dense.bias"] = (d,)
         if mt == "dinov2":
             norms, fc1, fc2 = ("norm1", "norm2"), "mlp.fc1", "mlp.fc2"
@@ -566,9 +581,11 @@ def _check_uniform(name: str, state: StateDict, depth: int, dim: int) -> None:
                 f"{name}: block {i} differs from block 0 at {diff[:3]} (per-layer widths, pruned heads or added "
                 "modules): transformers' config describes every layer alike"
             )
-    if tuple(ref["attn.qkv.weight"]) != (3 * dim, dim) or tuple(ref["attn.proj.weight"]) != (dim, dim):
+    width = ref["attn.qkv.weight"][0] // 3  # heads × head_dim: below hidden_size after uniform head pruning
+    if tuple(ref["attn.qkv.weight"]) != (3 * width, dim) or tuple(ref["attn.proj.weight"]) != (dim, width):
         raise UnsupportedModelError(
-            f"{name}: attention width is not hidden_size (pruned heads?): transformers needs it"
+            f"{name}: attention projections {tuple(ref['attn.qkv.weight'])} / {tuple(ref['attn.proj.weight'])} do not "
+            "form one attention of hidden_size inputs: transformers cannot hold it"
         )
 
 
