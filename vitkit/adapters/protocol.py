@@ -327,6 +327,12 @@ def explicit_host(cls: type) -> type | None:
     return None
 
 
+def arch_name(model: nn.Module) -> str:
+    """The timm architecture name a model was built as (its ``pretrained_cfg``), else its class name."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture", type(model).__name__))
+
+
 def register_adapter(adapter: HostAdapter) -> HostAdapter:
     ADAPTERS.append(adapter)
     return adapter

@@ -30,7 +30,7 @@ from timm.models.efficientformer import (
 )
 
 from ..errors import UnsupportedModelError
-from .protocol import register_adapter, register_explicit_attention
+from .protocol import arch_name, register_adapter, register_explicit_attention
 from .timm_hybrid import BlockLayout, HybridAdapter, HybridInfo, attention_bias, check_modules, stem_grid
 from .timm_vit_layers import OuterLayers
 
@@ -152,12 +152,11 @@ class EfficientFormerAdapter(HybridAdapter):
             raise UnsupportedModelError("this EfficientFormer has no attention block (num_vit=0): nothing to adapt")
         c, h, w = self.input_size(model)
         first = stages[0]
-        cfg = getattr(model, "pretrained_cfg", None) or {}
         stride = int(model.stem.stride) * 2 ** sum(
             1 for st in list(model.stages)[: first + 1] if isinstance(st.downsample, Downsample)
         )
         return HybridInfo(
-            arch=str(cfg.get("architecture", type(model).__name__)),
+            arch=arch_name(model),
             depth=len(names),
             embed_dim=widths[0],
             num_heads=tuple(heads),
@@ -194,11 +193,6 @@ class EfficientFormerAdapter(HybridAdapter):
 
     def _head_names(self) -> tuple[str, ...]:
         return ("head", "head_dist")
-
-    def input_size(self, model: nn.Module) -> tuple[int, int, int]:
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        c, h, w = cfg.get("input_size", (int(getattr(model, "in_chans", 3)), 224, 224))
-        return int(c), int(h), int(w)
 
 
 TIMM_EFFICIENTFORMER = register_adapter(EfficientFormerAdapter())

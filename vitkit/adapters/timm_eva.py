@@ -34,6 +34,7 @@ from .protocol import (
     LinearRole,
     NormLinear,
     Stage,
+    arch_name,
     register_adapter,
     register_explicit_attention,
 )
@@ -141,9 +142,8 @@ def describe(model: nn.Module) -> ViTInfo:
     if num_prompts:
         features.add("prompts")
     pe = model.patch_embed
-    cfg = getattr(model, "pretrained_cfg", None) or {}
     return ViTInfo(
-        arch=str(cfg.get("architecture", type(model).__name__)),
+        arch=arch_name(model),
         depth=len(model.blocks),
         embed_dim=int(model.embed_dim),
         num_heads=tuple(heads),

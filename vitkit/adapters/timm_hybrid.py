@@ -127,7 +127,11 @@ class HybridAdapter:
         raise NotImplementedError
 
     def input_size(self, model: nn.Module) -> tuple[int, int, int]:
-        raise NotImplementedError
+        """(C, H, W) from ``pretrained_cfg["input_size"]`` (these models run at the size they were built for; set
+        another with ``pretrained_cfg_overlay``), else (in_chans, 224, 224)."""
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        c, h, w = cfg.get("input_size", (int(getattr(model, "in_chans", 3)), 224, 224))
+        return int(c), int(h), int(w)
 
     # -- refusals ----------------------------------------------------------------------------------------------
     def refuse(self, method: str, why: str) -> UnsupportedModelError:

@@ -34,6 +34,7 @@ from timm.models.swin_transformer import (
 
 from ..errors import UnsupportedModelError
 from .grid_info import GridInfo
+from .protocol import arch_name
 from .timm_vit import BlockParts
 
 _SUPPORTED = "timm SwinTransformer (Swin v1: W-MSA/SW-MSA blocks, PatchMerging, LayerNorm, average pooling)"
@@ -202,9 +203,8 @@ def describe(model: nn.Module) -> SwinInfo:
         raise UnsupportedModelError(f"global_pool={model.global_pool!r} is not supported on Swin: use 'avg'")
     if not (isinstance(head.fc, nn.Identity) or _linear_like(head.fc)):
         raise _unsupported("head.fc", head.fc, "an nn.Linear classifier")
-    cfg = getattr(model, "pretrained_cfg", None) or {}
     return SwinInfo(
-        arch=str(cfg.get("architecture", type(model).__name__)),
+        arch=arch_name(model),
         depth=len(names),
         embed_dim=int(model.embed_dim),
         num_heads=tuple(heads),

@@ -36,7 +36,7 @@ from timm.models.tiny_vit import (
 
 from ..errors import UnsupportedModelError
 from ..patching import mixin_class
-from .protocol import register_adapter, register_explicit_attention
+from .protocol import arch_name, register_adapter, register_explicit_attention
 from .timm_hybrid import BlockLayout, HybridAdapter, HybridInfo, attention_bias, check_modules, stem_grid
 from .timm_vit_layers import OuterLayers
 
@@ -101,12 +101,6 @@ class ExplicitTinyVitAttention(TinyVitAttention):
         v = self.site("v", v)
         x = self.site("out", (attn @ v).transpose(1, 2).reshape(B, N, self.out_dim))  # [B, N, H·vd]
         return self.proj(x)
-
-
-def _cfg_input_size(model: nn.Module) -> tuple[int, int, int]:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    c, h, w = cfg.get("input_size", (int(getattr(model, "in_chans", 3)), 224, 224))
-    return int(c), int(h), int(w)
 
 
 class _NormFirst(nn.Module):
@@ -191,12 +185,11 @@ class TinyViTAdapter(HybridAdapter):
             raise UnsupportedModelError("this TinyVit has no attention block")
         c, h, w = self.input_size(model)
         first = stages[0]
-        cfg = getattr(model, "pretrained_cfg", None) or {}
         stride = int(model.patch_embed.stride) * 2 ** sum(
             1 for st in list(model.stages)[: first + 1] if isinstance(st, TinyVitStage)
         )
         return HybridInfo(
-            arch=str(cfg.get("architecture", type(model).__name__)),
+            arch=arch_name(model),
             depth=len(names),
             embed_dim=widths[0],
             num_heads=tuple(heads),
@@ -207,7 +200,7 @@ class TinyViTAdapter(HybridAdapter):
             block_spans=tuple(spans),
             block_stages=tuple(stages),
             num_features=int(model.num_features),
-            global_pool="avg" if str(head.global_pool.pool_type) == "avg" else str(head.global_pool.pool_type),
+            global_pool=str(head.global_pool.pool_type),
             patch_size=(stride, stride),
             grid_size=grids[first],
             img_size=(h, w),
@@ -242,9 +235,6 @@ class TinyViTAdapter(HybridAdapter):
 
     def _head_names(self) -> tuple[str, ...]:
         return ("head.fc",)
-
-    def input_size(self, model: nn.Module) -> tuple[int, int, int]:
-        return _cfg_input_size(model)
 
 
 TIMM_TINY_VIT = register_adapter(TinyViTAdapter())

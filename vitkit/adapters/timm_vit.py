@@ -17,7 +17,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..errors import UnsupportedModelError
 from . import timm_mlp, timm_vit_stem
-from .protocol import check_host_module
+from .protocol import arch_name, check_host_module
 
 #: Visual-prompt tokens inserted by vitkit (``vitkit.adapt`` VPT) right after cls/dist/register tokens; they
 #: count as prefix tokens (``num_prefix_tokens`` includes them) so token reduction never merges or drops them.
@@ -153,9 +153,8 @@ def describe(model: nn.Module) -> ViTInfo:
             f"num_prefix_tokens={model.num_prefix_tokens} does not match cls+dist+registers+prompts={expected_prefix}"
         )
     pe = model.patch_embed
-    cfg = getattr(model, "pretrained_cfg", None) or {}
     return ViTInfo(
-        arch=str(cfg.get("architecture", type(model).__name__)),
+        arch=arch_name(model),
         depth=len(model.blocks),
         embed_dim=int(model.embed_dim),
         num_heads=tuple(heads),

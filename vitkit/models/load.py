@@ -230,26 +230,32 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
+def state_mismatch(state: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], ignore=()) -> str:
+    """The first differences between ``state`` and the expected key → shape map, as one phrase ('' when none):
+    shape mismatches, missing keys, unexpected keys (those in ``ignore`` are not counted as unexpected)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected and k not in ignore]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v)
+    ]
+    parts = []
+    if shapes:
+        parts.append(f"shape mismatch {shapes[:3]}")
+    if missing:
+        parts.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''} ({len(missing)} keys)")
+    if unexpected:
+        parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)} keys)")
+    return "; ".join(parts)
+
+
 def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
     """``load_state_dict(strict=True)`` with a one-line error naming the first mismatching keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append(f"shape mismatch {shapes[:3]}")
-        if missing:
-            parts.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''} ({len(missing)} keys)")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)} keys)")
+    problem = state_mismatch(state, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+    if problem:
         raise CheckpointError(
-            f"{source} does not fit the architecture: {'; '.join(parts)}; "
+            f"{source} does not fit the architecture: {problem}; "
             "check arch= and its kwargs (num_classes, img_size, ...)"
         )
     model.load_state_dict(state, strict=True)

@@ -272,19 +272,12 @@ def _canonical(state: StateDict, model_type: str) -> StateDict:
 
 
 def _check_fit(state: StateDict, exp: dict[str, tuple[int, ...]], dropped: set[str]) -> None:
-    missing = [k for k in exp if k not in state]
-    extra = [k for k in state if k not in exp and k not in dropped]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {exp[k]}" for k in exp if k in state and tuple(state[k].shape) != exp[k]]
-    if missing or extra or shapes:
-        parts = []
-        if shapes:
-            parts.append(f"shape mismatch (weights vs config) {shapes[:3]}")
-        if missing:
-            parts.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''} ({len(missing)} keys)")
-        if extra:
-            parts.append(f"unexpected {extra[:3]}{' ...' if len(extra) > 3 else ''} ({len(extra)} keys)")
+    from ..load import state_mismatch
+
+    problem = state_mismatch(state, exp, ignore=dropped)
+    if problem:
         raise CheckpointError(
-            f"config.json does not match the weights: {'; '.join(parts)}; "
+            f"config.json does not match the weights: {problem}; "
             "use the config.json these weights were saved with (save_pretrained writes both)"
         )
 
