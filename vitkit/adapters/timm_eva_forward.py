@@ -64,14 +64,12 @@ def rope_at(rope: nn.Module, coords: torch.Tensor) -> torch.Tensor:
     ``coords`` ``[B, T, 2]`` → ``[B, 1, T, 2·dim]`` (the head axis broadcasts). The same arithmetic as timm's
     ``build_fourier_pos_embed`` + ``_rope_layout`` (angle = coordinate × band, axial RoPE), so at the
     embedded grid it reproduces ``rope.get_embed()`` bit for bit."""
-    pos = coords.to(torch.float32).unsqueeze(-1) * rope.bands  # [B, T, 2, dim/4]
-    sin, cos = pos.sin().flatten(-2), pos.cos().flatten(-2)  # [B, T, dim/2]
-    if rope.rotate_half:
-        sin, cos = torch.cat([sin, sin], -1), torch.cat([cos, cos], -1)  # [B, T, dim]
-    else:
-        # [f0, f0, f1, f1, ...] (repeat_interleave's layout; stack keeps ONNX shape inference ranked)
-        sin, cos = torch.stack([sin, sin], -1).flatten(-2), torch.stack([cos, cos], -1).flatten(-2)  # [B, T, dim]
-    return torch.cat([sin, cos], -1).unsqueeze(1)  # [B, 1, T, 2·dim]
+    angles = (coords.to(torch.float32).unsqueeze(-1) * rope.bands).flatten(-2)  # [B, T, dim/2]
+    sin_cos = torch.stack([angles.sin(), angles.cos()], dim=-2)  # [B, T, 2, dim/2]
+    # each frequency twice: [f0 … fk, f0 … fk] (rotate_half) or [f0, f0, f1, f1, …] (repeat_interleave's layout);
+    # stack keeps ONNX shape inference ranked
+    twice = torch.stack([sin_cos, sin_cos], dim=-2 if rope.rotate_half else -1)  # [B, T, 2, (2,) dim/2 (, 2)]
+    return twice.flatten(-3).unsqueeze(1)  # [B, 1, T, 2·dim]: [sin, cos]
 
 
 def block_state(model: nn.Module, x: torch.Tensor, positions: torch.Tensor | None = None) -> dict:

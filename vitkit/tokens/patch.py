@@ -64,22 +64,28 @@ class TokenContext:
         self.mask: torch.Tensor | None = None  # [B|1, H|1, N|1, N] additive, after the first reduction
         self.reduced = False
         self.store: dict[str, torch.Tensor] = {}
-        # host block arguments (e.g. rotary embeddings) for the current tokens, and the positions they follow from
+        # host block arguments (e.g. rotary embeddings) for the current tokens, and the positions they follow from:
+        # Σ size·position per token, [B|1, N, 2] (prefix rows 0), when the host's blocks depend on positions
         self.state: dict = {}
-        self.positions: torch.Tensor | None = None  # [B|1, T, 2] when the host's blocks depend on positions
-        self.restate = None  # positions → state (set by TokenRun)
+        self.position_sums: torch.Tensor | None = None
+        self.restate = None  # positions [B, T, 2] → state (set by TokenRun)
 
-    def follow_positions(self, red: TokenReduction, size: torch.Tensor | None) -> None:
-        """Positions after ``red``: a merged token sits at the size-weighted mean of its sources' positions (the
-        weights ToMe §3 averages features with, whatever weights the method merges features with), then the host
-        recomputes its block state (e.g. rotary embeddings at those positions)."""
-        if self.positions is None:
+    def start_positions(self, positions: torch.Tensor | None) -> None:
+        """The patch tokens' positions ``[1, T, 2]`` entering the first block (None: the host has none)."""
+        if positions is not None:
+            prefix = positions.new_zeros(positions.shape[0], self.num_prefix, positions.shape[-1])
+            self.position_sums = torch.cat([prefix, positions], dim=1)  # [1, N, 2]; every size is 1
+
+    def follow_positions(self, red: TokenReduction) -> None:
+        """Positions after ``red`` (called once ``size`` is the merged sizes): a merged token sits at the
+        size-weighted mean of its sources' positions (the weights ToMe §3 averages features with, whatever weights
+        the method merges features with). The sums Σ size·position merge by adding up, like the sizes; the host
+        then recomputes its block state (e.g. rotary embeddings) at ``sums / size``."""
+        if self.position_sums is None:
             return
-        B, P = red.keep.shape[0], self.num_prefix
-        pos = self.positions.expand(B, -1, -1)  # [B, T, 2]
-        full = torch.cat([pos.new_zeros(B, P, pos.shape[-1]), pos], dim=1)  # [B, N, 2]: prefix rows unused
-        self.positions = red.merge(full, size)[0][:, P:]  # [B, T', 2]
-        self.state = self.restate(self.positions)
+        P = self.num_prefix
+        self.position_sums = red.add_up(self.position_sums.expand(red.keep.shape[0], -1, -1))  # [B, N', 2]
+        self.state = self.restate(self.position_sums[:, P:] / self.size[:, P:])  # positions [B, T', 2]
 
     def bias(self, x: torch.Tensor) -> torch.Tensor | None:
         """Additive attention bias for the current tokens (caller mask + log size), or None."""
@@ -154,8 +160,8 @@ class TokenReductionBlock(nn.Module):
                 if not ctx.reduced:  # from now on the caller's mask follows the tokens
                     ctx.mask = additive_mask(attn_mask, is_causal, x.shape[1], x)
                     ctx.reduced = True
-                ctx.follow_positions(red, ctx.size)
                 x, ctx.size = red.merge(x, ctx.size, weight)
+                ctx.follow_positions(red)
                 if ctx.mask is not None:
                     ctx.mask = _follow_mask(ctx.mask, red)
         return ctx.host.mlp_residual(self, x)
@@ -178,7 +184,8 @@ class TokenRun(HostRun):
         prop_attn = bool(getattr(m, PROP_ATTN, False))
         self.ctx = TokenContext(host.prefix_tokens(m), host.token_grid(m, x), prop_attn, host)
         tokens = super().embed(x)
-        self.ctx.state, self.ctx.positions = self.state, token_positions(host, m, x)
+        self.ctx.state = self.state
+        self.ctx.start_positions(token_positions(host, m, x))
         self.ctx.restate = lambda positions: block_state(host, m, x, positions)
         return tokens
 
@@ -191,7 +198,7 @@ class TokenRun(HostRun):
             self.ctx.size, self.ctx.mask = take_rows(self.ctx.size, keep, batch), take_rows(self.ctx.mask, keep, batch)
             self.ctx.store = {k: take_rows(v, keep, batch) for k, v in self.ctx.store.items()}
             self.ctx.state = {k: take_rows(v, keep, batch) for k, v in self.ctx.state.items()}
-            self.ctx.positions = take_rows(self.ctx.positions, keep, batch)
+            self.ctx.position_sums = take_rows(self.ctx.position_sums, keep, batch)
 
 
 class TokenReductionVisionTransformer(nn.Module):
