@@ -672,7 +672,10 @@ from vitkit.cli import main
 
 def slow(*args, **kwargs):  # the weights are in the stage dir; the user presses Ctrl-C now
     print("WRITING", flush=True)
-    time.sleep(60)
+    # short sleeps: the kernel may hand SIGINT to a worker thread, which does not wake a long sleep in this one;
+    # Python runs the handler at the next bytecode boundary of the main thread
+    for _ in range(1200):
+        time.sleep(0.05)
 
 artifact.resolved_recipe = slow
 sys.exit(main(sys.argv[1:]))
