@@ -164,7 +164,7 @@ def part_speed(args, tmp: Path, families: list[str]) -> dict:
                     fam_res["tome_r0_exact"] = bool(torch.equal(zero(x[:2]), base(x[:2])))
                 r, merged, ratio = tome_for_macs(base, x, 1.5)
                 rows.append((f"ToMe r={r} (×{ratio:.2f} fewer MACs), fp32 eager", merged))
-        ips = timed(rows, x, 3 if args.quick else 7)
+        ips = timed(rows, x, 3 if args.quick else 11)
         fam_res["rows"] = [
             {"variant": n, "img_s": v, "x": v / ips[0], "bytes": sizes.get(n.removeprefix("vitkit "))}
             for (n, _), v in zip(rows, ips, strict=True)
