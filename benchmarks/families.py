@@ -7,7 +7,8 @@ family timed interleaved in one process (median of repeats, default PyTorch thre
 vitkit's deployed int8 (``torch-w8a8-onednn`` where this CPU has it, ``torch-w8a8``, ``ort-int8``: each built by
 :func:`vitkit.deploy.deploy` from a RepQ-calibrated model; the fastest is the family's "deployed int8"), with the
 file size of the fp32 and the int8 weights. Swin-T adds heads + MLP pruning to −50 % MACs (l1, no recovery:
-speed only); EVA-02 adds ToMe at the smallest r reaching ×1.5 fewer MACs, and checks r=0 is exact.
+speed only); EVA-02 adds ToMe at the smallest r reaching ×1.5 fewer MACs, and checks r=0 is exact; its
+(fp32, ToMe) pair is timed in two more rounds, and the figure is the median ratio of the three.
 Note: glibc's dynamic mmap threshold makes PyTorch eager's speed bimodal on this class of machine (EVA-02 tiny fp32:
 ~33 or ~47 img/s in different processes, the same code; ``MALLOC_MMAP_THRESHOLD_`` fixed gives the fast state every
 time). Rows are interleaved so both states hit every row, but a ratio is only as steady as that state: rerun a
@@ -83,7 +84,9 @@ SMALL = {
     "vitamin": ("vitamin_small_224", dict(img_size=64, depth=2), 64),
 }
 #: training epochs per family (the cheap 32² configs train longer; EfficientFormer runs at its fixed 224²)
-EPOCHS = {"swin": 30, "tiny_vit": 8, "efficientformer": 4, "eva02": 20, "siglip": 20, "vitamin": 6}
+EPOCHS = {"swin": 30, "tiny_vit": 8, "efficientformer": 15, "eva02": 20, "siglip": 20, "vitamin": 6}
+#: extra timing rounds of EVA-02's (fp32, ToMe) pair; the figure is the median ratio over all rounds
+TOME_EXTRA_ROUNDS = 2
 FIGURES = {"swin_int8": 1.8, "swin_prune": 1.6, "swin_agree": 0.99, "eva_tome": 1.4}
 
 
@@ -169,6 +172,12 @@ def part_speed(args, tmp: Path, families: list[str]) -> dict:
             {"variant": n, "img_s": v, "x": v / ips[0], "bytes": sizes.get(n.removeprefix("vitkit "))}
             for (n, _), v in zip(rows, ips, strict=True)
         ]
+        tome = next((m for n, m in rows if n.startswith("ToMe")), None)
+        if tome is not None:  # a figure near its line: two more rounds of the pair, each interleaved on its own
+            fam_res["tome_rounds"] = [fam_res["rows"][-1]["x"]]
+            for _ in range(TOME_EXTRA_ROUNDS):
+                b, t = timed([("base", base), ("tome", tome)], x, 3 if args.quick else 11)
+                fam_res["tome_rounds"].append(t / b)
         out[fam] = fam_res
         keep_partial("speed", fam, fam_res)
         for row in fam_res["rows"]:
@@ -271,14 +280,17 @@ def figures(res: dict) -> list[list[str]]:
     ev = res.get("speed", {}).get("eva02")
     if ev:
         tm = next((r for r in ev["rows"] if r["variant"].startswith("ToMe")), None)
+        rounds = ev.get("tome_rounds") or ([tm["x"]] if tm else [])
+        ratio = statistics.median(rounds) if rounds else None
+        spread = ", ".join(f"×{v:.2f}" for v in rounds)
         rows.append(
             [
-                "EVA-02 tiny ToMe (×1.5 MACs) measured",
-                f"×{tm['x']:.2f} ({tm['variant'].split(' (')[0]}; r=0 exact: {ev.get('tome_r0_exact')})"
+                "EVA-02 tiny ToMe (×1.5 MACs) measured (median of rounds)",
+                f"×{ratio:.2f} ({tm['variant'].split(' (')[0]}; rounds {spread}; r=0 exact: {ev.get('tome_r0_exact')})"
                 if tm
                 else "not measured",
                 f"≥ ×{FIGURES['eva_tome']}",
-                _met(tm["x"] >= FIGURES["eva_tome"] and ev.get("tome_r0_exact") if tm else None),
+                _met(ratio >= FIGURES["eva_tome"] and ev.get("tome_r0_exact") if tm else None),
             ]
         )
     return rows
