@@ -212,6 +212,7 @@ def part_accuracy(args, tmp: Path, families: list[str]) -> dict:
         with torch.inference_mode():
             ref = torch.cat([model.eval()(x[i : i + 200]) for i in range(0, len(x), 200)])
         res = {"model": arch, "epochs": epochs, "train_min": (time.perf_counter() - started) / 60}
+        res["when"] = environment(probe=False)["date"]  # rows of one table may come from runs of different days
         res["fp32"] = _agreement(model, ref, x, y)
         calib = calibration_set(load_dataset("mnist5k", "calib", spec=spec), 32)
         settings = {"w8a8": (8, None), "w4a4": (4, None), "w8a8_uniform_softmax": (8, "uniform")}
@@ -320,7 +321,7 @@ def render(res: dict, env: dict) -> str:
                 lines.append(f"| | {note} | | | |")
         lines.append("")
     if res.get("accuracy"):
-        lines += [f"### PTQ on small configs trained on MNIST-5k ({_when(res, 'accuracy')})", ""]
+        lines += [f"### PTQ on small configs trained on MNIST-5k (last run {_when(res, 'accuracy')})", ""]
         lines += [
             "| family | fp32 top-1 % | W8A8 top-1 % / agree % | W4A4 top-1 % / agree % | W8A8, `softmax: uniform` |",
             "|---|---|---|---|---|",
@@ -330,9 +331,8 @@ def render(res: dict, env: dict) -> str:
             for k in ("w8a8", "w4a4", "w8a8_uniform_softmax"):
                 a = r[k]
                 cells.append(a if isinstance(a, str) else f"{100 * a['top1']:.1f} / {100 * a['agree']:.1f}")
-            lines.append(
-                f"| {fam} (`{r['model']}`, {r['epochs']} ep) | {100 * r['fp32']['top1']:.1f} | {' | '.join(cells)} |"
-            )
+            who = f"{fam} (`{r['model']}`, {r['epochs']} ep" + (f", run {r['when']})" if r.get("when") else ")")
+            lines.append(f"| {who} | {100 * r['fp32']['top1']:.1f} | {' | '.join(cells)} |")
         lines.append("")
     lines += ["### Figures", "", "| figure | measured | target | met |", "|---|---|---|---|"]
     lines += [f"| {' | '.join(f)} |" for f in figures(res)]

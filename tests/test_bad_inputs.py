@@ -666,16 +666,17 @@ def test_table_is_big_enough():
 
 
 SIGINT_SCRIPT = """
-import sys, time
+import signal, sys, time
 import vitkit.artifact as artifact
 from vitkit.cli import main
 
+# a user at a terminal has Ctrl-C raise KeyboardInterrupt; a suite started as a background job (`make test &`)
+# hands its children SIGINT ignored, which Python then keeps
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 def slow(*args, **kwargs):  # the weights are in the stage dir; the user presses Ctrl-C now
     print("WRITING", flush=True)
-    # short sleeps: the kernel may hand SIGINT to a worker thread, which does not wake a long sleep in this one;
-    # Python runs the handler at the next bytecode boundary of the main thread
-    for _ in range(1200):
-        time.sleep(0.05)
+    time.sleep(60)
 
 artifact.resolved_recipe = slow
 sys.exit(main(sys.argv[1:]))

@@ -149,6 +149,21 @@ def test_ptq_artifact_round_trip(family, tmp_path):
     torch.testing.assert_close(run(loaded, x), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_w4_keeps_the_convolution_stem_at_8_bits_and_reloads(family, tmp_path):
+    """A conv stem's first layer stays at 8-bit weights under W4 (the CNN PTQ setting); every other layer is at
+    ``w_bits``; ``first_weight_bits`` overrides it; the artifact reloads to the same outputs."""
+    model, x = build(family), family_images(family)
+    first = next(n for n, role in quant_sites(model).items() if role == "embed")
+    q = copy.deepcopy(model)
+    vitkit.apply_(q, vitkit.PTQConfig(w_bits=4, a_bits=4, calib_images=4), calib=x)
+    bits = {n: m.w_quant.bits for n, m in q.named_modules() if getattr(m, "w_quant", None) is not None}
+    assert bits.pop(first) == 8 and set(bits.values()) == {4}
+    save_artifact(q, None, None, tmp_path / "art")
+    torch.testing.assert_close(run(load_artifact(tmp_path / "art"), x), run(q, x), rtol=1e-5, atol=1e-5)
+    vitkit.apply_(model, vitkit.PTQConfig(w_bits=4, a_bits=4, calib_images=4, first_weight_bits=4), calib=x)
+    assert model.get_submodule(first).w_quant.bits == 4
+
+
 def test_prune_mlp_ratio_zero_is_identity(family):
     model, x = build(family), family_images(family)
     ref = run(model, x)

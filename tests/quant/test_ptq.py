@@ -137,6 +137,14 @@ def test_layer_bits_and_skip():
     assert type(model.head) is nn.Linear
 
 
+def test_patchify_projection_follows_w_bits_and_version_1_configs_keep_their_first_layer():
+    model = make_tiny("vit")
+    vitkit.apply_(model, PTQConfig(w_bits=4, a_bits=8, calib_images=4), calib=_calib())
+    assert model.patch_embed.proj.w_quant.bits == 4  # RepQ-ViT quantizes the patch projection with the rest
+    assert PTQConfig.from_dict({"w_bits": 4}, version=1).first_weight_bits == 4
+    assert PTQConfig.from_dict({"w_bits": 4}, version=2).first_weight_bits is None
+
+
 def test_dry_run_changes_nothing():
     model = make_tiny("vit")
     before = {k: v.clone() for k, v in model.state_dict().items()}

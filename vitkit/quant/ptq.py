@@ -20,7 +20,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -51,8 +51,12 @@ class PTQConfig(TransformConfig):
     ``method``: ``repq`` (RepQ-ViT), ``dopq`` (RepQ-ViT + DopQ-ViT median scale), ``ptq4vit``, ``minmax``,
     ``percentile``; ``calib_images``: images used for calibration (RepQ-ViT/PTQ4ViT: 32); ``percentile``:
     clip percentile for ``method="percentile"``; ``first_input_bits``: patch-embedding input bits (8 in the
-    papers); ``quantize_head``: quantize the classifier; ``layer_bits``: per-module ``{name: w_bits}``
-    overrides (what :class:`MixedPrecisionConfig` produces); ``softmax``: post-softmax quantizer
+    papers); ``first_weight_bits``: weight bits of that first layer (None = ``w_bits`` for a patchify projection,
+    whose kernel equals its stride, as RepQ-ViT quantizes it, and 8 for a convolution stem — TinyViT's,
+    EfficientFormer's — as CNN post-training quantization keeps the first layer at 8 bits, e.g. BRECQ, Li et al.,
+    ICLR 2021: a 3×3×3 kernel has 27 weights per channel, and at 4 bits the small EfficientFormer of BENCHMARKS.md
+    "families" falls to chance); ``quantize_head``: quantize the classifier; ``layer_bits``: per-module
+    ``{name: w_bits}`` overrides (what :class:`MixedPrecisionConfig` produces); ``softmax``: post-softmax quantizer
     ``log_sqrt2`` | ``log2`` | ``twin`` | ``uniform`` (None = the method's own: log√2 for RepQ/DopQ, twin for
     PTQ4ViT, uniform for the baselines); ``post_gelu``: quantizer of the post-GELU ``fc2`` inputs, ``uniform`` |
     ``twin`` (None = the method's own: twin-uniform for PTQ4ViT, the method's uniform search otherwise;
@@ -73,6 +77,7 @@ class PTQConfig(TransformConfig):
     calib_images: int = 32
     percentile: float = 99.99
     first_input_bits: int = 8
+    first_weight_bits: int | None = None
     quantize_head: bool = True
     layer_bits: dict | None = None
     softmax: str | None = None
@@ -81,11 +86,23 @@ class PTQConfig(TransformConfig):
     seed: int = 0
     reconstruct_iters: int = 0
     reconstruct_lr: float = 1e-3
+    #: 2: ``first_weight_bits`` (version 1 quantized every first layer at ``w_bits``)
+    version: ClassVar[int] = 2
+
+    @classmethod
+    def migrate(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """A version-1 config quantized a convolution stem at ``w_bits``: it keeps doing so on reload."""
+        data = dict(data)
+        if version < 2 and "first_weight_bits" not in data:
+            data["first_weight_bits"] = int(data.get("w_bits", 8))
+        return data
 
     def validate(self) -> None:
         _check_bits(self.w_bits, "w_bits")
         _check_bits(self.a_bits, "a_bits")
         _check_bits(self.first_input_bits, "first_input_bits")
+        if self.first_weight_bits is not None:
+            _check_bits(self.first_weight_bits, "first_weight_bits")
         check_choice(self.method, "PTQConfig.method", METHODS)
         check_int(self.calib_images, "PTQConfig.calib_images", low=1)
         check_number(self.percentile, "PTQConfig.percentile", low=50.0, high=100.0, low_open=True)
@@ -251,6 +268,9 @@ def apply_ptq(model: nn.Module, cfg: PTQConfig, *, calib=None, dry_run: bool = F
     plan = build_plan(model, cfg)  # the adapter refuses unsupported models and blocks, naming the feature
     n_bits = {n: s["w_quant"]["bits"] for n, s in plan.items() if "w_quant" in s}
     head = f"W{cfg.w_bits}A{cfg.a_bits} {cfg.method}"
+    first = next((n for n, role in quant_sites(model).items() if role == "embed" and n in n_bits), None)
+    if first is not None and n_bits[first] != cfg.w_bits and first not in (cfg.layer_bits or {}):
+        head += f" (first layer {first} at W{n_bits[first]})"
     if dry_run:
         return {"summary": f"{head}: would quantize {len(plan)} modules", "plan": plan, "weight_bits": n_bits}
     x = calibration_tensor(calib, model, cfg.calib_images, cfg.seed)

@@ -101,7 +101,7 @@ class Calibrator:
                 plan[name] = self.attention_specs(cfg)
                 continue
             mod = modules[name]
-            wb = int(overrides.get(name, cfg.w_bits))
+            wb = int(overrides.get(name, first_weight_bits(cfg, mod) if role == "embed" else cfg.w_bits))
             w_spec = self.uniform(cfg, wb, self.weight_search, channels=mod.weight.shape[0], axis=0)
             a_spec = self.input_spec(role, cfg)
             if cfg.outlier_ratio is not None and role in BLOCK_ROLES and a_spec["kind"] == "uniform":
@@ -116,6 +116,15 @@ class Calibrator:
         with torch.no_grad():
             model(x)
         return Calibration([], [])
+
+
+def first_weight_bits(cfg: Any, first: nn.Module) -> int:
+    """Weight bits of the first layer: ``cfg.first_weight_bits``, else ``cfg.w_bits`` for a patchify projection
+    (kernel = stride) and 8 for a convolution stem (see :class:`vitkit.quant.ptq.PTQConfig`)."""
+    if cfg.first_weight_bits is not None:
+        return int(cfg.first_weight_bits)
+    conv_stem = isinstance(first, nn.Conv2d) and tuple(first.kernel_size) != tuple(first.stride)
+    return 8 if conv_stem else int(cfg.w_bits)
 
 
 #: ``{method name: calibrator}`` in registration order (the order ``PTQConfig.method``'s error lists them in)
