@@ -22,6 +22,8 @@ from vitkit.models.hf.convert_clip import _mlp_ratio, accepts_timm, vision_to_hf
 from vitkit.models.hf.registry import converter_for, converter_for_timm  # noqa: E402
 from vitkit.models.load import build_arch, load_state_dict_strict  # noqa: E402
 
+from .helpers import perturb_, save_and_read  # noqa: E402
+
 VISION = dict(
     image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
 )
@@ -43,15 +45,8 @@ def _images(n_random=2) -> torch.Tensor:
 
 def _perturbed(model, seed=0):
     torch.manual_seed(seed)
-    with torch.no_grad():  # unit-init norms and zero biases would hide mapping mistakes
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb_(model.named_parameters())
     return model.eval()
-
-
-def _saved(model, path):
-    model.save_pretrained(path)
-    return json.loads((path / "config.json").read_text()), load_file(str(path / "model.safetensors"))
 
 
 def _write(path, config, state):
@@ -96,7 +91,7 @@ VISION_CASES = {
 def test_vision_tower_exact_and_round_trip(tmp_path, case):
     cls, cfg_cls, extra = VISION_CASES[case]
     hf = _perturbed(cls(cfg_cls(**{**VISION, **extra})))
-    config, state = _saved(hf, tmp_path / "hf")
+    config, state = save_and_read(hf, tmp_path / "hf")
     name, kwargs, timm_state = vision_to_timm(config, state)
     assert yaml.safe_load(yaml.safe_dump(kwargs)) == kwargs  # artifacts rebuild from the YAML record
     if "layer_norm_eps" in extra:
@@ -120,7 +115,7 @@ def test_vision_tower_exact_and_round_trip(tmp_path, case):
 def test_full_clip_model_takes_vision_tower_and_projection(tmp_path):
     config = T.CLIPConfig(text_config=TEXT, vision_config=VISION, projection_dim=16)
     hf = _perturbed(T.CLIPModel(config))
-    config, state = _saved(hf, tmp_path / "hf")
+    config, state = save_and_read(hf, tmp_path / "hf")
     name, kwargs, timm_state = vision_to_timm(config, state)
     assert kwargs["num_classes"] == 16 and not timm_state["head.bias"].any()
     x = _images()
@@ -140,7 +135,7 @@ def test_full_clip_model_takes_vision_tower_and_projection(tmp_path):
 def test_full_siglip_model_takes_vision_tower(tmp_path):
     config = T.SiglipConfig(text_config={k: v for k, v in TEXT.items() if "token_id" not in k}, vision_config=VISION)
     hf = _perturbed(T.SiglipModel(config))
-    config, state = _saved(hf, tmp_path / "hf")
+    config, state = save_and_read(hf, tmp_path / "hf")
     name, kwargs, timm_state = vision_to_timm(config, state)
     x = _images()
     want = _hf_out(hf, x)
@@ -157,7 +152,7 @@ def test_full_siglip_model_takes_vision_tower(tmp_path):
 def test_prefixed_vision_keys_are_accepted(tmp_path):
     """Older CLIPVisionModel folders store ``vision_model.``-prefixed keys."""
     hf = _perturbed(T.CLIPVisionModel(T.CLIPVisionConfig(**VISION)))
-    config, state = _saved(hf, tmp_path / "hf")
+    config, state = save_and_read(hf, tmp_path / "hf")
     name, kwargs, timm_state = vision_to_timm(config, {f"vision_model.{k}": v for k, v in state.items()})
     x = _images()
     with torch.no_grad():

@@ -22,6 +22,8 @@ from vitkit.models.hf.convert_swin import accepts_timm, swin_to_hf, swin_to_timm
 from vitkit.models.hf.registry import converter_for, converter_for_timm  # noqa: E402
 from vitkit.models.load import build_arch, load_state_dict_strict  # noqa: E402
 
+from .helpers import perturb_, save_and_read  # noqa: E402
+
 TINY = dict(image_size=32, patch_size=2, embed_dim=16, depths=[2, 2, 2], num_heads=[2, 2, 4], window_size=4)
 
 
@@ -38,16 +40,8 @@ def _images(size=(32, 32), n_random=2) -> torch.Tensor:
 def _hf_model(cls, seed=0, **cfg):
     torch.manual_seed(seed)
     model = cls(T.SwinConfig(**{**TINY, **cfg}))
-    with torch.no_grad():  # HF zero-inits the bias tables and unit-inits the norms: perturb everything
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    perturb_(model.named_parameters())  # HF zero-inits the bias tables and unit-inits the norms
     return model.eval()
-
-
-def _saved(model, path):
-    """``save_pretrained`` then read back the folder as the converters see it."""
-    model.save_pretrained(path)
-    return json.loads((path / "config.json").read_text()), load_file(str(path / "model.safetensors"))
 
 
 def _hf_out(model, x):
@@ -80,7 +74,7 @@ def _write(path, config, state):
 )
 def test_hf_to_timm_exact_and_round_trip(tmp_path, cls, cfg):
     hf = _hf_model(getattr(T, cls), **cfg)
-    config, state = _saved(hf, tmp_path / "hf")
+    config, state = save_and_read(hf, tmp_path / "hf")
     name, kwargs, timm_state = swin_to_timm(config, state)
     assert yaml.safe_load(yaml.safe_dump(kwargs)) == kwargs  # artifacts rebuild from the YAML record
     model = _timm(name, kwargs, timm_state)

@@ -11,6 +11,8 @@ from safetensors.torch import load_file, save_file
 import vitkit
 from vitkit.models.hf.registry import converter_for, converter_for_timm
 
+from .helpers import perturb_
+
 transformers = pytest.importorskip("transformers", reason="vitkit[hf] extra not installed")
 
 TINY = dict(
@@ -41,10 +43,8 @@ def make_hf(case: str, seed: int = 0, **overrides):
     cfg = getattr(transformers, cfg_name)(**{**TINY, **extra, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, cls_name)(cfg).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "mask_token" not in name:  # stays at its init (zeros): see convert_vit's docstring
-                p.add_(0.1 * torch.randn_like(p))
+    # mask_token stays at its init (zeros): see convert_vit's docstring
+    perturb_(model.named_parameters(), keep=lambda name, p: "mask_token" not in name)
     return model
 
 

@@ -17,6 +17,8 @@ from vitkit.errors import CheckpointError, ConfigError, UnsupportedModelError  #
 from vitkit.models.open_clip import from_open_clip, text_embeddings  # noqa: E402
 from vitkit.models.zero_shot import read_class_embeddings, save_class_embeddings, zero_shot_head  # noqa: E402
 
+from .helpers import perturb_  # noqa: E402
+
 CLASSES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TEMPLATES = ("a photo of the number {}.", "a drawing of a {}.")
 VISION = dict(layers=2, width=64, head_width=16, patch_size=8, image_size=32)
@@ -28,10 +30,8 @@ def tiny_clip(seed: int = 0, quick_gelu: bool = False, **vision) -> torch.nn.Mod
     vc = open_clip.model.CLIPVisionCfg(**{**VISION, **vision})
     tc = open_clip.model.CLIPTextCfg(**TEXT)
     clip = open_clip.model.CLIP(embed_dim=32, vision_cfg=vc, text_cfg=tc, quick_gelu=quick_gelu).eval()
-    with torch.no_grad():  # open_clip leaves LayerNorms at identity and biases at 0: make them count
-        for name, p in clip.visual.named_parameters():
-            if p.ndim == 1 and "ls_" not in name:
-                p.add_(0.1 * torch.randn_like(p))
+    # open_clip leaves LayerNorms at identity and biases at 0: make them count
+    perturb_(clip.visual.named_parameters(), keep=lambda name, p: p.ndim == 1 and "ls_" not in name)
     return clip
 
 
