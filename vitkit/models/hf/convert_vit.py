@@ -79,7 +79,20 @@ _QKV_NAMES = {"q": "query", "k": "key", "v": "value"}
 _SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge", 1536: "giant"}
 
 
+#: ``(timm key, transformers key)`` of the layers around the blocks, the same both ways
+_OUTER_KEYS = (
+    ("cls_token", "embeddings.cls_token"),
+    ("pos_embed", "embeddings.position_embeddings"),
+    ("patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight"),
+    ("patch_embed.proj.bias", "embeddings.patch_embeddings.projection.bias"),
+    ("norm.weight", "layernorm.weight"),
+    ("norm.bias", "layernorm.bias"),
+)
+
+
 # ---------------------------------------------------------------------------------------------------- config
+
+
 def _pair(v: Any, what: str) -> list[int]:
     if isinstance(v, (list, tuple)):
         if len(v) != 2:
@@ -303,14 +316,7 @@ def to_timm(config: dict[str, Any], state: StateDict) -> tuple[str, dict[str, An
         )
     if "embeddings.mask_token" in dropped:
         _log.info("dropped DINOv2's mask_token (only used with bool_masked_pos; timm has none)")
-    out: StateDict = {
-        "cls_token": src["embeddings.cls_token"],
-        "pos_embed": src["embeddings.position_embeddings"],
-        "patch_embed.proj.weight": src["embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": src["embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": src["layernorm.weight"],
-        "norm.bias": src["layernorm.bias"],
-    }
+    out: StateDict = {t: src[h] for t, h in _OUTER_KEYS}
     if mt == "deit":
         out["dist_token"] = src["embeddings.distillation_token"]
     for i in range(lay["depth"]):
@@ -518,14 +524,7 @@ def to_hf(
     prefix = _PREFIX[mt] if arch not in ("ViTModel", "DeiTModel", "Dinov2Model") else ""
     _check_uniform(timm_name, timm_state, f["depth"], d)
     s = _Tracked(timm_state)
-    out: StateDict = {
-        "embeddings.cls_token": s["cls_token"],
-        "embeddings.position_embeddings": s["pos_embed"],
-        "embeddings.patch_embeddings.projection.weight": s["patch_embed.proj.weight"],
-        "embeddings.patch_embeddings.projection.bias": s["patch_embed.proj.bias"],
-        "layernorm.weight": s["norm.weight"],
-        "layernorm.bias": s["norm.bias"],
-    }
+    out: StateDict = {h: s[t] for t, h in _OUTER_KEYS}
     if mt == "deit":
         out["embeddings.distillation_token"] = s["dist_token"]
     if mt == "dinov2" and cfg.get("use_mask_token", True):
