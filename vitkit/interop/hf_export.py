@@ -127,7 +127,7 @@ def export_hf(
         atomic_write_bytes(stage / WEIGHTS, save(_unshared(state), metadata={"format": "pt"}))
         atomic_write_text(stage / CONFIG, _json(config))
         checks["parity"] = check_parity(dense, stage, config) if check else {"status": "skipped", "why": "check=False"}
-        atomic_write_text(stage / CONFIG, _json(config))
+        atomic_write_text(stage / CONFIG, _json(config))  # again: its export checks now hold the parity result
         card = model_card(config, records, plan, _report_dict(report), arch=arch, title=out_dir.name)
         atomic_write_text(stage / CARD, card)
         swap_in_dir(stage, out_dir)
